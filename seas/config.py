@@ -1,0 +1,94 @@
+"""Run configuration: one schema (workflow/schemas/config.schema.yaml), validated once, defaults from it.
+
+    cfg = load_config("config.yaml")          # dict with every default filled in
+    cfg = validate_config(raw_dict, source="…")  # same, for an already-parsed dict (Snakefile)
+
+Errors are :class:`ConfigError` naming the file and the dotted key.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from jsonschema import Draft7Validator, validators
+
+from .errors import ConfigError
+
+__all__ = ["ConfigError", "load_config", "validate_config", "parse_override", "run_dir", "SCHEMA_PATH"]
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _with_defaults(cls):
+    validate_properties = cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(cls, {"properties": set_defaults})
+
+
+_DefaultingValidator = _with_defaults(Draft7Validator)
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def validate_config(raw: Mapping[str, Any], source: str = "<config>") -> dict:
+    """Validate ``raw`` against the schema and return a deep copy with all defaults filled in."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: the configuration must be a mapping, got {type(raw).__name__}")
+    cfg = copy.deepcopy(dict(raw))
+    validator = _DefaultingValidator(load_schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        lines = [f"  {_key(e.absolute_path)}: {e.message}" for e in errors[:20]]
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines))
+    # semantic checks the schema cannot express
+    res = cfg["model"]["resolution"]
+    if res % 8:
+        raise ConfigError(f"{source}: model.resolution: {res} is not a multiple of 8")
+    return cfg
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict:
+    """Read a YAML config file, apply ``overrides`` ({"generator.steps_per_type": 2, …}), validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return validate_config(raw, source=str(path))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.sub=value`` (value parsed as YAML) -> (key, value); used by the CLIs' --set option."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def run_dir(cfg: Mapping[str, Any]) -> Path:
+    return Path(cfg["results_dir"]) / cfg["run_name"]

@@ -1,0 +1,189 @@
+"""A tiny, randomly initialised Stable-Diffusion-shaped model in the diffusers layout.
+
+It has SD v1-4's structure — a U-Net with 3 CrossAttnDownBlock2D + DownBlock2D / UpBlock2D + 3
+CrossAttnUpBlock2D (2 layers per block, so 2 cross-attention layers per down resolution), a VAE with 4
+levels (×8 downsampling, 4 latent channels, scaling factor 0.18215), a CLIP text encoder with 77
+positions and the real 49,408-token CLIP BPE tokenizer — at a few hundred thousand parameters, so the
+whole pipeline runs on a CPU. Its weights are random: whatever it generates is noise-level output,
+and every table built on it says so (``seas_tiny.json`` marks the folder).
+
+    python -m seas.tiny_sd --out resources/tiny_sd [--seed 0]
+
+The result loads through exactly the code that loads ``CompVis/stable-diffusion-v1-4``
+(:func:`seas.sd.load_sd`).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+TINY_MARKER = "seas_tiny.json"
+BPE_MERGES = 49152 - 256 - 2  # CLIP's BPE uses the first 48,894 merges of the 16e6 vocabulary file
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The reversible byte -> printable-unicode table of GPT-2/CLIP byte-level BPE."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+@lru_cache(maxsize=1)
+def clip_bpe_file() -> Path:
+    """CLIP's BPE merges as shipped inside mmsegmentation (no download needed)."""
+    try:
+        import mmseg
+    except ImportError as e:  # pragma: no cover - mmseg is a hard dependency
+        raise CheckpointError("building the CLIP tokenizer needs mmsegmentation (it ships the BPE merges)") from e
+    path = Path(mmseg.__file__).parent / "utils" / "bpe_simple_vocab_16e6.txt.gz"
+    if not path.is_file():
+        raise CheckpointError(f"CLIP BPE merges not found at {path}")
+    return path
+
+
+def write_clip_tokenizer_files(out_dir: Path) -> tuple[Path, Path]:
+    """vocab.json + merges.txt of the real CLIP tokenizer (49,408 tokens), built from the BPE merges."""
+    lines = gzip.open(clip_bpe_file(), "rt", encoding="utf-8").read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : BPE_MERGES + 1]]
+    symbols = list(_bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == 49408, len(vocab)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab_file, merges_file = out_dir / "vocab.json", out_dir / "merges.txt"
+    vocab_file.write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
+    merges_file.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
+    return vocab_file, merges_file
+
+
+def tiny_configs(sample_size: int = 64) -> dict:
+    """Configs of the tiny components (``sample_size`` is the image side the VAE is declared for)."""
+    return {
+        "unet": dict(
+            sample_size=sample_size // 8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            block_out_channels=(32, 64, 64, 64),
+            layers_per_block=2,
+            cross_attention_dim=32,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        ),
+        "vae": dict(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(16, 32, 32, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=sample_size,
+            scaling_factor=0.18215,
+        ),
+        "text_encoder": dict(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=32,
+            hidden_act="quick_gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        ),
+        # SD v1-4's scheduler/ folder (a PNDM config; training reads it as DDPM)
+        "scheduler": dict(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            num_train_timesteps=1000,
+            set_alpha_to_one=False,
+            skip_prk_steps=True,
+            steps_offset=1,
+            prediction_type="epsilon",
+        ),
+    }
+
+
+def write_tiny_sd(out_dir: str | Path, seed: int = 0, sample_size: int = 64) -> Path:
+    """Write the tiny model to ``out_dir`` (atomically; an existing tiny model with the same seed is kept)."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from .runtime import atomic_dir
+
+    out_dir = Path(out_dir)
+    marker = {"tiny": True, "seed": seed, "sample_size": sample_size, "version": 1,
+              "note": "random weights with Stable Diffusion v1-4's structure; NOT Stable Diffusion. Results are tiny-model numbers."}
+    if (out_dir / TINY_MARKER).is_file() and json.loads((out_dir / TINY_MARKER).read_text()) == marker:
+        log.info("tiny model already at %s", out_dir)
+        return out_dir
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / TINY_MARKER).is_file():
+        raise CheckpointError(f"{out_dir} exists and is not a tiny model folder; refusing to overwrite it")
+
+    cfgs = tiny_configs(sample_size)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**cfgs["unet"])
+    vae = AutoencoderKL(**cfgs["vae"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**cfgs["text_encoder"]))
+    scheduler = PNDMScheduler(**cfgs["scheduler"])
+    with atomic_dir(out_dir) as tmp:
+        vocab, merges = write_clip_tokenizer_files(tmp / "_bpe")
+        tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77,
+                                  bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                                  pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        for f in (tmp / "_bpe").iterdir():
+            f.unlink()
+        (tmp / "_bpe").rmdir()
+        (tmp / TINY_MARKER).write_text(json.dumps(marker, indent=1))
+    n = sum(p.numel() for m in (unet, vae, text_encoder) for p in m.parameters())
+    log.info("wrote tiny SD-shaped model (%.2fM parameters, random weights) to %s", n / 1e6, out_dir)
+    return out_dir
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    from .runtime import setup_logging
+
+    ap = argparse.ArgumentParser(prog="python -m seas.tiny_sd", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="output folder (diffusers layout)")
+    ap.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
+    ap.add_argument("--sample-size", type=int, default=64, help="image side the VAE config declares (default 64)")
+    args = ap.parse_args(argv)
+    setup_logging()
+    write_tiny_sd(args.out, seed=args.seed, sample_size=args.sample_size)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .runtime import cli
+
+    return cli(_main)(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""Data protocol: discovery, few-shot split, loading, and every bad-input error message."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seas.data import (Split, augment_pair, augmentation_for, build_split, discover_products, discover_types,
+                       image_to_tensor, load_image, load_mask, read_mask_array, selected_products, shots_for)
+from seas.errors import DataError
+
+
+def _img(path: Path, size=(16, 16), value=128):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), value, np.uint8)).save(path)
+
+
+def _mask(path: Path, size=(16, 16), values=(0, 255)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a = np.full((size[1], size[0]), values[0], np.uint8)
+    a[4:8, 4:8] = values[1]
+    Image.fromarray(a).save(path)
+
+
+def make_tree(root: Path, product="prod", types={"crack": 7, "dent": 2}, n_good=5, n_test_good=2):
+    for i in range(n_good):
+        _img(root / product / "train" / "good" / f"{i:03d}.png")
+    for i in range(n_test_good):
+        _img(root / product / "test" / "good" / f"{i:03d}.png")
+    for t, n in types.items():
+        for i in range(n):
+            _img(root / product / "test" / t / f"{i:03d}.png")
+            _mask(root / product / "ground_truth" / t / f"{i:03d}_mask.png")
+    return root
+
+
+def test_shots_rule():
+    assert [shots_for(n, "1/3") for n in (1, 2, 3, 5, 6, 9, 10, 83)] == [1, 1, 1, 1, 2, 3, 3, 27]
+    assert shots_for(10, 2) == 2
+    with pytest.raises(DataError, match="split.shots"):
+        shots_for(10, "half")
+
+
+def test_split_protocol(tmp_path):
+    root = make_tree(tmp_path / "ds")
+    # file-number order, not lexicographic: 10 must come after 9
+    for i in (8, 9, 10):
+        _img(root / "prod" / "test" / "crack" / f"{i}.png")
+        _mask(root / "prod" / "ground_truth" / "crack" / f"{i}_mask.png")
+    assert discover_products(root) == ["prod"]
+    assert discover_types(root, "prod") == ["crack", "dent"]
+    s = build_split(root, "prod", "1/3", num_normal=3)
+    # crack: 10 images (000..006, 8, 9, 10) -> 3 train; dent: 2 -> 1 train
+    assert [Path(d["image"]).name for d in s.train_anomalies["crack"]] == ["000.png", "001.png", "002.png"]
+    assert [Path(d["image"]).name for d in s.train_anomalies["dent"]] == ["000.png"]
+    assert [Path(p).name for p in s.train_normals] == ["000.png", "001.png", "002.png"]
+    test_crack = [Path(d["image"]).name for d in s.test if d["type"] == "crack"]
+    assert test_crack == ["003.png", "004.png", "005.png", "006.png", "8.png", "9.png", "10.png"]
+    assert sum(d["label"] == 0 for d in s.test) == 2 and all(d["mask"] is None for d in s.test if d["label"] == 0)
+    assert len(s.test) == 7 + 1 + 2
+    # H-shot ablation
+    s2 = build_split(root, "prod", 1, num_normal=60)
+    assert all(len(v) == 1 for v in s2.train_anomalies.values()) and len(s2.train_normals) == 5
+    assert s2.notes and "only 5 normal" in s2.notes[0]
+
+
+def test_split_roundtrip(tmp_path):
+    root = make_tree(tmp_path / "ds")
+    s = build_split(root, "prod")
+    p = s.save(tmp_path / "out" / "prod.json")
+    assert Split.load(p) == s
+    assert not list((tmp_path / "out").glob(".*tmp*")), "temporary file left behind"
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="bad.json.*not valid JSON"):
+        Split.load(tmp_path / "bad.json")
+    with pytest.raises(DataError, match="missing.json.*does not exist"):
+        Split.load(tmp_path / "missing.json")
+
+
+def test_error_anomaly_without_mask(tmp_path):
+    root = make_tree(tmp_path / "ds")
+    (root / "prod" / "ground_truth" / "crack" / "004_mask.png").unlink()
+    with pytest.raises(DataError, match=r"anomaly image .*test/crack/004.png has no mask: expected .*004_mask.png"):
+        build_split(root, "prod")
+
+
+def test_error_mask_size(tmp_path):
+    root = make_tree(tmp_path / "ds")
+    _mask(root / "prod" / "ground_truth" / "dent" / "001_mask.png", size=(20, 16))
+    with pytest.raises(DataError, match=r"mask .*dent/001_mask.png is 20x16 but its image .*dent/001.png is 16x16"):
+        build_split(root, "prod")
+
+
+def test_error_non_binary_mask(tmp_path):
+    root = make_tree(tmp_path / "ds")
+    _mask(root / "prod" / "ground_truth" / "crack" / "000_mask.png", values=(0, 200))
+    with pytest.raises(DataError, match=r"mask .*crack/000_mask.png is not binary: values \{0, 200\}"):
+        build_split(root, "prod")
+    # 0/1 masks are binary too
+    _mask(root / "prod" / "ground_truth" / "crack" / "000_mask.png", values=(0, 1))
+    assert read_mask_array(root / "prod" / "ground_truth" / "crack" / "000_mask.png").max() == 1
+
+
+def test_error_empty_type_folder(tmp_path):
+    root = make_tree(tmp_path / "ds")
+    (root / "prod" / "test" / "scratch").mkdir()
+    with pytest.raises(DataError, match=r"anomaly-type folder .*test/scratch is empty"):
+        build_split(root, "prod")
+
+
+def test_error_unreadable_image(tmp_path):
+    root = make_tree(tmp_path / "ds")
+    (root / "prod" / "test" / "crack" / "005.png").write_bytes(b"this is not a png")
+    with pytest.raises(DataError, match=r"cannot read image .*crack/005.png"):
+        build_split(root, "prod")
+
+
+def test_error_unknown_product(tmp_path, make_cfg):
+    root = make_tree(tmp_path / "ds")
+    with pytest.raises(DataError, match=r"unknown product 'bottle'.*products under .*: prod"):
+        build_split(root, "bottle")
+    cfg = make_cfg({"dataset.root": str(root), "dataset.products": ["prod", "bottle"]})
+    with pytest.raises(DataError, match=r"dataset.products: 'bottle' not found"):
+        selected_products(cfg)
+
+
+def test_error_missing_root_and_no_products(tmp_path):
+    with pytest.raises(DataError, match=r"dataset root .*nowhere does not exist"):
+        discover_products(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no product folders"):
+        discover_products(tmp_path / "empty")
+
+
+def test_error_too_few_for_shots(tmp_path):
+    root = make_tree(tmp_path / "ds", types={"crack": 2})
+    with pytest.raises(DataError, match=r"type 'crack': 2 images leave no test image with shots=2"):
+        build_split(root, "prod", 2)
+
+
+def test_load_geometry(tmp_path):
+    # a 40x20 image whose left half is black: shorter-side crop keeps the centre 20x20
+    a = np.zeros((20, 40, 3), np.uint8)
+    a[:, 20:] = 255
+    Image.fromarray(a).save(tmp_path / "i.png")
+    m = np.zeros((20, 40), np.uint8)
+    m[:, 25:30] = 255
+    Image.fromarray(m).save(tmp_path / "m.png")
+    img = load_image(tmp_path / "i.png", 10)
+    assert img.size == (10, 10)
+    arr = np.asarray(img)
+    assert arr[:, :4].max() < 30 and arr[:, 6:].min() > 225
+    mask = load_mask(tmp_path / "m.png", 10)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+    assert mask[:, 7].all() and not mask[:, :5].any()  # columns 25..30 of 40 -> 7.5..10 after crop+scale
+    sq = load_image(tmp_path / "i.png", 10, policy="resize")
+    assert np.asarray(sq)[:, :4].max() < 30 and np.asarray(sq)[:, 6:].min() > 225
+    t = image_to_tensor(img)
+    assert t.shape == (3, 10, 10) and float(t.min()) >= -1 and float(t.max()) <= 1
+    assert load_mask(None, 12).shape == (12, 12)
+
+
+def test_augment_pair_identical_geometry():
+    import torch
+
+    img = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(2, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(40):
+        a, b = augment_pair(img, img[:1].clone(), g)
+        assert torch.equal(a[:1], b)
+        seen.add(tuple(a[0].flatten().tolist()))
+    assert len(seen) == 8  # 4 rotations x 2 flips all occur
+    a, b = augment_pair(img, img[:1], g, rotate90=False, flip=False)
+    assert torch.equal(a, img)
+
+
+def test_augmentation_per_product(make_cfg, caplog):
+    cfg = make_cfg({"augmentation.per_product": {"metal_nut": {"flip": False}}})
+    assert augmentation_for(cfg, "metal_nut") == (True, False)
+    assert augmentation_for(cfg, "bottle") == (True, True)
+    assert "per-product override" in caplog.text
+
+
+def test_demo_split_and_cli(demo_root, write_cfg, tmp_path, capsys):
+    from seas.data import main
+
+    path, cfg = write_cfg()
+    assert main(["products", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "washer: hole scratch" in out and "weave: scratch stain" in out
+    out_json = tmp_path / "s" / "weave.json"
+    assert main(["split", "--config", str(path), "--product", "weave", "--out", str(out_json)]) == 0
+    s = json.loads(out_json.read_text())
+    assert s["anomaly_types"] == ["scratch", "stain"] and len(s["train_anomalies"]["scratch"]) == 2
+    assert main(["split", "--config", str(path), "--product", "nope", "--out", str(tmp_path / "x.json")]) == 2
+    assert "unknown product 'nope'" in capsys.readouterr().err
