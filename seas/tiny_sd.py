@@ -31,15 +31,15 @@ BPE_MERGES = 49152 - 256 - 2  # CLIP's BPE uses the first 48,894 merges of the 1
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    """The reversible byte -> printable-unicode table of GPT-2/CLIP byte-level BPE."""
+    """The reversible byte -> printable-unicode table of GPT-2/CLIP byte-level BPE.
+
+    Order matters (it fixes the token ids): printable bytes first, in byte order, then the others,
+    mapped to code points 256, 257, … in byte order.
+    """
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
+    table = {b: chr(b) for b in keep}
+    for extra, b in enumerate(b for b in range(256) if b not in table):
+        table[b] = chr(256 + extra)
     return table
 
 
@@ -133,7 +133,7 @@ def write_tiny_sd(out_dir: str | Path, seed: int = 0, sample_size: int = 64) -> 
     from .runtime import atomic_dir
 
     out_dir = Path(out_dir)
-    marker = {"tiny": True, "seed": seed, "sample_size": sample_size, "version": 1,
+    marker = {"tiny": True, "seed": seed, "sample_size": sample_size, "version": 2,
               "note": "random weights with Stable Diffusion v1-4's structure; NOT Stable Diffusion. Results are tiny-model numbers."}
     if (out_dir / TINY_MARKER).is_file() and json.loads((out_dir / TINY_MARKER).read_text()) == marker:
         log.info("tiny model already at %s", out_dir)

@@ -179,6 +179,7 @@ def test_augment_pair_identical_geometry():
 
 
 def test_augmentation_per_product(make_cfg, caplog):
+    caplog.set_level("INFO", logger="seas.data")
     cfg = make_cfg({"augmentation.per_product": {"metal_nut": {"flip": False}}})
     assert augmentation_for(cfg, "metal_nut") == (True, False)
     assert augmentation_for(cfg, "bottle") == (True, True)
@@ -197,4 +198,4 @@ def test_demo_split_and_cli(demo_root, write_cfg, tmp_path, capsys):
     s = json.loads(out_json.read_text())
     assert s["anomaly_types"] == ["scratch", "stain"] and len(s["train_anomalies"]["scratch"]) == 2
     assert main(["split", "--config", str(path), "--product", "nope", "--out", str(tmp_path / "x.json")]) == 2
-    assert "unknown product 'nope'" in capsys.readouterr().err
+    assert "error: product 'nope' is not among the configured products (washer, weave)" in capsys.readouterr().err
