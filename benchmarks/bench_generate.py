@@ -1,0 +1,150 @@
+"""Time SeaS generation per image at Stable Diffusion v1-4 shapes, with random weights.
+
+    python benchmarks/bench_generate.py                                  # SD v1-4 shapes, 512 px, batch 8
+    python benchmarks/bench_generate.py --shape tiny --resolution 64 --batch-size 4 --repeats 2   # CPU smoke run
+
+One image = 25 DPM-Solver++ steps with classifier-free guidance (U-Net on the doubled batch), the RMP branch on the
+last 3 steps (U-Net feature hooks, VAE decode with decoder-feature hooks, coarse transformer + 3 MRMs), the mask
+average + threshold and the uint8 conversion: exactly seas.generate.denoise_batch, the code path of
+`python -m seas.generate`. Not timed: model loading, the CLIP text encoder (run once per prompt, not per image; the
+embeddings here are random [1, 77, cross_attention_dim] tensors), reference encoding, PNG writing.
+
+The U-Net and VAE are built from SD v1-4's configurations below (no download); the RMP branch from them via
+seas.rmp.arch_from_configs with the schema's default widths. Target on one H100: <= 200 ms/image.
+Precision (``--precision``): ``fp16`` / ``bf16`` cast the models (the usual inference setting), ``autocast-bf16`` keeps
+fp32 weights under bf16 autocast (the pipeline's ``model.mixed_precision: auto`` on CUDA), ``fp32``. Default: fp16 on
+CUDA, fp32 on CPU. Prints one JSON object (and writes it to ``--out`` if given).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from seas import rmp as rmp_mod  # noqa: E402
+from seas.generate import denoise_batch, threshold_masks, to_uint8_images  # noqa: E402
+
+log = logging.getLogger("bench_generate")
+
+# Stable Diffusion v1-4's component configurations (CompVis/stable-diffusion-v1-4, unet/vae/scheduler config.json)
+SD14_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
+    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
+)
+SD14_VAE = dict(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    act_fn="silu", latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
+)
+SD14_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                      steps_offset=1, clip_sample=False, set_alpha_to_one=False, prediction_type="epsilon")
+# the schema's rmp defaults (workflow/schemas/config.schema.yaml)
+RMP_DEFAULTS = dict(reduce_channels=[128, 64], num_heads=8, head_dim=24, num_layers=4, mrm=True, progressive=True,
+                    vae_features="decoder")
+
+
+def build_models(shape: str, resolution: int, device, dtype, seed: int = 0):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    if shape == "sd14":
+        ucfg, vcfg = dict(SD14_UNET, sample_size=resolution // 8), dict(SD14_VAE, sample_size=resolution)
+    else:
+        from seas.tiny_sd import tiny_configs
+
+        cfgs = tiny_configs(resolution)
+        ucfg, vcfg = cfgs["unet"], cfgs["vae"]
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**ucfg).eval().requires_grad_(False)
+    vae = AutoencoderKL(**vcfg).eval().requires_grad_(False)
+    rmp = rmp_mod.RefinedMaskPredictor(rmp_mod.arch_from_configs(unet.config, vae.config, RMP_DEFAULTS))
+    rmp = rmp_mod.set_inference_mode(rmp).requires_grad_(False)
+    for m in (unet, vae, rmp):
+        m.to(device=device, dtype=dtype)
+    return unet, vae, rmp
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench_generate.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=["sd14", "tiny"], default="sd14", help="model shapes (default sd14)")
+    ap.add_argument("--resolution", type=int, default=None, help="image side (default 512 for sd14, 64 for tiny)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps (default 25)")
+    ap.add_argument("--mask-steps", type=int, default=3, help="RMP on the last k steps (default 3)")
+    ap.add_argument("--guidance-scale", type=float, default=8.0)
+    ap.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16", "autocast-bf16"], default="auto")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed batches first (default 1)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed batches (default 3)")
+    ap.add_argument("--out", default=None, help="also write the JSON result here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    prec = args.precision
+    if prec == "auto":
+        prec = "fp16" if device.type == "cuda" else "fp32"
+    wdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+              "autocast-bf16": torch.float32}[prec]
+    amp = torch.bfloat16 if prec == "autocast-bf16" else None
+    res = args.resolution or (512 if args.shape == "sd14" else 64)
+    unet, vae, rmp = build_models(args.shape, res, device, wdtype)
+    n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in (("unet", unet), ("vae", vae), ("rmp", rmp))}
+    log.info("models built on %s (%s): %s", device, prec, {k: f"{v / 1e6:.1f}M" for k, v in n_params.items()})
+    g = torch.Generator().manual_seed(0)
+    b, lat = args.batch_size, res // 8
+    cond = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g).to(device, wdtype)
+    uncond = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g).to(device, wdtype)
+
+    def one_batch():
+        x = torch.randn(b, 4, lat, lat, generator=g).to(device)
+        images, prob = denoise_batch(unet, vae, rmp, SD14_SCHEDULER, x, cond, uncond,
+                                     guidance_scale=args.guidance_scale, num_inference_steps=args.steps,
+                                     mask_steps=args.mask_steps, amp_dtype=amp)
+        imgs, masks = to_uint8_images(images), threshold_masks(prob, 0.2)  # host copies end the batch
+        assert imgs.shape == (b, res, res, 3) and masks.shape == (b, res, res)
+
+    for _ in range(args.warmup):
+        one_batch()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        one_batch()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    result = {
+        "benchmark": "generate", "shape": args.shape, "resolution": res, "batch_size": b, "steps": args.steps,
+        "mask_steps": args.mask_steps, "guidance_scale": args.guidance_scale, "precision": prec,
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "ms_per_image": round(1000 * med / b, 2), "s_per_batch": [round(t, 4) for t in times],
+        "params": n_params, "torch": torch.__version__,
+        "peak_memory_gib": round((torch.cuda.max_memory_allocated() if device.type == "cuda" else
+                                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30, 2),
+        "target_ms_per_image_h100": 200,
+    }
+    print(json.dumps(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

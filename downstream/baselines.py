@@ -1,0 +1,305 @@
+"""Built-in comparison methods: image-mask pairs in the generated-pairs layout, for every anomaly type.
+
+* ``real``     — the split's few real training anomalies of the type, cycled, each copy rotated by k·90° and
+  flipped (``augmentation`` config, per-product overrides honoured). The "no generator" reference.
+* ``cutpaste`` — CutPaste (Li et al., CVPR 2021): a rectangle (area 2–15 % of the image, aspect ratio
+  log-uniform in [0.3, 3.3]) or a thin "scar" strip (rotated ±45°) is cut from a normal training image,
+  colour-jittered (brightness, contrast, saturation ±10 %, hue ±0.1) and pasted at another place of the same
+  image. Mask = the pasted area, exactly.
+* ``draem``    — DRAEM-style (Zavrtanik et al., ICCV 2021): a Perlin-noise map (lattice 2^a × 2^b, a, b ∈ [0, 6)
+  scaled to the image size, rotated by U(−90°, 90°)) thresholded at 0.5 gives the mask (anywhere in the image:
+  no foreground restriction for object products); inside it a texture source is blended into a normal
+  image: ``x' = (1−m)·x + m·((1−β)·src + β·x)``, β ~ U(0, 0.8). DRAEM's source is the DTD texture set,
+  which is not available here: the source is, with probability 1/2 each, another normal image of the product
+  (rotated by k·90°, colour-jittered) or a procedurally generated texture (multi-octave Perlin noise between
+  two random colours). Mask = the thresholded noise, exactly.
+
+The anomaly type only selects the output folder (and, for ``real``, the images): cutpaste/draem do not model
+types. Every pair has its own seed (``seas.runtime.derive_seed(seed, method, product, type, index)``), stored in
+``manifest.csv`` together with the reference normal image and the method's parameters.
+
+CLI::
+
+    python -m downstream.baselines --config C --method {real,cutpaste,draem} --split split/P.json --out methods/M/P
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from seas.data import Split, augmentation_for, load_image, load_mask
+from seas.errors import DataError
+from seas.runtime import atomic_dir, derive_seed
+
+from .pairs import save_pair, write_manifest
+
+__all__ = [
+    "METHODS", "perlin_noise", "fractal_noise", "perlin_mask", "procedural_texture", "color_jitter",
+    "cutpaste_pair", "draem_pair", "real_pair", "generate_baseline", "main",
+]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("real", "cutpaste", "draem")
+
+
+# ----------------------------------------------------------------------------- noise (pure numpy)
+def _fade(t: np.ndarray) -> np.ndarray:
+    return t * t * t * (t * (t * 6 - 15) + 10)
+
+
+def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Gradient (Perlin) noise of ``shape`` with a ``res`` = (rows, cols) lattice of random unit gradients.
+
+    Values lie in about [−1, 1] and are exactly 0 on lattice points (pixel (i·H/ry, j·W/rx)).
+    """
+    h, w = shape
+    ry, rx = res
+    angles = rng.uniform(0.0, 2 * math.pi, size=(ry + 1, rx + 1))
+    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+    y = np.arange(h) * (ry / h)
+    x = np.arange(w) * (rx / w)
+    yi, xi = y.astype(int), x.astype(int)
+    yf, xf = y - yi, x - xi
+
+    def corner(dy: int, dx: int) -> np.ndarray:
+        g = grads[(yi + dy)[:, None], (xi + dx)[None, :]]
+        return g[..., 0] * (yf - dy)[:, None] + g[..., 1] * (xf - dx)[None, :]
+
+    u, v = _fade(yf)[:, None], _fade(xf)[None, :]
+    top = corner(0, 0) * (1 - v) + corner(0, 1) * v
+    bottom = corner(1, 0) * (1 - v) + corner(1, 1) * v
+    return math.sqrt(2) * (top * (1 - u) + bottom * u)
+
+
+def fractal_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator, octaves: int = 4,
+                  persistence: float = 0.5) -> np.ndarray:
+    """Sum of ``octaves`` Perlin layers, lattice doubling and amplitude × ``persistence`` per octave."""
+    out = np.zeros(shape)
+    amp = 1.0
+    for o in range(octaves):
+        out += amp * perlin_noise(shape, (res[0] * 2**o, res[1] * 2**o), rng)
+        amp *= persistence
+    return out
+
+
+def perlin_mask(size: int, rng: np.random.Generator, threshold: float = 0.5, max_log2: int = 6,
+                min_fraction: float = 0.002, tries: int = 50, rotate: bool = True
+                ) -> tuple[np.ndarray, tuple[int, int], float]:
+    """DRAEM's anomaly mask: Perlin noise on a 2^a × 2^b lattice (a, b ∈ [0, max_log2)), rotated by U(−90°, 90°)
+    as DRAEM does (corners filled with 0), > ``threshold``.
+
+    Lattice sizes are scaled to the image (DRAEM's range is for 256 px) and capped at size/4. Draws again until
+    at least ``min_fraction`` of the pixels are anomalous. Returns (uint8 HxW in {0,1}, lattice, angle).
+    """
+    scale = size / 256
+    for _ in range(tries):
+        a, b = (int(v) for v in rng.integers(0, max_log2, size=2))
+        res = (max(1, min(size // 4, round(2**a * scale))), max(1, min(size // 4, round(2**b * scale))))
+        noise = perlin_noise((size, size), res, rng)
+        angle = float(rng.uniform(-90, 90)) if rotate else 0.0
+        if angle:
+            noise = np.asarray(Image.fromarray(noise.astype(np.float32), mode="F").rotate(angle, Image.BILINEAR))
+        m = (noise > threshold).astype(np.uint8)
+        if m.mean() >= min_fraction:
+            return m, res, angle
+    raise RuntimeError(f"perlin_mask: no mask with >= {min_fraction:.1%} anomalous pixels in {tries} draws")
+
+
+def procedural_texture(size: int, rng: np.random.Generator) -> Image.Image:
+    """A colour texture: multi-octave Perlin noise mapped between two random colours, plus fine grain."""
+    res = int(rng.integers(2, 9))
+    t = fractal_noise((size, size), (res, res), rng, octaves=int(rng.integers(2, 5)))
+    t = (t - t.min()) / max(t.max() - t.min(), 1e-8)
+    c0, c1 = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
+    img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
+    img += rng.normal(0, 6, size=img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).round().astype(np.uint8), mode="RGB")
+
+
+def color_jitter(img: Image.Image, rng: np.random.Generator, strength: float = 0.1) -> tuple[Image.Image, dict]:
+    """Brightness/contrast/saturation × U(1±strength), hue + U(±strength) (torchvision functional ops)."""
+    import torchvision.transforms.functional as TF
+
+    p = {
+        "brightness": float(rng.uniform(1 - strength, 1 + strength)),
+        "contrast": float(rng.uniform(1 - strength, 1 + strength)),
+        "saturation": float(rng.uniform(1 - strength, 1 + strength)),
+        "hue": float(rng.uniform(-strength, strength)),
+    }
+    img = TF.adjust_brightness(img, p["brightness"])
+    img = TF.adjust_contrast(img, p["contrast"])
+    img = TF.adjust_saturation(img, p["saturation"])
+    img = TF.adjust_hue(img, p["hue"])
+    return img, p
+
+
+# ----------------------------------------------------------------------------- one pair per method
+def cutpaste_pair(normal: Image.Image, rng: np.random.Generator, scar_probability: float = 0.5
+                  ) -> tuple[Image.Image, np.ndarray, dict]:
+    """CutPaste on one normal image -> (image, mask uint8 {0,1}, parameters)."""
+    w, h = normal.size
+    scar = bool(rng.random() < scar_probability)
+    if scar:
+        s = min(w, h) / 256
+        pw = max(2, round(rng.uniform(2, 16) * s))
+        ph = max(4, round(rng.uniform(10, 25) * s))
+    else:
+        area = rng.uniform(0.02, 0.15) * w * h
+        aspect = math.exp(rng.uniform(math.log(0.3), math.log(3.3)))
+        pw = int(np.clip(round(math.sqrt(area * aspect)), 2, w - 1))
+        ph = int(np.clip(round(math.sqrt(area / aspect)), 2, h - 1))
+    sx, sy = int(rng.integers(0, w - pw + 1)), int(rng.integers(0, h - ph + 1))
+    patch, jitter = color_jitter(normal.crop((sx, sy, sx + pw, sy + ph)), rng)
+    alpha = Image.new("L", (pw, ph), 255)
+    angle = 0.0
+    if scar:
+        angle = float(rng.uniform(-45, 45))
+        patch = patch.rotate(angle, resample=Image.BILINEAR, expand=True)
+        alpha = alpha.rotate(angle, resample=Image.NEAREST, expand=True)
+    qw, qh = patch.size
+    qw, qh = min(qw, w), min(qh, h)
+    patch, alpha = patch.crop((0, 0, qw, qh)), alpha.crop((0, 0, qw, qh))
+    dx, dy = int(rng.integers(0, w - qw + 1)), int(rng.integers(0, h - qh + 1))
+    out = normal.copy()
+    out.paste(patch, (dx, dy), alpha)
+    mask = np.zeros((h, w), np.uint8)
+    mask[dy:dy + qh, dx:dx + qw] = (np.asarray(alpha) > 127).astype(np.uint8)
+    params = {"variant": "scar" if scar else "patch", "patch_w": pw, "patch_h": ph, "angle": round(angle, 3),
+              "src_x": sx, "src_y": sy, "dst_x": dx, "dst_y": dy,
+              **{k: round(v, 4) for k, v in jitter.items()}}
+    return out, mask, params
+
+
+def draem_pair(normal: Image.Image, rng: np.random.Generator, other_normals: Sequence[Image.Image] = (),
+               beta_max: float = 0.8) -> tuple[Image.Image, np.ndarray, dict]:
+    """DRAEM-style Perlin anomaly on one normal image -> (image, mask uint8 {0,1}, parameters).
+
+    ``other_normals``: candidate texture sources (other normal images of the product); empty -> procedural only.
+    """
+    size = normal.size[0]
+    if normal.size[0] != normal.size[1]:
+        raise DataError(f"draem_pair: expected a square image, got {normal.size}")
+    mask, res, angle = perlin_mask(size, rng)
+    if other_normals and rng.random() < 0.5:
+        j = int(rng.integers(0, len(other_normals)))
+        src = other_normals[j].rotate(90 * int(rng.integers(0, 4)))
+        src, _ = color_jitter(src, rng, strength=0.3)
+        source = f"normal:{j}"
+    else:
+        src = procedural_texture(size, rng)
+        source = "procedural"
+    beta = float(rng.uniform(0.0, beta_max))
+    x = np.asarray(normal, np.float32)
+    s = np.asarray(src.convert("RGB").resize(normal.size), np.float32)
+    m = mask[..., None].astype(np.float32)
+    out = (1 - m) * x + m * ((1 - beta) * s + beta * x)
+    img = Image.fromarray(np.clip(out, 0, 255).round().astype(np.uint8), mode="RGB")
+    return img, mask, {"perlin_res_y": res[0], "perlin_res_x": res[1], "perlin_angle": round(angle, 3),
+                       "beta": round(beta, 4), "source": source}
+
+
+def real_pair(image: Image.Image, mask: np.ndarray, seed: int, rotate90: bool, flip: bool
+              ) -> tuple[Image.Image, np.ndarray, dict]:
+    """A real training anomaly, rotated by k·90° / flipped with ``seas.data.augment_pair`` -> (image, mask, {})."""
+    import torch
+
+    from seas.data import augment_pair, image_to_tensor, mask_to_tensor
+
+    g = torch.Generator().manual_seed(seed)
+    img_t, mask_t = augment_pair(image_to_tensor(image), mask_to_tensor(mask), g, rotate90=rotate90, flip=flip)
+    arr = ((img_t.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+    return Image.fromarray(arr, mode="RGB"), (mask_t[0].numpy() > 0.5).astype(np.uint8), {}
+
+
+# ----------------------------------------------------------------------------- driver
+def generate_baseline(cfg: Mapping, method: str, split: Split, out: str | Path,
+                      num_per_type: int | None = None, progress: bool = True) -> Path:
+    """Write ``out/<type>/{images,masks}/NNNNNN.png + manifest.csv`` for every anomaly type of ``split``.
+
+    The whole product folder is written in a temporary directory and renamed onto ``out`` at the end.
+    """
+    if method not in METHODS:
+        raise DataError(f"--method: unknown baseline {method!r} (choose from {', '.join(METHODS)})")
+    ds = cfg["downstream"]
+    size = int(ds["image_size"])
+    policy = cfg["dataset"]["image_policy"]
+    n = int(num_per_type or ds["num_baseline_images_per_type"])
+    if not split.train_normals and method != "real":
+        raise DataError(f"split of {split.product!r}: no normal training images for {method}")
+    normals: dict[int, Image.Image] = {}
+
+    def normal(i: int) -> Image.Image:
+        if i not in normals:
+            normals[i] = load_image(split.train_normals[i], size, policy)
+        return normals[i]
+
+    rot, flip = augmentation_for(cfg, split.product) if method == "real" else (False, False)
+    base_seed = int(cfg["seed"])
+    with atomic_dir(out) as tmp:
+        for t in split.anomaly_types:
+            type_dir = tmp / t
+            rows = []
+            real = split.train_anomalies.get(t, [])
+            if method == "real" and not real:
+                raise DataError(f"split of {split.product!r}: no training anomalies of type {t!r}")
+            for i in tqdm(range(n), desc=f"{method} {split.product}/{t}", disable=not progress, leave=False):
+                seed = derive_seed(base_seed, "baseline", method, split.product, t, i)
+                rng = np.random.default_rng(seed)
+                if method == "real":
+                    ref = real[i % len(real)]
+                    img, mask, params = real_pair(load_image(ref["image"], size, policy),
+                                                  load_mask(ref["mask"], size, policy), seed, rot, flip)
+                    reference = ref["image"]
+                else:
+                    k = int(rng.integers(0, len(split.train_normals)))
+                    reference = split.train_normals[k]
+                    if method == "cutpaste":
+                        img, mask, params = cutpaste_pair(normal(k), rng)
+                    else:
+                        others = [j for j in range(len(split.train_normals)) if j != k]
+                        picks = [others[j] for j in rng.permutation(len(others))[:8]] if others else []
+                        img, mask, params = draem_pair(normal(k), rng, [normal(j) for j in picks])
+                ip, mp = save_pair(type_dir, i, img, mask)
+                rows.append({"index": i, "image": ip, "mask": mp, "seed": seed, "reference": reference, "type": t,
+                             "method": method, "anomalous_fraction": round(float(mask.mean()), 6), **params})
+            write_manifest(type_dir, rows)
+            log.info("%s %s/%s: %d pairs", method, split.product, t, len(rows))
+    return Path(out)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    from seas.config import load_config, parse_override
+    from seas.runtime import setup_logging
+
+    ap = argparse.ArgumentParser(prog="python -m downstream.baselines", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="run configuration (YAML)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    ap.add_argument("--method", required=True, choices=METHODS, help="which baseline generator")
+    ap.add_argument("--split", required=True, help="split manifest of the product (split/<product>.json)")
+    ap.add_argument("--out", required=True, help="product folder to write (methods/<method>/<product>)")
+    ap.add_argument("--num", type=int, default=None, help="pairs per type (default downstream.num_baseline_images_per_type)")
+    args = ap.parse_args(argv)
+    setup_logging()
+    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    split = Split.load(args.split)
+    generate_baseline(cfg, args.method, split, args.out, num_per_type=args.num)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from seas.runtime import cli
+
+    return cli(_main)(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,292 @@
+"""The paper's tables as CSVs, from one run's per-model scores and per-method generation metrics.
+
+    python -m downstream.tables --config C --run-dir results/<run> --out-dir <results_dir>/tables
+
+Reads ``<run>/segmentation/<model>/<method dir>/scores.csv`` (downstream.evaluate), optional
+``train.json`` beside it (its ``backbone_init`` field), ``<run>/gen_metrics/<method dir>/<product>.json``
+(seas.gen_metrics) and the product list from ``<run>/split/*.json``. Writes:
+
+``generation.csv``                Tab. 1: dataset, generator_model, method, product, is, ic_lpips, inception_weights,
+                                  lpips_weights; one row per method x product + a ``mean`` row per method.
+``segmentation.csv``              Tab. 2: dataset, generator_model, model, backbone_init, method, pixel_auroc,
+                                  pixel_ap, pixel_f1max, pixel_iou_best, pixel_iou_fixed (+ pixel_pro for VisA);
+                                  one row per model x method (the products' mean) + ``model = average`` rows
+                                  (mean over models, per method, like Tab. 2's "average").
+``detection.csv``                 Tab. 3: the same rows with image_auroc, image_ap, image_f1max.
+``segmentation_per_product.csv``  Tab. 13-18: dataset, generator_model, product, metric, then one column per
+``detection_per_product.csv``     ``<model>/<method>``; rows product x metric, products' ``mean`` last.
+
+Metrics are in percent (downstream.metrics.SCALE); IS and IC-LPIPS as computed. ``generator_model`` names the
+diffusion model behind the ``seas`` method of this run — ``tiny-random (not SD v1-4)`` for the tiny random
+model (``model.tiny`` or a ``seas_tiny.json`` marker in the model folder), else ``model.pretrained``.
+Method ``external:<path>`` is labelled ``external:<basename>`` and lives in the folder ``external-<basename>``
+(:func:`method_dir`).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from seas.errors import ConfigError, DataError
+
+from .evaluate import MEAN_ROW, read_scores
+from .metrics import IMAGE_COLUMNS
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TINY_LABEL", "AVERAGE", "SEG_COLUMNS", "DET_COLUMNS", "method_label", "method_dir", "generator_label",
+           "build_tables", "write_tables", "main"]
+
+TINY_LABEL = "tiny-random (not SD v1-4)"
+TINY_MARKER = "seas_tiny.json"
+AVERAGE = "average"
+SEG_COLUMNS = ["pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_fixed"]
+PRO_COLUMN = "pixel_pro"
+DET_COLUMNS = list(IMAGE_COLUMNS)
+NOT_RECORDED = "not recorded"
+PRO_DATASETS = ("visa",)
+
+
+# ----------------------------------------------------------------------------- names
+def _external_base(method: str) -> str:
+    path = method.split(":", 1)[1].rstrip("/\\")
+    base = Path(path).name
+    if not base:
+        raise ConfigError(f"downstream.methods: {method!r} has no folder name")
+    return base
+
+
+def method_label(method: str) -> str:
+    """Table label: ``external:/data/ad/pairs`` -> ``external:pairs``; other methods unchanged."""
+    return f"external:{_external_base(method)}" if method.startswith("external:") else method
+
+
+def method_dir(method: str) -> str:
+    """Folder name of a method's outputs: ``external:/data/ad/pairs`` -> ``external-pairs``."""
+    return f"external-{_external_base(method)}" if method.startswith("external:") else method
+
+
+def generator_label(cfg: Mapping) -> str:
+    m = cfg["model"]
+    if m.get("tiny") or (Path(m["pretrained"]) / TINY_MARKER).is_file():
+        return TINY_LABEL
+    return str(m["pretrained"])
+
+
+def _check_unique(methods: Sequence[str]) -> None:
+    dirs = [method_dir(m) for m in methods]
+    dup = sorted({d for d in dirs if dirs.count(d) > 1})
+    if dup:
+        raise ConfigError(f"downstream.methods: several methods map to the same folder {dup}; "
+                          "give external folders distinct names")
+
+
+def _products(run_dir: Path) -> list[str]:
+    split_dir = run_dir / "split"
+    products = sorted(p.stem for p in split_dir.glob("*.json")) if split_dir.is_dir() else []
+    if not products:
+        raise DataError(f"no split manifest in {split_dir} (the product list of the run)")
+    return products
+
+
+def _backbone_init(folder: Path) -> str:
+    meta = folder / "train.json"
+    if not meta.is_file():
+        return NOT_RECORDED
+    try:
+        value = json.loads(meta.read_text()).get("backbone_init")
+    except json.JSONDecodeError as e:
+        raise DataError(f"{meta} is not valid JSON: {e}") from None
+    if value is None:
+        return NOT_RECORDED
+    value = str(value)
+    if value.startswith("pretrained:"):  # downstream.train writes "pretrained:<weights path>"
+        return "pretrained:" + Path(value.split(":", 1)[1]).name
+    return value
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"generation metrics file {path} does not exist (run `python -m seas.gen_metrics` first)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from None
+    missing = [k for k in ("is", "ic_lpips") if k not in data]
+    if missing:
+        raise DataError(f"{path} lacks keys: {', '.join(missing)}")
+    return data
+
+
+def _weights_label(value) -> str:
+    if value in (None, "", "random"):
+        return "random"
+    return Path(str(value)).name
+
+
+def _mean(values) -> float:
+    return float(np.mean([float(v) for v in values])) if len(values) else math.nan
+
+
+# ----------------------------------------------------------------------------- tables
+def generation_table(cfg: Mapping, run_dir: Path, methods: Sequence[str], products: Sequence[str]):
+    import pandas as pd
+
+    base = {"dataset": cfg["dataset"]["name"], "generator_model": generator_label(cfg)}
+    rows = []
+    for m in methods:
+        per = []
+        for p in products:
+            d = _read_json(run_dir / "gen_metrics" / method_dir(m) / f"{p}.json")
+            per.append({**base, "method": method_label(m), "product": p, "is": float(d["is"]),
+                        "ic_lpips": float(d["ic_lpips"]), "inception_weights": _weights_label(d.get("inception")),
+                        "lpips_weights": _weights_label(d.get("lpips"))})
+        rows += per
+        rows.append({**base, "method": method_label(m), "product": MEAN_ROW,
+                     "is": _mean([r["is"] for r in per]), "ic_lpips": _mean([r["ic_lpips"] for r in per]),
+                     "inception_weights": "+".join(sorted({r["inception_weights"] for r in per})),
+                     "lpips_weights": "+".join(sorted({r["lpips_weights"] for r in per}))})
+    return pd.DataFrame(rows, columns=["dataset", "generator_model", "method", "product", "is", "ic_lpips",
+                                       "inception_weights", "lpips_weights"])
+
+
+def _load_scores(run_dir: Path, models: Sequence[str], methods: Sequence[str]) -> dict:
+    scores, products = {}, None
+    for model in models:
+        for m in methods:
+            folder = run_dir / "segmentation" / model / method_dir(m)
+            rows = read_scores(folder / "scores.csv")
+            prods = [r["product"] for r in rows if r["product"] != MEAN_ROW]
+            if products is None:
+                products = prods
+            elif sorted(prods) != sorted(products):
+                raise DataError(f"{folder / 'scores.csv'} covers products {sorted(prods)}, "
+                                f"other score files cover {sorted(products)}")
+            scores[model, m] = {"rows": {r["product"]: r for r in rows}, "backbone_init": _backbone_init(folder)}
+    return {"scores": scores, "products": sorted(products or [])}
+
+
+def summary_table(cfg: Mapping, loaded: dict, models, methods, columns):
+    """Tab. 2 / Tab. 3 layout: the products' mean per model x method, then the average over models."""
+    import pandas as pd
+
+    base = {"dataset": cfg["dataset"]["name"], "generator_model": generator_label(cfg)}
+    rows = []
+    for model in models:
+        for m in methods:
+            s = loaded["scores"][model, m]
+            mean = s["rows"][MEAN_ROW]
+            rows.append({**base, "model": model, "backbone_init": s["backbone_init"], "method": method_label(m),
+                         **{c: mean[c] for c in columns}})
+    for m in methods:  # always present (with one model it repeats that model), so the layout is fixed
+        mine = [r for r in rows if r["method"] == method_label(m)]
+        inits = sorted({f"{r['model']}={r['backbone_init']}" for r in mine})
+        rows.append({**base, "model": AVERAGE, "backbone_init": ";".join(inits), "method": method_label(m),
+                     **{c: _mean([r[c] for r in mine]) for c in columns}})
+    return pd.DataFrame(rows, columns=["dataset", "generator_model", "model", "backbone_init", "method"] + list(columns))
+
+
+def per_product_table(cfg: Mapping, loaded: dict, models, methods, columns):
+    """Tab. 13-18 layout: rows product x metric, one column per ``<model>/<method>``."""
+    import pandas as pd
+
+    base = {"dataset": cfg["dataset"]["name"], "generator_model": generator_label(cfg)}
+    keys = [(model, m) for model in models for m in methods]
+    names = [f"{model}/{method_label(m)}" for model, m in keys]
+    rows = []
+    for product in list(loaded["products"]) + [MEAN_ROW]:
+        for c in columns:
+            row = {**base, "product": product, "metric": c}
+            for (model, m), name in zip(keys, names):
+                row[name] = loaded["scores"][model, m]["rows"][product][c]
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["dataset", "generator_model", "product", "metric"] + names)
+
+
+def build_tables(cfg: Mapping, run_dir: str | Path, *, generation: bool | None = None,
+                 gen_methods: Sequence[str] | None = None, with_pro: bool | None = None) -> dict:
+    """All tables as DataFrames keyed by file name. ``generation`` defaults to ``gen_metrics.enabled``;
+    ``gen_methods`` to every configured method; ``with_pro`` to ``dataset.name == visa``."""
+    run_dir = Path(run_dir)
+    d = cfg["downstream"]
+    models, methods = list(d["models"]), list(d["methods"])
+    _check_unique(methods)
+    with_pro = cfg["dataset"]["name"] in PRO_DATASETS if with_pro is None else with_pro
+    seg_cols = SEG_COLUMNS + ([PRO_COLUMN] if with_pro else [])
+    loaded = _load_scores(run_dir, models, methods)
+    tables = {
+        "segmentation.csv": summary_table(cfg, loaded, models, methods, seg_cols),
+        "detection.csv": summary_table(cfg, loaded, models, methods, DET_COLUMNS),
+        "segmentation_per_product.csv": per_product_table(cfg, loaded, models, methods, seg_cols),
+        "detection_per_product.csv": per_product_table(cfg, loaded, models, methods, DET_COLUMNS),
+    }
+    if generation is None:
+        generation = bool(cfg.get("gen_metrics", {}).get("enabled", True))
+    if generation:
+        gm = list(gen_methods) if gen_methods is not None else methods
+        tables["generation.csv"] = generation_table(cfg, run_dir, gm, _products(run_dir))
+    return tables
+
+
+def write_tables(tables: Mapping, out_dir: str | Path) -> list[Path]:
+    from seas.runtime import atomic_write_text
+
+    out_dir = Path(out_dir)
+    written = []
+    for name, df in tables.items():
+        buf = io.StringIO()
+        df.round(10).to_csv(buf, index=False, lineterminator="\n")  # drop float noise (0.6000000000000001)
+        written.append(atomic_write_text(out_dir / name, buf.getvalue()))
+    return written
+
+
+# ----------------------------------------------------------------------------- CLI
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m downstream.tables",
+        description="Collect a run's scores.csv and gen_metrics JSON files into the paper's tables "
+                    "(generation.csv, segmentation.csv, detection.csv, *_per_product.csv) for the configured "
+                    "downstream.models x downstream.methods. Metrics in percent.",
+    )
+    p.add_argument("--config", required=True, help="run configuration YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--run-dir", required=True, help="results/<run_name>")
+    p.add_argument("--out-dir", required=True, help="where the CSVs go (<results_dir>/tables)")
+    p.add_argument("--gen-methods", nargs="*", default=None,
+                   help="methods with generation metrics (default: every configured method)")
+    p.add_argument("--no-generation", action="store_true", help="skip generation.csv (default: gen_metrics.enabled)")
+    p.add_argument("--pro", choices=["auto", "yes", "no"], default="auto",
+                   help="add pixel_pro to the segmentation tables (auto: VisA only, as in the paper)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    from seas.config import load_config, parse_override
+    from seas.runtime import setup_logging
+
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    tables = build_tables(cfg, args.run_dir, generation=False if args.no_generation else None,
+                          gen_methods=args.gen_methods, with_pro={"auto": None, "yes": True, "no": False}[args.pro])
+    for path in write_tables(tables, args.out_dir):
+        log.info("wrote %s", path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from seas.runtime import cli
+
+    return cli(_main)(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,350 @@
+"""Generation metrics of one product: Inception Score (torch-fidelity) and IC-LPIPS (lpips, VGG).
+
+    python -m seas.gen_metrics --config C --split split/P.json --pairs methods/M/P --method M --out gen_metrics/M/P.json
+
+Per anomaly type folder ``<pairs>/<type>/images/`` (``good`` is skipped), images resized to
+``gen_metrics.image_size`` (256 in the paper):
+
+* IS: ``torch_fidelity.calculate_metrics(isc=True)`` with the Inception weights file ``gen_metrics.inception_weights``
+  (pt_inception-2015-12-05); when that key is null a Kaiming-initialised Inception of the same architecture is used
+  and the output says ``"inception": "random"`` (plumbing only: never a number to report).
+* IC-LPIPS (seas-method.md, "Metrics"): every generated image joins the cluster of its nearest training anomaly image
+  of that type (by LPIPS); inside each cluster the mean LPIPS over all pairs of its first ``gen_metrics.cluster_cap``
+  members (140, the authors' cap); a cluster with fewer than 2 members (singleton or empty) scores 0; the score is
+  the mean over the clusters (= over the training anomaly images). Images enter LPIPS in [-1, 1].
+  Weights: ``gen_metrics.lpips_weights_dir`` holding ``vgg.pth`` (LPIPS linear layers) and
+  ``vgg16-397923af.pth`` (torchvision's ImageNet VGG-16); null = randomly initialised network (``"lpips": "random"``).
+
+The product's ``is`` / ``ic_lpips`` are the means over its anomaly types; ``per_type`` holds each type's values.
+The clustering maths is in pure functions (:func:`assign_clusters`, :func:`cluster_members`,
+:func:`ic_lpips_from_clusters`, :func:`ic_lpips_from_matrices`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .config import load_config, parse_override
+from .errors import CheckpointError, DataError
+from .runtime import atomic_write_text, cli, derive_seed, get_device, setup_logging
+
+log = logging.getLogger("seas.gen_metrics")
+
+__all__ = ["assign_clusters", "cluster_members", "ic_lpips_from_clusters", "ic_lpips_from_matrices",
+           "build_lpips", "lpips_distances", "distances_to_references", "mean_pairwise_distance", "ic_lpips",
+           "build_inception_weights", "inception_score", "isc_splits", "product_metrics", "main",
+           "LPIPS_LINEAR_FILE", "VGG16_FILE"]
+
+LPIPS_LINEAR_FILE = "vgg.pth"
+VGG16_FILE = "vgg16-397923af.pth"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+# ----------------------------------------------------------------------------- IC-LPIPS maths (pure)
+def assign_clusters(d_to_refs: np.ndarray) -> np.ndarray:
+    """[G, T] distances of generated images to training images -> cluster label per generated image (argmin;
+    ties go to the lower reference index)."""
+    d = np.asarray(d_to_refs, dtype=np.float64)
+    if d.ndim != 2 or d.shape[1] == 0:
+        raise ValueError(f"assign_clusters: need a [G, T>0] matrix, got shape {d.shape}")
+    return d.argmin(axis=1)
+
+
+def cluster_members(labels: Sequence[int], num_clusters: int, cap: int | None = 140) -> list[list[int]]:
+    """Members of each cluster in generated-index order, each truncated to its first ``cap``."""
+    members: list[list[int]] = [[] for _ in range(num_clusters)]
+    for i, c in enumerate(labels):
+        if cap is None or len(members[int(c)]) < cap:
+            members[int(c)].append(i)
+    return members
+
+
+def ic_lpips_from_clusters(members: Sequence[Sequence[int]],
+                           mean_pairwise: Callable[[Sequence[int]], float]) -> tuple[float, list[float]]:
+    """Mean over clusters of the within-cluster mean pairwise distance; clusters with < 2 members count 0.
+
+    ``mean_pairwise(indices)`` returns the mean distance over all unordered pairs of those generated images.
+    """
+    if not members:
+        raise ValueError("ic_lpips_from_clusters: no clusters")
+    per = [float(mean_pairwise(list(m))) if len(m) >= 2 else 0.0 for m in members]
+    return float(np.mean(per)), per
+
+
+def ic_lpips_from_matrices(d_to_refs: np.ndarray, d_pairs: np.ndarray, cap: int | None = 140) -> tuple[float, list[float]]:
+    """IC-LPIPS from a full [G, T] generated-to-reference matrix and a [G, G] generated-pairs matrix."""
+    d_pairs = np.asarray(d_pairs, dtype=np.float64)
+    labels = assign_clusters(d_to_refs)
+    members = cluster_members(labels, np.asarray(d_to_refs).shape[1], cap)
+
+    def mp(idx):
+        sub = d_pairs[np.ix_(idx, idx)]
+        iu = np.triu_indices(len(idx), k=1)
+        return float(sub[iu].mean())
+
+    return ic_lpips_from_clusters(members, mp)
+
+
+# ----------------------------------------------------------------------------- LPIPS
+def build_lpips(weights_dir: str | None, device, seed: int = 0):
+    """LPIPS-VGG. ``weights_dir`` None -> random network (``pretrained=False, pnet_rand=True``; linear weights made
+    non-negative), label "random". Otherwise ``weights_dir`` must hold vgg.pth and vgg16-397923af.pth."""
+    import lpips
+    import torch
+
+    if weights_dir is None:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")  # lpips' `pretrained=`
+            torch.manual_seed(seed)
+            model = lpips.LPIPS(net="vgg", pretrained=False, pnet_rand=True, verbose=False)
+        # LPIPS's linear weights are non-negative by construction (its training clamps them at 0); a random init
+        # gets the same constraint, so the random metric stays a non-negative distance
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.startswith("lin"):
+                    p.abs_()
+        return model.to(device).eval(), "random"
+    wdir = Path(weights_dir)
+    for name in (LPIPS_LINEAR_FILE, VGG16_FILE):
+        if not (wdir / name).is_file():
+            raise CheckpointError(f"gen_metrics.lpips_weights_dir: {wdir / name} not found (LPIPS-VGG needs "
+                                  f"{LPIPS_LINEAR_FILE} from the lpips package and torchvision's {VGG16_FILE})")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, model_path=str(wdir / LPIPS_LINEAR_FILE),
+                            verbose=False)
+    vgg = torch.load(wdir / VGG16_FILE, map_location="cpu", weights_only=True)
+    own = {}
+    for name, _ in model.net.named_parameters():  # slice{k}.{i}.{weight|bias} <- features.{i}.{weight|bias}
+        key = "features." + name.split(".", 1)[1]
+        if key not in vgg:
+            raise CheckpointError(f"{wdir / VGG16_FILE}: no {key}; not a torchvision VGG-16 state dict")
+        own[name] = vgg[key]
+    model.net.load_state_dict(own, strict=True)
+    return model.to(device).eval(), str(wdir)
+
+
+def lpips_distances(model, a, b, batch_size: int = 32):
+    """Per-pair LPIPS of image tensors a[i], b[i] ([N,3,H,W] in [-1,1]) -> float64 numpy [N]."""
+    import torch
+
+    out = []
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        for s in range(0, a.shape[0], batch_size):
+            d = model(a[s:s + batch_size].to(dev), b[s:s + batch_size].to(dev), normalize=False)
+            out.append(d.flatten().double().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def distances_to_references(model, gen, refs, batch_size: int = 32) -> np.ndarray:
+    """[G, T] LPIPS between every generated image and every training anomaly image."""
+    g, t = gen.shape[0], refs.shape[0]
+    ii = np.repeat(np.arange(g), t)
+    jj = np.tile(np.arange(t), g)
+    return lpips_distances(model, gen[ii], refs[jj], batch_size).reshape(g, t)
+
+
+def mean_pairwise_distance(model, images, batch_size: int = 32) -> float:
+    """Mean LPIPS over all unordered pairs of ``images`` (>= 2)."""
+    n = images.shape[0]
+    iu, ju = np.triu_indices(n, k=1)
+    return float(lpips_distances(model, images[iu], images[ju], batch_size).mean())
+
+
+def ic_lpips(model, gen, refs, cap: int | None = 140, batch_size: int = 32) -> tuple[float, list[float], list[int]]:
+    """IC-LPIPS of generated images against the training anomaly images of their type.
+
+    Returns (score, per-cluster scores, cluster sizes before the cap)."""
+    d = distances_to_references(model, gen, refs, batch_size)
+    labels = assign_clusters(d)
+    members = cluster_members(labels, refs.shape[0], cap)
+    score, per = ic_lpips_from_clusters(members, lambda idx: mean_pairwise_distance(model, gen[list(idx)], batch_size))
+    sizes = np.bincount(labels, minlength=refs.shape[0]).tolist()
+    return score, per, sizes
+
+
+# ----------------------------------------------------------------------------- IS
+def build_inception_weights(path: str | Path, seed: int = 0) -> Path:
+    """Write a Kaiming-initialised state dict of torch-fidelity's Inception-v3 to ``path`` (random IS, plumbing)."""
+    import torch
+    from torch import nn
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class _Random(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):  # called by the parent with a placeholder
+            g = torch.Generator().manual_seed(seed)
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    with torch.no_grad():
+                        fan_in = m.weight[0].numel()
+                        m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                        if m.bias is not None:
+                            m.bias.zero_()
+            return None
+
+    path = Path(path)
+    placeholder = path.with_name(path.name + ".placeholder")
+    torch.save({}, placeholder)
+    try:
+        net = _Random("inception-v3-compat", ["logits_unbiased"], feature_extractor_weights_path=str(placeholder))
+    finally:
+        placeholder.unlink(missing_ok=True)
+    torch.save(nn.Module.state_dict(net), path)
+    return path
+
+
+def _uint8_dataset(images):
+    """torch Dataset over a uint8 [N,3,H,W] tensor (what torch-fidelity's Inception expects)."""
+    from torch.utils.data import Dataset
+
+    class _UInt8Images(Dataset):
+        def __len__(self):
+            return images.shape[0]
+
+        def __getitem__(self, i):
+            return images[i]
+
+    return _UInt8Images()
+
+
+def isc_splits(n: int, splits: int = 10) -> int:
+    """IS splits for n images: ``splits`` (10, the usual) unless that leaves fewer than 2 images per split
+    (a 1-image split has IS exactly 1)."""
+    return max(1, min(splits, n // 2))
+
+
+def inception_score(images_uint8, weights_path: str | Path, device, splits: int = 10) -> tuple[float, float]:
+    """(IS mean, IS std) of uint8 images [N,3,H,W] through torch-fidelity with the given Inception weights file."""
+    import torch_fidelity
+
+    n = images_uint8.shape[0]
+    if n < 2:
+        raise DataError(f"inception score needs at least 2 images, got {n}")
+    m = torch_fidelity.calculate_metrics(
+        input1=_uint8_dataset(images_uint8), isc=True, fid=False, kid=False, prc=False, verbose=False, cache=False,
+        cuda=getattr(device, "type", str(device)) == "cuda", batch_size=min(64, n), isc_splits=isc_splits(n, splits),
+        save_cpu_ram=True,  # in-memory tensors: no DataLoader worker processes
+        feature_extractor_weights_path=str(weights_path))
+    return float(m["inception_score_mean"]), float(m["inception_score_std"])
+
+
+# ----------------------------------------------------------------------------- images
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+
+
+def _load(paths: Sequence, size: int, policy: str = "resize"):
+    """uint8 [N,3,size,size] tensor."""
+    import torch
+
+    from .data import load_image
+
+    arrs = [np.asarray(load_image(p, size, policy), dtype=np.uint8) for p in paths]
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+
+
+def _to_pm1(x_uint8):
+    return x_uint8.float() / 127.5 - 1.0
+
+
+def type_folders(pairs_dir: Path) -> list[str]:
+    return sorted(d.name for d in pairs_dir.iterdir() if d.is_dir() and d.name != "good" and (d / "images").is_dir())
+
+
+def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) -> dict:
+    """Compute the metrics of one product's generated pairs -> the JSON-able result dict."""
+    import torch
+
+    from .data import Split
+
+    split = split if isinstance(split, Split) else Split.load(split)
+    gm = cfg["gen_metrics"]
+    pairs_dir = Path(pairs_dir)
+    if not pairs_dir.is_dir():
+        raise DataError(f"--pairs {pairs_dir}: folder not found")
+    result = {"product": split.product, "method": method, "is": None, "ic_lpips": None, "per_type": {},
+              "n_images": 0, "inception": None, "lpips": None, "image_size": gm["image_size"],
+              "cluster_cap": gm["cluster_cap"], "enabled": gm["enabled"]}
+    if not gm["enabled"]:
+        return result
+    device = device or get_device(cfg)
+    types = [t for t in type_folders(pairs_dir) if t in split.anomaly_types]
+    unknown = [t for t in type_folders(pairs_dir) if t not in split.anomaly_types]
+    if unknown:
+        log.warning("%s: folders %s are not anomaly types of %s; skipped", pairs_dir, unknown, split.product)
+    if not types:
+        raise DataError(f"{pairs_dir}: no <type>/images/ folders of {split.product}'s anomaly types "
+                        f"({', '.join(split.anomaly_types)})")
+    size = gm["image_size"]
+    seed = derive_seed(cfg["seed"], "gen_metrics")
+    lp, lp_label = build_lpips(gm["lpips_weights_dir"], device, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        if gm["inception_weights"] is None:
+            inc_path, inc_label = build_inception_weights(Path(tmp) / "inception_random.pt", seed), "random"
+        else:
+            inc_path = Path(gm["inception_weights"])
+            if not inc_path.is_file():
+                raise CheckpointError(f"gen_metrics.inception_weights: {inc_path} not found "
+                                      "(torch-fidelity's pt_inception-2015-12-05 weights file)")
+            inc_label = str(inc_path)
+        for t in types:
+            paths = _list_images(pairs_dir / t / "images")
+            if len(paths) < 2:
+                raise DataError(f"{pairs_dir / t / 'images'}: {len(paths)} images; the metrics need at least 2")
+            gen = _load(paths, size)
+            refs = _load([d["image"] for d in split.train_anomalies[t]], size,
+                         cfg["dataset"].get("image_policy", "shorter_side_center_crop"))
+            is_mean, is_std = inception_score(gen, inc_path, device)
+            score, per, sizes = ic_lpips(lp, _to_pm1(gen), _to_pm1(refs), gm["cluster_cap"])
+            result["per_type"][t] = {"is": is_mean, "is_std": is_std, "ic_lpips": score, "n_images": len(paths),
+                                     "cluster_sizes": sizes, "cluster_ic_lpips": per}
+            result["n_images"] += len(paths)
+            log.info("%s/%s: IS %.4f  IC-LPIPS %.4f  (%d images)", split.product, t, is_mean, score, len(paths))
+            del gen, refs
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    result["is"] = float(np.mean([v["is"] for v in result["per_type"].values()]))
+    result["ic_lpips"] = float(np.mean([v["ic_lpips"] for v in result["per_type"].values()]))
+    result["inception"], result["lpips"] = inc_label, lp_label
+    return result
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m seas.gen_metrics",
+        description="IS (torch-fidelity) and IC-LPIPS (lpips VGG) of one product's generated images, per anomaly "
+                    "type and averaged. Weights from gen_metrics.inception_weights / lpips_weights_dir; null = "
+                    "random networks, labelled 'random' in the output.",
+    )
+    p.add_argument("--config", required=True, help="run configuration YAML")
+    p.add_argument("--split", required=True, help="split manifest split/<product>.json (training anomalies)")
+    p.add_argument("--pairs", required=True, help="generated pairs of the product: methods/<method>/<product>")
+    p.add_argument("--method", required=True, help="method name recorded in the output")
+    p.add_argument("--out", required=True, help="output JSON gen_metrics/<method>/<product>.json")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    res = product_metrics(cfg, args.split, args.pairs, args.method)
+    atomic_write_text(args.out, json.dumps(res, indent=1))
+    return 0
+
+
+main = cli(_main)
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,448 @@
+"""Generate image-mask pairs of one anomaly type (or normal images) with the fine-tuned generator + RMP branch.
+
+    python -m seas.generate --config C --split split/P.json --generator generator/P --rmp rmp/P --type T \
+        --out methods/seas/P/T
+    python -m seas.generate ... --type good --out methods/seas/P/good      # normal images, prompt "a <ob>"
+
+Image j (seas-method.md, "Generation"):
+1. reference = normal training image ``j mod generation.num_reference_images`` of the split; its VAE latent
+   (posterior mean, *not* multiplied by the VAE scaling factor unless ``generation.scale_init_latent``, as the
+   authors do) is noised at the last step of the scaled-linear schedule stretched to
+   ``generation.init_schedule_steps`` (1500: x_T = 0.0178·z + 0.99984·ε, i.e. ≈ 0.098·z_scaled + 0.9998·ε);
+   ε ~ N(0, I) from a CPU generator seeded with ``derive_seed(seed, product, type, j)``, so image j does not depend
+   on the other images;
+2. ``generation.num_inference_steps`` steps of diffusers' ``DPMSolverMultistepScheduler``
+   (``algorithm_type="dpmsolver++"``, ``final_sigmas_type="sigma_min"``, ``timestep_spacing="linspace"``: the first
+   step is t = 999), configured from the base model's scheduler config, with classifier-free guidance
+   (``generation.guidance_scale``; empty-prompt unconditional branch);
+3. at each of the last ``generation.mask_steps`` steps the RMP branch predicts a mask from the conditional U-Net
+   features and the VAE decoder features of the new latent; the anomaly probabilities are averaged and
+   thresholded at ``generation.mask_threshold`` (τ); the image is the last step's decode.
+
+Output: ``images/NNNNNN.png`` (RGB) and ``masks/NNNNNN.png`` (L, 0/255), same names, each written atomically, then
+``manifest.csv`` last (its presence marks a complete folder): index, files, seed, reference and every parameter,
+so any pair can be regenerated (:func:`regenerate`). Batches are aligned to multiples of
+``generation.batch_size``; an interrupted run resumes at the batch holding the first missing index.
+``.params.json`` records the parameters of the folder; a rerun with other parameters (e.g. a changed config that
+made Snakemake rerun the rule) logs a warning and starts over; a folder not written by seas.generate is refused
+(``--overwrite`` deletes it first).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import rmp as rmp_mod
+from .config import load_config, parse_override
+from .data import Split, image_to_tensor, load_image
+from .errors import DataError
+from .runtime import atomic_save_image, atomic_write_text, autocast_dtype, cli, derive_seed, get_device, setup_logging
+
+log = logging.getLogger("seas.generate")
+
+__all__ = ["GOOD", "init_noise_coefficients", "noise_reference", "make_dpm_scheduler", "denoise_batch",
+           "to_uint8_images", "threshold_masks", "GenContext", "prepare", "generate_indices", "first_missing",
+           "generate", "regenerate", "read_manifest", "main"]
+
+GOOD = "good"
+MANIFEST = "manifest.csv"
+PARAMS = ".params.json"
+MANIFEST_FIELDS = ["index", "image", "mask", "seed", "reference", "type", "prompt", "guidance_scale",
+                   "num_inference_steps", "mask_threshold", "mask_steps", "init_schedule_steps", "scale_init_latent",
+                   "num_reference_images", "resolution", "batch_size", "batch_start", "generator", "rmp"]
+
+
+# ----------------------------------------------------------------------------- pure pieces
+def init_noise_coefficients(scheduler_config: Mapping, steps: int) -> tuple[float, float]:
+    """(sqrt(ᾱ_T), sqrt(1-ᾱ_T)) at the last step of the base scaled-linear schedule stretched to ``steps`` steps."""
+    from diffusers import DDPMScheduler
+
+    s = DDPMScheduler(num_train_timesteps=int(steps), beta_start=float(scheduler_config["beta_start"]),
+                      beta_end=float(scheduler_config["beta_end"]), beta_schedule="scaled_linear")
+    acp = s.alphas_cumprod[-1].double()
+    return float(acp.sqrt()), float((1 - acp).sqrt())
+
+
+def noise_reference(z: torch.Tensor, eps: torch.Tensor, coefs: tuple[float, float]) -> torch.Tensor:
+    a, b = coefs
+    return a * z + b * eps
+
+
+def make_dpm_scheduler(scheduler_config: Mapping, num_inference_steps: int):
+    """DPM-Solver++ (multistep, order 2) from the base model's scheduler config; timesteps set."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    s = DPMSolverMultistepScheduler.from_config(dict(scheduler_config), algorithm_type="dpmsolver++",
+                                                final_sigmas_type="sigma_min", timestep_spacing="linspace")
+    s.set_timesteps(num_inference_steps)
+    return s
+
+
+def to_uint8_images(images: torch.Tensor) -> np.ndarray:
+    """[B,3,H,W] in [-1,1] -> uint8 [B,H,W,3]."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def threshold_masks(prob: torch.Tensor, tau: float) -> np.ndarray:
+    """[B,H,W] anomaly probability -> uint8 0/255 masks (prob > τ)."""
+    return ((prob.detach().float() > tau).to(torch.uint8) * 255).cpu().numpy()
+
+
+@torch.no_grad()
+def denoise_batch(unet, vae, rmp, scheduler_config: Mapping, latents: torch.Tensor, cond: torch.Tensor,
+                  uncond: torch.Tensor | None, *, guidance_scale: float, num_inference_steps: int, mask_steps: int,
+                  vae_kind: str = "decoder", amp_dtype=None):
+    """Denoise ``latents`` (x_T, [B,4,h,w]) and return (images [B,3,H,W] in [-1,1], mean anomaly prob [B,H,W] or None).
+
+    ``cond`` / ``uncond``: text embeddings [1 or B, 77, D]; guidance is skipped when ``uncond`` is None or the scale is
+    1. ``rmp`` None skips the masks (normal images).
+    """
+    device = latents.device
+    b = latents.shape[0]
+    sched = make_dpm_scheduler(scheduler_config, num_inference_steps)
+    do_cfg = uncond is not None and guidance_scale != 1.0
+    cond = cond.expand(b, -1, -1) if cond.shape[0] == 1 else cond
+    ctx = torch.cat([uncond.expand(b, -1, -1), cond]) if do_cfg else cond
+    ctx = ctx.to(device, unet.dtype)
+    n_levels = rmp_mod.num_vae_levels(vae)
+    x = latents.to(unet.dtype)
+    timesteps = sched.timesteps
+    n = len(timesteps)
+    k = min(mask_steps, n)
+    prob_sum = None
+    decoded = None
+    take = slice(b, 2 * b) if do_cfg else slice(0, b)
+    for i, t in enumerate(timesteps):
+        last_k = i >= n - k
+        inp = torch.cat([x, x]) if do_cfg else x
+        inp = sched.scale_model_input(inp, t)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            if rmp is not None and last_k:
+                pred, feats, temb = rmp_mod.unet_features(unet, inp, t, ctx, take=take)
+            else:
+                pred = unet(inp, t, encoder_hidden_states=ctx, return_dict=False)[0]
+        if do_cfg:
+            pu, pc = pred.chunk(2)
+            pred = pu + guidance_scale * (pc - pu)
+        x = sched.step(pred, t, x, return_dict=False)[0]
+        if rmp is not None and last_k:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                decoded, vfeats = rmp_mod.vae_features(vae, x, vae_kind, n_levels)
+                out = rmp(feats, temb, vfeats)
+            p = rmp_mod.anomaly_probability(out.fine_logits)
+            prob_sum = p if prob_sum is None else prob_sum + p
+    if decoded is None or rmp is None:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            decoded = vae.decode(x / vae.config.scaling_factor, return_dict=False)[0]
+    prob = None if prob_sum is None else prob_sum / k
+    return decoded, prob
+
+
+# ----------------------------------------------------------------------------- context
+def _params(cfg: Mapping, anomaly_type: str, generator_dir, rmp_dir) -> dict:
+    g = cfg["generation"]
+    return {
+        "seed": cfg["seed"], "type": anomaly_type, "guidance_scale": g["guidance_scale"],
+        "num_inference_steps": g["num_inference_steps"], "mask_threshold": g["mask_threshold"],
+        "mask_steps": g["mask_steps"], "init_schedule_steps": g["init_schedule_steps"],
+        "scale_init_latent": g["scale_init_latent"], "num_reference_images": g["num_reference_images"],
+        "resolution": cfg["model"]["resolution"], "image_policy": cfg["dataset"].get("image_policy"),
+        "batch_size": g["batch_size"], "generator": str(generator_dir),
+        "rmp": str(rmp_dir) if rmp_dir is not None and anomaly_type != GOOD else "",
+        "bn_train_mode_at_inference": cfg["rmp"]["bn_train_mode_at_inference"],
+    }
+
+
+@dataclass
+class GenContext:
+    product: str
+    anomaly_type: str
+    params: dict
+    prompt: str
+    references: list  # reference image paths
+    ref_latents: torch.Tensor  # [R,4,h,w] on device (scaled or not, see params)
+    coefs: tuple[float, float]
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    bundle: object
+    rmp: object
+    device: torch.device
+    amp_dtype: object
+
+    def seed(self, index: int) -> int:
+        return derive_seed(self.params["seed"], self.product, self.anomaly_type, int(index))
+
+    def reference_index(self, index: int) -> int:
+        return int(index) % len(self.references)
+
+
+def prepare(cfg: Mapping, split: Split, generator_dir, rmp_dir, anomaly_type: str, device=None,
+            params: Mapping | None = None) -> GenContext:
+    """Load the generator (+ RMP), encode the reference images and the prompts."""
+    from .train_rmp import load_generator_bundle, normal_prompt_of, prompt_embeddings
+
+    device = device or get_device(cfg)
+    params = dict(params or _params(cfg, anomaly_type, generator_dir, rmp_dir))
+    bundle = load_generator_bundle(generator_dir, device)
+    tm = bundle.token_map
+    if anomaly_type == GOOD:
+        prompt, rmp = normal_prompt_of(tm), None
+    else:
+        if anomaly_type not in tm.anomaly_types:
+            raise DataError(f"--type {anomaly_type}: generator {generator_dir} knows only {', '.join(tm.anomaly_types)}")
+        prompt = tm.prompt(anomaly_type)
+        if rmp_dir is None:
+            raise DataError(f"--type {anomaly_type}: an RMP checkpoint (--rmp) is needed for anomalous images")
+        rmp = rmp_mod.load_rmp(rmp_dir, device)
+        rmp_mod.check_compatible(rmp.arch, bundle.unet, bundle.vae)
+        rmp_mod.set_inference_mode(rmp, params["bn_train_mode_at_inference"])
+    refs = list(split.train_normals[: params["num_reference_images"]])
+    if not refs:
+        raise DataError(f"split of {split.product}: no normal training images to start generation from")
+    size, policy = params["resolution"], params["image_policy"] or "shorter_side_center_crop"
+    vae = bundle.vae
+    with torch.no_grad():
+        imgs = torch.stack([image_to_tensor(load_image(p, size, policy)) for p in refs]).to(device, vae.dtype)
+        z = torch.cat([vae.encode(imgs[i:i + 1]).latent_dist.mean for i in range(len(refs))])
+        if params["scale_init_latent"]:
+            z = z * vae.config.scaling_factor
+    cond = prompt_embeddings(bundle, [prompt], device)
+    uncond = prompt_embeddings(bundle, [""], device)
+    coefs = init_noise_coefficients(bundle.noise_scheduler.config, params["init_schedule_steps"])
+    return GenContext(split.product, anomaly_type, params, prompt, refs, z, coefs, cond, uncond, bundle, rmp, device,
+                      autocast_dtype(cfg, device))
+
+
+def generate_indices(ctx: GenContext, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Generate images ``indices`` as one batch: (uint8 images [B,H,W,3], uint8 0/255 masks [B,H,W])."""
+    p = ctx.params
+    shape = tuple(ctx.ref_latents.shape[1:])
+    eps = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(ctx.seed(j)), dtype=torch.float32)
+                       for j in indices]).to(ctx.device)
+    z = ctx.ref_latents[[ctx.reference_index(j) for j in indices]].float()
+    x_t = noise_reference(z, eps, ctx.coefs)
+    b = ctx.bundle
+    images, prob = denoise_batch(b.unet, b.vae, ctx.rmp, b.noise_scheduler.config, x_t, ctx.cond, ctx.uncond,
+                                 guidance_scale=p["guidance_scale"], num_inference_steps=p["num_inference_steps"],
+                                 mask_steps=p["mask_steps"],
+                                 vae_kind=ctx.rmp.arch.vae_features if ctx.rmp is not None else "decoder",
+                                 amp_dtype=ctx.amp_dtype)
+    imgs = to_uint8_images(images)
+    if prob is None:
+        masks = np.zeros(imgs.shape[:3], np.uint8)
+    else:
+        masks = threshold_masks(prob, p["mask_threshold"])
+    return imgs, masks
+
+
+# ----------------------------------------------------------------------------- files
+def _name(index: int) -> str:
+    return f"{index:06d}.png"
+
+
+def _complete(out: Path, index: int) -> bool:
+    return (out / "images" / _name(index)).is_file() and (out / "masks" / _name(index)).is_file()
+
+
+def _clear(out: Path) -> None:
+    """Remove what seas.generate wrote in ``out`` (manifest first, so the folder never looks complete)."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    for sub in ("images", "masks"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    (out / PARAMS).unlink(missing_ok=True)
+
+
+def _prune_beyond(out: Path, count: int) -> None:
+    """Delete pairs with index >= count (left by an earlier run with a larger count): the folder = the manifest."""
+    extra = 0
+    for sub in ("images", "masks"):
+        for p in (out / sub).glob("*.png"):
+            if p.stem.isdigit() and int(p.stem) >= count:
+                p.unlink()
+                extra += 1
+    if extra:
+        log.info("%s: removed %d files beyond index %d", out, extra, count - 1)
+
+
+def _remove_stale_tmp(out: Path) -> None:
+    """Delete temporary files an interrupted atomic write may have left (``.NAME.tmpPID``)."""
+    for sub in ("images", "masks"):
+        for p in (out / sub).glob(".*.tmp*") if (out / sub).is_dir() else []:
+            p.unlink(missing_ok=True)
+
+
+def first_missing(out: Path, count: int) -> int:
+    """Smallest index < count whose image or mask is missing (``count`` when none is)."""
+    for j in range(count):
+        if not _complete(out, j):
+            return j
+    return count
+
+
+def _png(arr: np.ndarray):
+    """uint8 HxWx3 -> RGB image, uint8 HxW -> L image."""
+    from PIL import Image
+
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def _manifest_rows(ctx_params: Mapping, count: int, product: str, prompt: str, references: Sequence[str]) -> list[dict]:
+    rows = []
+    bs = ctx_params["batch_size"]
+    for j in range(count):
+        rows.append({
+            "index": j, "image": f"images/{_name(j)}", "mask": f"masks/{_name(j)}",
+            "seed": derive_seed(ctx_params["seed"], product, ctx_params["type"], j),
+            "reference": references[j % len(references)], "type": ctx_params["type"], "prompt": prompt,
+            **{k: ctx_params[k] for k in ("guidance_scale", "num_inference_steps", "mask_threshold", "mask_steps",
+                                          "init_schedule_steps", "scale_init_latent", "num_reference_images",
+                                          "resolution", "batch_size", "generator", "rmp")},
+            "batch_start": (j // bs) * bs,
+        })
+    return rows
+
+
+def read_manifest(out) -> list[dict]:
+    path = Path(out) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: no manifest (generation incomplete?)")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _count_for(cfg: Mapping, anomaly_type: str) -> int:
+    g = cfg["generation"]
+    if anomaly_type == GOOD:
+        return g["num_normal_images"] or g["num_images_per_type"]
+    return g["num_images_per_type"]
+
+
+def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str, out, *, overwrite: bool = False,
+             max_batches: int | None = None, count: int | None = None) -> Path | None:
+    """Generate (or finish) ``out``. ``max_batches`` stops after that many batches in this call and returns None
+    (used to test resumption)."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    split = Split.load(split_path)
+    count = count or _count_for(cfg, anomaly_type)
+    params = _params(cfg, anomaly_type, generator_dir, rmp_dir)
+    ppath = out / PARAMS
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    if ppath.is_file():
+        old = json.loads(ppath.read_text())
+        diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+        if diff:
+            log.warning("%s: holds pairs generated with other parameters (%s); starting over", out, ", ".join(diff))
+            _clear(out)
+    elif out.exists() and any(out.iterdir()):
+        raise DataError(f"{out}: exists without {PARAMS}; not a folder of seas.generate (use --overwrite)")
+    if (out / MANIFEST).is_file() and first_missing(out, count) == count and len(read_manifest(out)) == count:
+        log.info("%s: complete (%d pairs), nothing to do", out, count)
+        return out
+    ctx = prepare(cfg, split, generator_dir, rmp_dir, anomaly_type, params=params)  # fails before writing anything
+    atomic_write_text(ppath, json.dumps(params, indent=1, sort_keys=True))
+    (out / MANIFEST).unlink(missing_ok=True)
+
+    _remove_stale_tmp(out)
+    start = first_missing(out, count)
+    bs = params["batch_size"]
+    batches = list(range((start // bs) * bs, count, bs))
+    if start < count:
+        log.info("%s %s: generating %d..%d (batch %d)%s", split.product, anomaly_type, start, count - 1, bs,
+                 " (resuming)" if start else "")
+    for n_done, b0 in enumerate(tqdm(batches, desc=f"generate {split.product}/{anomaly_type}", unit="batch",
+                                     leave=False)):
+        if max_batches is not None and n_done >= max_batches:
+            return None
+        idx = list(range(b0, min(b0 + bs, count)))
+        if all(_complete(out, j) for j in idx):
+            continue
+        imgs, masks = generate_indices(ctx, idx)
+        for k, j in enumerate(idx):
+            if _complete(out, j):
+                continue
+            atomic_save_image(_png(imgs[k]), out / "images" / _name(j))
+            atomic_save_image(_png(masks[k]), out / "masks" / _name(j))
+    _prune_beyond(out, count)
+    rows = _manifest_rows(params, count, split.product, ctx.prompt, ctx.references)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / MANIFEST, buf.getvalue())
+    log.info("%s: %d pairs + %s", out, count, MANIFEST)
+    return out
+
+
+def regenerate(cfg: Mapping, split_path, out, index: int, *, alone: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Regenerate pair ``index`` of a finished folder from its manifest (parameters, seed, reference, checkpoints).
+
+    By default the batch that produced it (``batch_start``, ``batch_size``) is rerun, which reproduces the pair bit
+    for bit on the same device; ``alone=True`` generates it by itself (same seed and reference; the arithmetic of a
+    different batch size may differ in the last bits on some backends).
+    """
+    out = Path(out)
+    rows = read_manifest(out)
+    row = rows[int(index)]
+    params = json.loads((out / PARAMS).read_text())
+    split = Split.load(split_path)
+    ctx = prepare(cfg, split, params["generator"], params["rmp"] or None, params["type"], params=params)
+    if int(row["seed"]) != ctx.seed(index) or row["reference"] != ctx.references[ctx.reference_index(index)]:
+        raise DataError(f"{out / MANIFEST}: row {index} does not match the split / seed derivation")
+    if alone:
+        idx = [int(index)]
+    else:
+        b0, bs = int(row["batch_start"]), int(row["batch_size"])
+        idx = list(range(b0, min(b0 + bs, len(rows))))
+    imgs, masks = generate_indices(ctx, idx)
+    k = idx.index(int(index))
+    return imgs[k], masks[k]
+
+
+# ----------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m seas.generate",
+        description="Generate SeaS image-mask pairs for one anomaly type (or normal images with --type good); "
+                    "resumable, writes images/, masks/ and manifest.csv (last).",
+    )
+    p.add_argument("--config", required=True, help="run configuration YAML")
+    p.add_argument("--split", required=True, help="split manifest split/<product>.json (reference normal images)")
+    p.add_argument("--generator", required=True, help="generator checkpoint folder generator/<product>")
+    p.add_argument("--rmp", default=None, help="RMP checkpoint folder rmp/<product> (not needed for --type good)")
+    p.add_argument("--type", required=True, help="anomaly type, or 'good' for normal images (prompt 'a <ob>')")
+    p.add_argument("--out", required=True, help="output folder methods/seas/<product>/<type>")
+    p.add_argument("--count", type=int, default=None,
+                   help="number of pairs (default generation.num_images_per_type; good: generation.num_normal_images)")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    generate(cfg, args.split, args.generator, args.rmp, args.type, args.out, overwrite=args.overwrite,
+             count=args.count)
+    return 0
+
+
+main = cli(_main)
+
+if __name__ == "__main__":
+    raise SystemExit(main())

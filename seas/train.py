@@ -1,0 +1,512 @@
+"""Fine-tune the SeaS generator of one product (Separation and Sharing fine-tuning).
+
+    python -m seas.train --config config.yaml --split results/demo/split/weave.json --out results/demo/generator/weave
+
+One U-Net per product, all its anomaly types. Each optimizer step sees ``gradient_accumulation`` batches of
+``batch_abnormal`` anomaly images (any type, with masks) + ``batch_normal`` normal images, augmented
+(rotation by k·90°, flip; ``augmentation`` in the config). Loss = ε-MSE on the abnormal images with their type's
+prompt + NA loss (ε-MSE on the normal images with ``a <ob>``) + DA loss on the cross-attention probabilities of the
+down-path layers at ``generator.da_resolutions``. Trains the whole U-Net (``lr_unet``) and only the new token
+embeddings of the text encoder (``lr_embeddings``; every other text-encoder weight is restored bit-exactly after
+each step), AdamW, constant learning rate. bf16 autocast on CUDA, fp32 on CPU.
+
+Resumable: the training state (U-Net, embeddings, optimizer, step, RNG states, log) is saved every
+``generator.checkpoint_every`` steps in ``<out>.work/``; re-running the same command continues from it. The
+finished generator is written atomically to ``<out>/`` (see seas.checkpoint) and the work folder removed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .errors import CheckpointError, DataError, SeasError
+from .losses import da_loss, eps_mse, na_loss
+from .prompt import TokenMap, register_tokens, tokenize
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainData", "Batch", "load_train_data", "sample_batch", "forward_backward", "FrozenRows",
+           "setup_training", "GeneratorTrainer", "train_generator", "main"]
+
+LOG_COLUMNS = ["step", "loss", "l_sd", "l_na", "da_term1", "da_term2", "seconds"]
+# generator keys that may change between an interrupted run and its resumption
+_RESUME_FREE_KEYS = {"steps_per_type", "checkpoint_every", "log_every"}
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class TrainData:
+    anomalies: list[tuple[torch.Tensor, torch.Tensor, str]]  # (image [3,H,W] in [-1,1], mask [1,H,W] {0,1}, type)
+    normals: list[torch.Tensor]
+
+
+def load_train_data(split, resolution: int, policy: str = "shorter_side_center_crop") -> TrainData:
+    """All training images of a split at ``resolution`` (few-shot: small enough to keep in memory)."""
+    from .data import image_to_tensor, load_image, load_mask, mask_to_tensor
+
+    anomalies = []
+    for image, mask, typ in split.train_pairs():
+        anomalies.append((image_to_tensor(load_image(image, resolution, policy)),
+                          mask_to_tensor(load_mask(mask, resolution, policy)), typ))
+    normals = [image_to_tensor(load_image(p, resolution, policy)) for p in split.train_normals]
+    if not anomalies:
+        raise DataError(f"split of {split.product}: no training anomalies")
+    return TrainData(anomalies, normals)
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor      # [Ba + Bn, 3, H, W], abnormal images first
+    masks: torch.Tensor       # [Ba, 1, H, W]
+    input_ids: torch.Tensor   # [Ba + Bn, 77]
+    df_pos: torch.Tensor      # [Ba, N]
+    ob_pos: torch.Tensor      # [Ba, N']
+    n_abnormal: int
+    types: list[str]
+
+    def to(self, device) -> "Batch":
+        return Batch(self.pixels.to(device), self.masks.to(device), self.input_ids.to(device), self.df_pos.to(device),
+                     self.ob_pos.to(device), self.n_abnormal, self.types)
+
+
+def _pick(n: int, k: int, gen: torch.Generator) -> list[int]:
+    """k indices of range(n): without replacement when n >= k."""
+    if k <= 0:
+        return []
+    if n >= k:
+        return torch.randperm(n, generator=gen)[:k].tolist()
+    return torch.randint(0, n, (k,), generator=gen).tolist()
+
+
+class _PromptCache:
+    def __init__(self, token_map: TokenMap, tokenizer) -> None:
+        self.token_map, self.tokenizer = token_map, tokenizer
+        self._ids: dict[str | None, torch.Tensor] = {}
+        self._pos: dict[str, tuple[list[int], list[int]]] = {}
+
+    def ids(self, typ: str | None) -> torch.Tensor:
+        if typ not in self._ids:
+            prompt = self.token_map.normal_prompt() if typ is None else self.token_map.prompt(typ)
+            self._ids[typ] = tokenize(self.tokenizer, [prompt])[0]
+        return self._ids[typ]
+
+    def positions(self, typ: str) -> tuple[list[int], list[int]]:
+        if typ not in self._pos:
+            self._pos[typ] = self.token_map.positions(self.tokenizer, typ)
+        return self._pos[typ]
+
+
+def sample_batch(data: TrainData, prompts: _PromptCache, gen: torch.Generator, n_abnormal: int, n_normal: int,
+                 rotate90: bool = True, flip: bool = True) -> Batch:
+    from .data import augment_pair
+
+    imgs, masks, ids, dfp, obp, types = [], [], [], [], [], []
+    for i in _pick(len(data.anomalies), n_abnormal, gen):
+        img, mask, typ = data.anomalies[i]
+        img, mask = augment_pair(img, mask, gen, rotate90, flip)
+        imgs.append(img), masks.append(mask), ids.append(prompts.ids(typ)), types.append(typ)
+        d, o = prompts.positions(typ)
+        dfp.append(d), obp.append(o)
+    if n_normal and not data.normals:
+        raise DataError("generator: batch_normal > 0 but the split has no normal training images")
+    for i in _pick(len(data.normals), n_normal, gen):
+        img, _ = augment_pair(data.normals[i], data.normals[i][:1], gen, rotate90, flip)
+        imgs.append(img), ids.append(prompts.ids(None))
+    return Batch(torch.stack(imgs).contiguous(), torch.stack(masks).contiguous(), torch.stack(ids),
+                 torch.tensor(dfp, dtype=torch.long), torch.tensor(obp, dtype=torch.long), len(masks), types)
+
+
+# ----------------------------------------------------------------------------- one step
+def _autocast(device: torch.device, amp_dtype):
+    return torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
+
+
+def forward_backward(unet, vae, text_encoder, noise_scheduler, batch: Batch, gcfg: Mapping[str, Any], store,
+                     noise_gen: torch.Generator, *, amp_dtype=None, loss_scale: float = 1.0,
+                     text_grad: bool = True, backward: bool = True) -> dict[str, float]:
+    """Forward the batch, compute L_SD + L_NA + L_DA, backpropagate ``loss * loss_scale``; returns the loss terms.
+
+    ``backward=False`` evaluates the losses only (no graph, no gradients).
+
+    With ``generator.mixed_batch`` the abnormal and normal images share one U-Net call; otherwise each half gets
+    its own forward and backward pass (same gradient, the ablation's separate batches).
+    """
+    device = batch.pixels.device
+    ba, b = batch.n_abnormal, batch.pixels.shape[0]
+    use_da = bool(gcfg["da_loss"]) and store is not None
+    with torch.no_grad(), _autocast(device, amp_dtype):
+        latents = vae.encode(batch.pixels).latent_dist.sample(generator=noise_gen).float() * vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=noise_gen, device=device, dtype=latents.dtype)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=noise_gen, device=device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    pred_type = noise_scheduler.config.prediction_type
+    if pred_type == "epsilon":
+        target = noise
+    elif pred_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, t)
+    else:
+        raise SeasError(f"noise scheduler prediction_type {pred_type!r} is not supported (epsilon, v_prediction)")
+    latent_hw = tuple(latents.shape[-2:])
+    zero = torch.zeros((), device=device)
+    terms = {"l_sd": zero, "l_na": zero, "da_term1": zero, "da_term2": zero}
+
+    def run(sl: slice, capture: int) -> torch.Tensor:
+        with torch.set_grad_enabled(text_grad and torch.is_grad_enabled()):
+            ehs = text_encoder(batch.input_ids[sl])[0]
+        if store is not None:
+            store.begin(capture, latent_hw)
+        with _autocast(device, amp_dtype):
+            pred = unet(noisy[sl], t[sl], encoder_hidden_states=ehs).sample
+        return pred.float()
+
+    def da_terms() -> tuple[torch.Tensor, torch.Tensor]:
+        maps = store.maps()
+        store.freeze()  # gradient-checkpoint re-runs must not record again
+        res = da_loss(maps, batch.df_pos, batch.ob_pos, batch.masks, base_size=latent_hw[-1],
+                      normalize=gcfg["da_normalize"], ob_region=gcfg["da_ob_region"],
+                      second_term=bool(gcfg["da_second_term"]))
+        return res.term1, res.term2
+
+    def part_losses(sl: slice) -> torch.Tensor:
+        pred = run(sl, ba if (use_da and sl.start == 0) else 0)
+        tgt = target[sl]
+        loss = torch.zeros((), device=device)
+        if sl.start == 0:
+            terms["l_sd"] = eps_mse(pred[:ba], tgt[:ba])
+            loss = loss + terms["l_sd"]
+            if use_da:
+                terms["da_term1"], terms["da_term2"] = da_terms()
+                loss = loss + terms["da_term1"] + terms["da_term2"]
+        if sl.stop > ba:
+            off = ba - sl.start if sl.start < ba else 0
+            terms["l_na"] = na_loss(pred[off:], tgt[off:])
+            loss = loss + terms["l_na"]
+        return loss
+
+    parts = [slice(0, b)] if gcfg["mixed_batch"] or b == ba else [slice(0, ba), slice(ba, b)]
+    try:
+        for sl in parts:
+            with torch.set_grad_enabled(backward and torch.is_grad_enabled()):
+                loss = part_losses(sl)
+            if not torch.isfinite(loss):
+                raise SeasError(f"non-finite generator loss ({ {k: float(v) for k, v in terms.items()} })")
+            if backward:
+                (loss * loss_scale).backward()
+    finally:
+        if store is not None:
+            store.end()
+    out = {k: float(v.detach()) for k, v in terms.items()}
+    out["loss"] = out["l_sd"] + out["l_na"] + out["da_term1"] + out["da_term2"]
+    return out
+
+
+# ----------------------------------------------------------------------------- trainable parameters
+class FrozenRows:
+    """Holds every embedding row except ``trainable_ids`` at its value at construction (restored bit-exactly).
+
+    AdamW's decoupled weight decay and the gradients of ordinary words in the prompts would otherwise move them.
+    """
+
+    def __init__(self, weight: torch.nn.Parameter, trainable_ids: Sequence[int]) -> None:
+        self.weight = weight
+        self.keep = torch.ones(weight.shape[0], dtype=torch.bool, device=weight.device)
+        self.keep[list(trainable_ids)] = False
+        self.values = weight.detach()[self.keep].clone()
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            self.weight[self.keep] = self.values
+
+
+def setup_training(unet, vae, text_encoder, new_token_ids: Sequence[int], g: Mapping[str, Any]):
+    """Freeze/unfreeze per SeaS and build AdamW: -> (optimizer, FrozenRows | None).
+
+    The whole U-Net trains at ``lr_unet``; the token-embedding matrix joins at ``lr_embeddings`` when there are new
+    tokens (only their rows may change: restore the others with ``FrozenRows.restore()`` after every step) or when
+    ``train_full_embedding`` is on (the authors' quirk: every row trains). VAE and the rest of the text encoder
+    are frozen.
+    """
+    vae.requires_grad_(False).eval()
+    text_encoder.requires_grad_(False).eval()
+    unet.requires_grad_(True).train()
+    if g["gradient_checkpointing"]:
+        unet.enable_gradient_checkpointing()
+    emb = text_encoder.get_input_embeddings().weight
+    full = bool(g["train_full_embedding"])
+    frozen = None
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": g["lr_unet"]}]
+    if full or new_token_ids:
+        emb.requires_grad_(True)
+        if not full:
+            frozen = FrozenRows(emb, new_token_ids)
+        groups.append({"params": [emb], "lr": g["lr_embeddings"]})
+    opt = torch.optim.AdamW(groups, betas=(g["adam_beta1"], g["adam_beta2"]), weight_decay=g["adam_weight_decay"],
+                            eps=g["adam_epsilon"])
+    return opt, frozen
+
+
+# ----------------------------------------------------------------------------- trainer
+class GeneratorTrainer:
+    """Holds models, optimizer and RNGs of one product's generator training; resumable."""
+
+    def __init__(self, cfg: Mapping[str, Any], split, out_dir, *, device=None) -> None:
+        from .attention import AttentionStore, install_capture, restore_default_processors
+        from .data import augmentation_for
+        from .runtime import autocast_dtype, derive_seed, get_device
+        from .sd import load_sd
+
+        self.cfg, self.split, self.out_dir = cfg, split, Path(out_dir)
+        self.work_dir = self.out_dir.with_name(self.out_dir.name + ".work")
+        self.g = g = cfg["generator"]
+        self.device = torch.device(device) if device is not None else get_device(cfg)
+        self.amp_dtype = autocast_dtype(cfg, self.device)
+        self.product = split.product
+        self.total_steps = int(g["steps_per_type"]) * len(split.anomaly_types)
+        self.n_abnormal = int(g["batch_abnormal"])
+        self.n_normal = int(g["batch_normal"]) if g["na_loss"] else 0
+        self.rotate90, self.flip = augmentation_for(cfg, self.product)
+
+        m = cfg["model"]
+        sd = load_sd(m["pretrained"], m.get("revision"), device=self.device, dtype=torch.float32)
+        self.sd = sd
+        self.tokenizer, self.text_encoder, self.vae, self.unet = sd.tokenizer, sd.text_encoder, sd.vae, sd.unet
+        self.noise_scheduler = sd.noise_scheduler
+        self.token_map = TokenMap.from_config(cfg, self.product, split.anomaly_types)
+        register_tokens(self.token_map, self.tokenizer, self.text_encoder, initialize=True)
+        self.prompts = _PromptCache(self.token_map, self.tokenizer)
+
+        self.embedding = self.text_encoder.get_input_embeddings()
+        self.train_full = bool(g["train_full_embedding"])
+        self.new_ids = sorted(self.token_map.token_ids.values())
+        self.optimizer, self.frozen_rows = setup_training(self.unet, self.vae, self.text_encoder, self.new_ids, g)
+        self.train_text = len(self.optimizer.param_groups) > 1
+
+        self.store = None
+        if g["da_loss"]:
+            self.store = AttentionStore()
+            self.captured_layers = install_capture(self.unet, self.store, g["da_resolutions"])
+        else:
+            restore_default_processors(self.unet)
+            self.captured_layers = []
+
+        seed = int(cfg["seed"])
+        self.data_gen = torch.Generator().manual_seed(derive_seed(seed, "generator-data", self.product) % 2**63)
+        self.noise_gen = torch.Generator(device=self.device).manual_seed(
+            derive_seed(seed, "generator-noise", self.product) % 2**63)
+        self.step = 0
+        self.log_rows: list[dict] = []
+        self.data: TrainData | None = None
+
+    # -------------------------------------------------------------- helpers
+    def fingerprint(self) -> dict:
+        g = {k: v for k, v in self.g.items() if k not in _RESUME_FREE_KEYS}
+        return {"product": self.product, "anomaly_types": list(self.split.anomaly_types),
+                "train_anomalies": self.split.train_anomalies, "train_normals": list(self.split.train_normals),
+                "pretrained": str(self.cfg["model"]["pretrained"]), "resolution": self.cfg["model"]["resolution"],
+                "seed": self.cfg["seed"], "generator": g, "augmentation": [self.rotate90, self.flip],
+                "tokens": self.token_map.token_ids}
+
+    def restore_frozen_rows(self) -> None:
+        if self.frozen_rows is not None:
+            self.frozen_rows.restore()
+
+    def embedding_tensors(self) -> dict[str, torch.Tensor]:
+        w = self.embedding.weight.detach()
+        if self.train_full:
+            return {"full": w}
+        return {f"id{i}": w[i] for i in self.new_ids}
+
+    def log_csv(self) -> str:
+        buf = io.StringIO()
+        wr = csv.DictWriter(buf, fieldnames=LOG_COLUMNS)
+        wr.writeheader()
+        for row in self.log_rows:
+            wr.writerow({k: row.get(k, "") for k in LOG_COLUMNS})
+        return buf.getvalue()
+
+    # -------------------------------------------------------------- resumable state
+    def save_state(self) -> Path:
+        from safetensors.torch import save_file
+
+        from .runtime import atomic_dir
+
+        with atomic_dir(self.work_dir / "state") as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.unet.state_dict().items()},
+                      str(tmp / "unet.safetensors"))
+            save_file({k: v.contiguous().cpu() for k, v in self.embedding_tensors().items()},
+                      str(tmp / "embeddings.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            rng = {"data": self.data_gen.get_state(), "noise": self.noise_gen.get_state(),
+                   "torch": torch.get_rng_state()}
+            if self.device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            torch.save(rng, tmp / "rng.pt")
+            (tmp / "train_log.csv").write_text(self.log_csv())
+            (tmp / "state.json").write_text(json.dumps({"step": self.step, "total_steps": self.total_steps,
+                                                        "fingerprint": self.fingerprint()}, indent=1))
+        log.info("saved training state at step %d to %s", self.step, self.work_dir / "state")
+        return self.work_dir / "state"
+
+    def try_resume(self) -> bool:
+        from safetensors.torch import load_file
+
+        state = self.work_dir / "state"
+        if not (state / "state.json").is_file():
+            return False
+        meta = json.loads((state / "state.json").read_text())
+        if meta.get("fingerprint") != json.loads(json.dumps(self.fingerprint())):
+            raise CheckpointError(f"{state}: the interrupted run was started with a different configuration or "
+                                  f"split; delete {self.work_dir} to start over")
+        try:
+            self.unet.load_state_dict(load_file(str(state / "unet.safetensors"), device=str(self.device)))
+            emb = load_file(str(state / "embeddings.safetensors"), device=str(self.device))
+            with torch.no_grad():
+                if self.train_full:
+                    self.embedding.weight.copy_(emb["full"])
+                else:
+                    for i in self.new_ids:
+                        self.embedding.weight[i] = emb[f"id{i}"]
+            self.optimizer.load_state_dict(torch.load(state / "optimizer.pt", map_location=self.device,
+                                                      weights_only=True))
+            rng = torch.load(state / "rng.pt", weights_only=True)
+        except (OSError, KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"cannot resume from {state}: {e}; delete {self.work_dir} to start over") from e
+        self.data_gen.set_state(rng["data"])
+        self.noise_gen.set_state(rng["noise"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        with open(state / "train_log.csv", newline="") as f:
+            self.log_rows = [dict(r) for r in csv.DictReader(f)]
+        self.step = int(meta["step"])
+        log.info("resumed %s from step %d/%d (%s)", self.product, self.step, self.total_steps, state)
+        return True
+
+    # -------------------------------------------------------------- training
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step (``gradient_accumulation`` batches). Returns the averaged loss terms."""
+        accum = int(self.g["gradient_accumulation"])
+        totals: dict[str, float] = {}
+        for _ in range(accum):
+            batch = sample_batch(self.data, self.prompts, self.data_gen, self.n_abnormal, self.n_normal,
+                                 self.rotate90, self.flip).to(self.device)
+            terms = forward_backward(self.unet, self.vae, self.text_encoder, self.noise_scheduler, batch, self.g,
+                                     self.store, self.noise_gen, amp_dtype=self.amp_dtype, loss_scale=1.0 / accum,
+                                     text_grad=self.train_text)
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + v / accum
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.restore_frozen_rows()
+        self.step += 1
+        return totals
+
+    def run(self, max_steps: int | None = None, progress: bool = True) -> Path | None:
+        """Train to the end (-> the checkpoint folder) or for at most ``max_steps`` more steps (-> None)."""
+        from tqdm.auto import tqdm
+
+        from .checkpoint import save_generator
+
+        self.try_resume()
+        if self.data is None:
+            m = self.cfg["model"]
+            self.data = load_train_data(self.split, m["resolution"], self.cfg["dataset"]["image_policy"])
+        log.info("generator %s: %d types, %d steps (x%d accumulation), batch %d+%d, prompts %r / %r, "
+                 "device %s, autocast %s, DA layers %d", self.product, len(self.split.anomaly_types),
+                 self.total_steps, self.g["gradient_accumulation"], self.n_abnormal, self.n_normal,
+                 self.token_map.prompt(self.split.anomaly_types[0]), self.token_map.normal_prompt(),
+                 self.device, self.amp_dtype, len(self.captured_layers))
+        stop = self.total_steps if max_steps is None else min(self.total_steps, self.step + int(max_steps))
+        every, log_every = int(self.g["checkpoint_every"]), int(self.g["log_every"])
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"generator {self.product}", disable=not progress,
+                   dynamic_ncols=True)
+        t0 = time.perf_counter() - (float(self.log_rows[-1]["seconds"]) if self.log_rows else 0.0)
+        try:
+            while self.step < stop:
+                terms = self.train_step()
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items() if k != "loss"}, refresh=False)
+                if self.step % log_every == 0 or self.step in (1, self.total_steps):
+                    self.log_rows.append({"step": self.step, **{k: f"{v:.6g}" for k, v in terms.items()},
+                                          "seconds": f"{time.perf_counter() - t0:.3f}"})
+                if self.step % every == 0 and self.step < self.total_steps:
+                    self.save_state()
+        finally:
+            bar.close()
+        if self.step < self.total_steps:
+            self.save_state()
+            return None
+        m = self.cfg["model"]
+        out = save_generator(self.out_dir, self.unet, self.text_encoder, self.tokenizer, self.token_map,
+                             m["pretrained"], revision=m.get("revision"), tiny=bool(self.sd.is_tiny or m.get("tiny")),
+                             train_full_embedding=self.train_full, train_log_csv=self.log_csv(),
+                             extra={"steps": self.total_steps, "generator_config": dict(self.g),
+                                    "captured_layers": self.captured_layers, "resolution": m["resolution"]})
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        return out
+
+
+def train_generator(cfg: Mapping[str, Any], split, out_dir, *, max_steps: int | None = None, device=None,
+                    progress: bool = True, force: bool = False) -> Path | None:
+    """Train (or resume) the generator of ``split.product``; see :class:`GeneratorTrainer`.
+
+    A complete checkpoint already at ``out_dir`` is kept (returned) unless ``force``.
+    """
+    from .checkpoint import TOKENS_JSON
+    from .data import Split
+
+    if not isinstance(split, Split):
+        split = Split.load(split)
+    if not force and (Path(out_dir) / TOKENS_JSON).is_file():
+        log.info("%s already holds a trained generator; keeping it (force to retrain)", out_dir)
+        return Path(out_dir)
+    return GeneratorTrainer(cfg, split, out_dir, device=device).run(max_steps=max_steps, progress=progress)
+
+
+# ----------------------------------------------------------------------------- CLI
+def _main(argv: Sequence[str] | None = None) -> int:
+    from .config import load_config, parse_override
+    from .data import Split
+    from .runtime import seed_everything, setup_logging
+
+    ap = argparse.ArgumentParser(prog="python -m seas.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="run configuration (YAML, see workflow/schemas)")
+    ap.add_argument("--split", required=True, help="split manifest of the product (split/<product>.json)")
+    ap.add_argument("--out", required=True, help="output checkpoint folder (generator/<product>)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. --set generator.steps_per_type=10 (repeatable)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop after this many more steps, leaving a resumable state in <out>.work/")
+    ap.add_argument("--force", action="store_true", help="retrain even if --out already holds a checkpoint")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    seed_everything(int(cfg["seed"]))
+    out = train_generator(cfg, Split.load(args.split), args.out, max_steps=args.max_steps,
+                          progress=not args.no_progress, force=args.force)
+    if out is None:
+        log.info("stopped before the end; re-run the same command to resume")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .runtime import cli
+
+    return cli(_main)(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,285 @@
+"""RMP branch: architecture from configs, feature hooks, shapes on the tiny model, focal loss, training + resume."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+# SD v1-4's U-Net / VAE configs (the keys the RMP reads), inline: no weights needed for the arithmetic
+SD14_UNET = {"block_out_channels": [320, 640, 1280, 1280],
+             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+             "time_embedding_dim": None}
+SD14_VAE = {"block_out_channels": [128, 256, 512, 512]}
+
+SMALL_RMP = {"rmp.reduce_channels": [16, 8], "rmp.num_heads": 2, "rmp.head_dim": 12, "rmp.num_layers": 1}
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def tiny_sd(tiny_sd_dir):
+    from seas.sd import load_sd
+
+    return load_sd(tiny_sd_dir)
+
+
+@pytest.fixture(scope="session")
+def generator_ckpt(tiny_sd_dir, tmp_path_factory):
+    """Generator checkpoints (untrained tiny model + registered tokens) for the demo products."""
+    from seas.checkpoint import save_generator
+    from seas.prompt import TokenMap, register_tokens
+    from seas.sd import load_sd
+
+    root = tmp_path_factory.mktemp("generators")
+    out = {}
+    for product, types in (("weave", ["scratch", "stain"]),):
+        sd = load_sd(tiny_sd_dir)
+        tm = TokenMap.build(product, types)
+        register_tokens(tm, sd.tokenizer, sd.text_encoder)
+        out[product] = save_generator(root / product, sd.unet, sd.text_encoder, sd.tokenizer, tm, str(tiny_sd_dir),
+                                      tiny=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- architecture arithmetic
+def test_arch_from_sd14_configs_matches_the_paper():
+    from seas.rmp import arch_from_configs
+
+    a = arch_from_configs(SD14_UNET, SD14_VAE, {})
+    assert a.unet_channels == (1280, 640)
+    assert a.temb_dim == 1280
+    assert a.vae_channels == (512, 512, 256)  # decoder up_blocks[0..2]: 128², 256², 512²
+    assert a.dim == 192 and a.num_heads * a.head_dim == 192
+    assert a.upscale == 8
+    enc = arch_from_configs(SD14_UNET, SD14_VAE, {"vae_features": "encoder"})
+    assert enc.vae_channels == (512, 256, 128)  # encoder down_blocks[2,1,0] before their downsamplers
+
+
+def test_arch_rejects_a_unet_without_four_levels():
+    from seas.errors import CheckpointError
+    from seas.rmp import arch_from_configs
+
+    with pytest.raises(CheckpointError, match="4 resolution levels"):
+        arch_from_configs({"block_out_channels": [32, 64, 64], "up_block_types": ["a", "b", "c"]}, SD14_VAE)
+
+
+def test_arch_checks_the_transformer_width():
+    from seas.errors import ConfigError
+    from seas.rmp import arch_from_configs
+
+    with pytest.raises(ConfigError, match="rmp.num_heads"):
+        arch_from_configs(SD14_UNET, SD14_VAE, {"reduce_channels": [16, 8], "num_heads": 8, "head_dim": 24})
+
+
+def test_arch_roundtrips_through_json():
+    from seas.rmp import RMPArch, arch_from_configs
+
+    a = arch_from_configs(SD14_UNET, SD14_VAE, {"mrm": False, "progressive": False})
+    assert RMPArch.from_dict(a.to_dict()) == a
+
+
+# ----------------------------------------------------------------------------- hooks + shapes on the tiny model
+def _features(sd, batch=2, res=64):
+    from seas.rmp import num_vae_levels, unet_features, vae_features
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, res, res, generator=g) * 2 - 1
+    with torch.no_grad():
+        z = sd.vae.encode(x).latent_dist.mean * sd.vae.config.scaling_factor
+        emb = torch.randn(batch, 77, sd.text_encoder.config.hidden_size, generator=g)
+        _, feats, temb = unet_features(sd.unet, z, torch.tensor([3, 700][:batch]), emb)
+        _, vfeats = vae_features(sd.vae, z, "decoder", num_vae_levels(sd.vae))
+    return z, feats, temb, vfeats
+
+
+def test_hooked_features_follow_the_tiny_model_config(tiny_sd):
+    from seas.rmp import arch_from_configs
+
+    z, (low, high), temb, vfeats = _features(tiny_sd)
+    arch = arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config, {})
+    h = z.shape[-1]
+    assert tuple(high.shape) == (2, arch.unet_channels[1], h, h)  # up_blocks[2] at the latent size
+    assert tuple(low.shape) == (2, arch.unet_channels[0], h // 2, h // 2)
+    assert tuple(temb.shape) == (2, arch.temb_dim)
+    assert [tuple(v.shape[1:]) for v in vfeats] == [(c, h * 2 ** (i + 1), h * 2 ** (i + 1))
+                                                     for i, c in enumerate(arch.vae_channels)]
+    # hooks are gone afterwards
+    for m in (tiny_sd.unet.up_blocks[1], tiny_sd.unet.up_blocks[2], tiny_sd.unet.time_embedding,
+              *tiny_sd.vae.decoder.up_blocks):
+        assert not m._forward_hooks
+
+
+def test_capture_outputs_removes_hooks_after_an_exception(tiny_sd):
+    from seas.rmp import capture_outputs
+
+    mod = tiny_sd.unet.time_embedding
+    with pytest.raises(RuntimeError):
+        with capture_outputs([mod]):
+            assert len(mod._forward_hooks) == 1
+            raise RuntimeError("boom")
+    assert not mod._forward_hooks
+
+
+@pytest.mark.parametrize("switches", [{}, {"mrm": False}, {"progressive": False}])
+def test_rmp_forward_backward_shapes(tiny_sd, switches):
+    from seas.rmp import RefinedMaskPredictor, anomaly_probability, arch_from_configs
+
+    z, feats, temb, vfeats = _features(tiny_sd)
+    cfg = {"reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12, "num_layers": 2, **switches}
+    model = RefinedMaskPredictor(arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config, cfg))
+    out = model(feats, temb, vfeats)
+    h = z.shape[-1]
+    assert tuple(out.coarse_logits.shape) == (2, 2, h, h)
+    assert tuple(out.fine_logits.shape) == (2, 2, 64, 64)
+    p = anomaly_probability(out.fine_logits.detach())
+    assert p.shape == (2, 64, 64) and float(p.min()) >= 0 and float(p.max()) <= 1
+    out.fine_logits.sum().backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert grads["reduce_low.weight"] is not None and grads["reduce_low.weight"].abs().sum() > 0
+    if switches.get("mrm", True):
+        assert grads["mrms.0.proj.weight"].abs().sum() > 0  # the VAE feature reaches the loss
+    # normal path (no VAE features): same output size
+    out_n = model(feats, temb, None)
+    assert tuple(out_n.fine_logits.shape) == (2, 2, 64, 64)
+
+
+def test_rmp_learns_a_mask_from_fixed_features(tiny_sd):
+    """A few optimiser steps on one batch must fit its mask: the branch can learn (not just run)."""
+    from seas.rmp import RefinedMaskPredictor, arch_from_configs
+    from seas.train_rmp import rmp_loss
+
+    torch.manual_seed(0)
+    z, feats, temb, vfeats = _features(tiny_sd)
+    model = RefinedMaskPredictor(arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config,
+                                                   {"reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12,
+                                                    "num_layers": 1}))
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[0, :, 8:24, 8:40] = 1
+    masks[1, :, 40:60, 20:30] = 1
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(25):
+        terms = rmp_loss(model(feats, temb, vfeats), masks)
+        opt.zero_grad()
+        terms["total"].backward()
+        opt.step()
+        losses.append(float(terms["total"].detach()))
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_check_compatible_rejects_another_generator(tiny_sd):
+    from seas.errors import CheckpointError
+    from seas.rmp import arch_from_configs, check_compatible
+
+    arch = arch_from_configs(SD14_UNET, SD14_VAE, {})
+    with pytest.raises(CheckpointError, match="generator has"):
+        check_compatible(arch, tiny_sd.unet, tiny_sd.vae)
+
+
+def test_encoder_feature_ablation_shapes(tiny_sd):
+    from seas.rmp import RefinedMaskPredictor, arch_from_configs, num_vae_levels, vae_features
+
+    z, feats, temb, _ = _features(tiny_sd)
+    arch = arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config,
+                             {"vae_features": "encoder", "reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12})
+    with torch.no_grad():
+        _, vf = vae_features(tiny_sd.vae, z, "encoder", num_vae_levels(tiny_sd.vae))
+    assert [v.shape[1] for v in vf] == list(arch.vae_channels)
+    out = RefinedMaskPredictor(arch)(feats, temb, vf)
+    assert tuple(out.fine_logits.shape[-2:]) == (64, 64)
+
+
+# ----------------------------------------------------------------------------- losses
+def test_focal_loss_known_answer():
+    from seas.losses import focal_loss
+
+    # one pixel, logits (0, ln 3): p = (1/4, 3/4)
+    logits = torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1)
+    l1 = focal_loss(logits, torch.ones(1, 1, 1, dtype=torch.long), gamma=2.0)
+    l0 = focal_loss(logits, torch.zeros(1, 1, 1, dtype=torch.long), gamma=2.0)
+    assert float(l1) == pytest.approx((0.25 ** 2) * -math.log(0.75), rel=1e-6)  # 0.017980
+    assert float(l0) == pytest.approx((0.75 ** 2) * -math.log(0.25), rel=1e-6)  # 0.779790
+    both = torch.cat([logits, logits])
+    tgt = torch.tensor([1, 0]).view(2, 1, 1)
+    assert float(focal_loss(both, tgt, 2.0)) == pytest.approx((float(l0) + float(l1)) / 2, rel=1e-6)
+    # gamma 0 is cross-entropy
+    x = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(1))
+    t = torch.randint(0, 2, (2, 3, 3), generator=torch.Generator().manual_seed(2))
+    assert float(focal_loss(x, t, 0.0)) == pytest.approx(float(F.cross_entropy(x, t)), rel=1e-6)
+
+
+def test_coarse_target_area_rule():
+    from seas.train_rmp import coarse_target
+
+    m = torch.zeros(1, 1, 4, 4)
+    m[0, 0, :2, :2] = 1  # full block -> 1
+    m[0, 0, 0, 2:] = 1  # half block (2 of 4) -> 1
+    m[0, 0, 3, 0] = 1  # quarter block -> 0
+    assert coarse_target(m, (2, 2)).tolist() == [[[1, 1], [0, 0]]]
+
+
+def test_rmp_loss_switches():
+    from seas.rmp import RMPOutput
+    from seas.train_rmp import rmp_loss
+
+    g = torch.Generator().manual_seed(0)
+    ab = RMPOutput(torch.randn(2, 2, 4, 4, generator=g), torch.randn(2, 2, 16, 16, generator=g))
+    nm = RMPOutput(torch.randn(1, 2, 4, 4, generator=g), torch.randn(1, 2, 16, 16, generator=g))
+    masks = (torch.rand(2, 1, 16, 16, generator=g) > 0.7).float()
+    full = rmp_loss(ab, masks, nm)
+    assert set(full) == {"fine", "coarse", "normal_fine", "normal_coarse", "total"}
+    assert float(full["total"]) == pytest.approx(sum(float(v) for k, v in full.items() if k != "total"), rel=1e-6)
+    from seas.losses import focal_loss
+
+    assert float(full["normal_fine"]) == pytest.approx(
+        float(focal_loss(nm.fine_logits, torch.zeros(1, 16, 16, dtype=torch.long))), rel=1e-6)
+    assert set(rmp_loss(ab, masks, None, coarse_supervision=False)) == {"fine", "total"}
+
+
+# ----------------------------------------------------------------------------- training + resume
+def _state(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "rmp.safetensors"))
+
+
+def test_train_rmp_resumes_to_the_same_weights(make_cfg, split_path, generator_ckpt, tmp_path):
+    from seas.rmp import load_rmp
+    from seas.train_rmp import train_rmp
+
+    cfg = make_cfg({**SMALL_RMP, "rmp.steps_per_type": 2, "rmp.checkpoint_every": 100, "rmp.batch_normal": 1,
+                    "rmp.batch_abnormal": 1})
+    sp = split_path("weave")
+    gen = generator_ckpt["weave"]
+    whole = train_rmp(cfg, sp, gen, tmp_path / "rmp_whole")
+    assert whole is not None and not (tmp_path / "rmp_whole.work").exists()
+
+    out = tmp_path / "rmp_resumed"
+    assert train_rmp(cfg, sp, gen, out, max_steps=3) is None  # "interrupted" after 3 of 4 steps
+    assert (tmp_path / "rmp_resumed.work" / "ckpt" / "state.json").is_file() and not out.exists()
+    assert train_rmp(cfg, sp, gen, out) == out
+    assert not (tmp_path / "rmp_resumed.work").exists()
+    a, b = _state(whole), _state(out)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    model = load_rmp(out)
+    assert model.arch.reduce_channels == (16, 8)
+
+
+def test_train_rmp_cli_help(capsys):
+    from seas.train_rmp import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    assert "--generator" in capsys.readouterr().out
+
+
+def test_load_rmp_names_the_missing_file(tmp_path):
+    from seas.errors import CheckpointError
+    from seas.rmp import load_rmp
+
+    with pytest.raises(CheckpointError, match="rmp.json"):
+        load_rmp(tmp_path)

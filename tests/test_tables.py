@@ -1,0 +1,181 @@
+"""downstream.tables + downstream.md_table on fabricated scores.csv / gen_metrics JSON files."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from downstream import md_table, tables
+from downstream.evaluate import write_scores
+from downstream.metrics import METRIC_COLUMNS
+from seas.config import validate_config
+from seas.errors import DataError
+
+MODELS = ["bisenetv2", "lfd"]
+METHODS = ["seas", "cutpaste", "external:/data/other/anomalydiffusion/"]
+PRODUCTS = ["washer", "weave"]
+
+
+def _value(model: str, method: str, product: str, metric: str) -> float:
+    """A distinct, recomputable number per cell."""
+    return (10 * MODELS.index(model) + 3 * [m for m in METHODS].index(method) + PRODUCTS.index(product)
+            + METRIC_COLUMNS.index(metric) / 10)
+
+
+def _cfg(tmp_path, dataset="demo", tiny=True, **downstream):
+    raw = {
+        "results_dir": str(tmp_path / "results"), "run_name": "r",
+        "dataset": {"name": dataset, "root": str(tmp_path / "data")},
+        "model": {"pretrained": str(tmp_path / "sd"), "tiny": tiny},
+        "downstream": {"models": MODELS, "methods": METHODS, **downstream},
+    }
+    return validate_config(raw, source="<test>")
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = tmp_path / "results" / "r"
+    for p in PRODUCTS:
+        (run / "split").mkdir(parents=True, exist_ok=True)
+        (run / "split" / f"{p}.json").write_text("{}")
+    for model in MODELS:
+        for method in METHODS:
+            rows = []
+            for p in PRODUCTS:
+                rows.append({"product": p, **{c: _value(model, method, p, c) for c in METRIC_COLUMNS},
+                             "n_images": 5, "n_anomalous": 3, "n_regions": 4, "n_pixels": 320, "pixel_mode": "exact"})
+            mean = {"product": "mean", **{c: sum(r[c] for r in rows) / 2 for c in METRIC_COLUMNS},
+                    "n_images": 10, "n_anomalous": 6, "n_regions": 8, "n_pixels": 640, "pixel_mode": "exact"}
+            folder = run / "segmentation" / model / tables.method_dir(method)
+            write_scores(rows + [mean], folder / "scores.csv")
+            if model == "lfd":
+                (folder / "train.json").write_text(json.dumps({"model": "lfd", "backbone_init": "random-init"}))
+    for i, method in enumerate(METHODS):
+        for j, p in enumerate(PRODUCTS):
+            d = {"product": p, "method": method, "is": 1.0 + i + j / 2, "ic_lpips": 0.1 * (i + 1) + 0.01 * j,
+                 "per_type": {}, "n_images": 4, "inception": "random", "lpips": "/w/lpips/vgg.pth"}
+            out = run / "gen_metrics" / tables.method_dir(method) / f"{p}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(d))
+    return run
+
+
+def test_method_names():
+    assert tables.method_label("external:/data/x/pairs/") == "external:pairs"
+    assert tables.method_dir("external:/data/x/pairs") == "external-pairs"
+    assert tables.method_label("seas") == tables.method_dir("seas") == "seas"
+
+
+def test_segmentation_and_detection_tables(tmp_path, run_dir):
+    t = tables.build_tables(_cfg(tmp_path), run_dir)
+    seg, det = t["segmentation.csv"], t["detection.csv"]
+    assert list(seg.columns) == ["dataset", "generator_model", "model", "backbone_init", "method", "pixel_auroc",
+                                 "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_fixed"]
+    assert list(det.columns) == ["dataset", "generator_model", "model", "backbone_init", "method", "image_auroc",
+                                 "image_ap", "image_f1max"]
+    assert len(seg) == len(MODELS) * len(METHODS) + len(METHODS)  # + one average row per method
+    assert set(seg["dataset"]) == {"demo"} and set(seg["generator_model"]) == {tables.TINY_LABEL}
+    assert set(seg["method"]) == {"seas", "cutpaste", "external:anomalydiffusion"}
+    row = seg[(seg.model == "lfd") & (seg.method == "cutpaste")].iloc[0]
+    assert row.backbone_init == "random-init"
+    assert row.pixel_auroc == pytest.approx((_value("lfd", "cutpaste", "washer", "pixel_auroc")
+                                             + _value("lfd", "cutpaste", "weave", "pixel_auroc")) / 2)
+    assert seg[(seg.model == "bisenetv2")].iloc[0].backbone_init == tables.NOT_RECORDED
+    avg = seg[(seg.model == tables.AVERAGE) & (seg.method == "seas")].iloc[0]
+    per_model = seg[(seg.model != tables.AVERAGE) & (seg.method == "seas")]
+    assert avg.pixel_iou_best == pytest.approx(per_model.pixel_iou_best.mean())
+    assert avg.backbone_init == "bisenetv2=not recorded;lfd=random-init"
+    d = det[(det.model == "bisenetv2") & (det.method == "external:anomalydiffusion")].iloc[0]
+    assert d.image_f1max == pytest.approx(
+        sum(_value("bisenetv2", METHODS[2], p, "image_f1max") for p in PRODUCTS) / 2)
+
+
+def test_per_product_tables(tmp_path, run_dir):
+    t = tables.build_tables(_cfg(tmp_path), run_dir)
+    pp = t["segmentation_per_product.csv"]
+    names = [f"{m}/{tables.method_label(x)}" for m in MODELS for x in METHODS]
+    assert list(pp.columns) == ["dataset", "generator_model", "product", "metric"] + names
+    assert list(pp["product"].unique()) == PRODUCTS + ["mean"]
+    assert len(pp) == 3 * 5  # (2 products + mean) x 5 segmentation metrics
+    cell = pp[(pp["product"] == "weave") & (pp.metric == "pixel_ap")]["lfd/seas"].iloc[0]
+    assert cell == pytest.approx(_value("lfd", "seas", "weave", "pixel_ap"))
+    dp = t["detection_per_product.csv"]
+    assert set(dp.metric) == {"image_auroc", "image_ap", "image_f1max"}
+
+
+def test_generation_table(tmp_path, run_dir):
+    g = tables.build_tables(_cfg(tmp_path), run_dir)["generation.csv"]
+    assert list(g.columns) == ["dataset", "generator_model", "method", "product", "is", "ic_lpips",
+                               "inception_weights", "lpips_weights"]
+    assert len(g) == len(METHODS) * (len(PRODUCTS) + 1)
+    mean = g[(g.method == "cutpaste") & (g["product"] == "mean")].iloc[0]
+    assert mean["is"] == pytest.approx((2.0 + 2.5) / 2) and mean.ic_lpips == pytest.approx(0.205)
+    assert mean.inception_weights == "random" and mean.lpips_weights == "vgg.pth"
+    # only the methods given, and none when disabled
+    g2 = tables.build_tables(_cfg(tmp_path), run_dir, gen_methods=["seas"])["generation.csv"]
+    assert set(g2.method) == {"seas"}
+    assert "generation.csv" not in tables.build_tables(_cfg(tmp_path), run_dir, generation=False)
+
+
+def test_pro_for_visa_and_generator_label(tmp_path, run_dir):
+    seg = tables.build_tables(_cfg(tmp_path, dataset="visa", tiny=False), run_dir)["segmentation.csv"]
+    assert seg.columns[-1] == "pixel_pro"
+    assert set(seg.generator_model) == {str(tmp_path / "sd")}
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "seas_tiny.json").write_text("{}")  # the tiny model's marker wins over model.tiny=false
+    seg = tables.build_tables(_cfg(tmp_path, tiny=False), run_dir)["segmentation.csv"]
+    assert set(seg.generator_model) == {tables.TINY_LABEL} and "pixel_pro" not in seg.columns
+
+
+def test_missing_inputs_name_the_file(tmp_path, run_dir):
+    missing = run_dir / "segmentation" / "lfd" / "cutpaste" / "scores.csv"
+    missing.unlink()
+    with pytest.raises(DataError, match=str(missing)):
+        tables.build_tables(_cfg(tmp_path), run_dir)
+    (run_dir / "gen_metrics" / "seas" / "weave.json").unlink()
+    with pytest.raises(DataError, match="weave.json"):
+        tables.build_tables(_cfg(tmp_path, models=["bisenetv2"]), run_dir)
+
+
+def test_cli_writes_every_table(tmp_path, run_dir, capsys):
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(_cfg(tmp_path)))
+    out = tmp_path / "tables"
+    assert tables.main(["--config", str(cfg_path), "--run-dir", str(run_dir), "--out-dir", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["generation.csv", "segmentation.csv", "detection.csv", "segmentation_per_product.csv",
+         "detection_per_product.csv"])
+    assert len(pd.read_csv(out / "segmentation.csv")) == 9
+    # a missing input is an error message + exit 2
+    assert tables.main(["--config", str(cfg_path), "--run-dir", str(tmp_path / "nope"), "--out-dir", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+    # md_table on a written table
+    capsys.readouterr()
+    assert md_table.main([str(out / "detection.csv"), "--digits", "1", "--columns", "model", "method", "image_ap"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| model | method | image_ap |" and lines[1] == "|---|---|---:|"
+    assert len(lines) == 2 + 9
+
+
+def test_md_table_formatting(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("model,method,pixel_auroc,n\nlfd,seas,97.7249,3\nlfd,a|b,nan,12\n")
+    assert md_table.csv_to_markdown(f, digits=2) == (
+        "| model | method | pixel_auroc | n |\n"
+        "|---|---|---:|---:|\n"
+        "| lfd | seas | 97.72 | 3 |\n"
+        "| lfd | a\\|b | n/a | 12 |\n")
+    with pytest.raises(DataError, match="no column"):
+        md_table.csv_to_markdown(f, columns=["iou"])
+
+
+def test_backbone_init_label(tmp_path):
+    assert tables._backbone_init(tmp_path) == tables.NOT_RECORDED
+    (tmp_path / "train.json").write_text(json.dumps({"backbone_init": "pretrained:/w/resnet50_v1c-2cccc1ad.pth"}))
+    assert tables._backbone_init(tmp_path) == "pretrained:resnet50_v1c-2cccc1ad.pth"
+    (tmp_path / "train.json").write_text("{not json")
+    with pytest.raises(DataError, match="train.json"):
+        tables._backbone_init(tmp_path)

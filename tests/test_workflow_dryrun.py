@@ -1,0 +1,292 @@
+"""The Snakemake DAG: a dry run of the paper-sized MVTec AD workflow on a synthetic tree, job counts per rule.
+
+The tree has MVTec AD's 15 products and 73 anomaly types (real names) with tiny 8x8 PNGs; the config is the
+preset config/mvtec_ad.yaml pointed at it. Also: the workflow's pure helpers (wflib), config errors, external
+methods, --workflow-profile resolution from the repository root.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+
+import wflib  # noqa: E402
+
+MVTEC_AD = {
+    "bottle": ["broken_large", "broken_small", "contamination"],
+    "cable": ["bent_wire", "cable_swap", "combined", "cut_inner_insulation", "cut_outer_insulation",
+              "missing_cable", "missing_wire", "poke_insulation"],
+    "capsule": ["crack", "faulty_imprint", "poke", "scratch", "squeeze"],
+    "carpet": ["color", "cut", "hole", "metal_contamination", "thread"],
+    "grid": ["bent", "broken", "glue", "metal_contamination", "thread"],
+    "hazelnut": ["crack", "cut", "hole", "print"],
+    "leather": ["color", "cut", "fold", "glue", "poke"],
+    "metal_nut": ["bent", "color", "flip", "scratch"],
+    "pill": ["color", "combined", "contamination", "crack", "faulty_imprint", "pill_type", "scratch"],
+    "screw": ["manipulated_front", "scratch_head", "scratch_neck", "thread_side", "thread_top"],
+    "tile": ["crack", "glue_strip", "gray_stroke", "oil", "rough"],
+    "toothbrush": ["defective"],
+    "transistor": ["bent_lead", "cut_lead", "damaged_case", "misplaced"],
+    "wood": ["color", "combined", "hole", "liquid", "scratch"],
+    "zipper": ["broken_teeth", "combined", "fabric_border", "fabric_interior", "rough", "split_teeth",
+               "squeezed_teeth"],
+}
+
+
+def snakemake_exe() -> str:
+    exe = Path(sys.executable).parent / "snakemake"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("snakemake")
+    if not found:
+        pytest.skip("snakemake is not installed")
+    return found
+
+
+def write_tree(root: Path, products: dict[str, list[str]], n_per_type: int = 3) -> Path:
+    img = Image.fromarray(np.full((8, 8, 3), 128, np.uint8))
+    mask = Image.fromarray(np.pad(np.full((2, 2), 255, np.uint8), 3))
+    for product, types in products.items():
+        p = root / product
+        for sub, n in (("train/good", 2), ("test/good", 1)):
+            (p / sub).mkdir(parents=True)
+            for i in range(n):
+                img.save(p / sub / f"{i:03d}.png")
+        for t in types:
+            (p / "test" / t).mkdir(parents=True)
+            (p / "ground_truth" / t).mkdir(parents=True)
+            for i in range(n_per_type):
+                img.save(p / "test" / t / f"{i:03d}.png")
+                mask.save(p / "ground_truth" / t / f"{i:03d}_mask.png")
+    return root
+
+
+def write_config(tmp_path: Path, preset: str, root: Path, **overrides) -> Path:
+    cfg = yaml.safe_load((REPO / "config" / preset).read_text())
+    cfg["dataset"]["root"] = str(root)
+    cfg["results_dir"] = str(tmp_path / "results")
+    for dotted, value in overrides.items():
+        node = cfg
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def dry_run(config: Path, *extra: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [snakemake_exe(), "-n", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--configfile", str(config),
+           "--cores", "4", *extra]
+    env = {**os.environ, "SNAKEMAKE_OUTPUT_CACHE": "", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake -n failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
+    return res
+
+
+def job_counts(text: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats:' table (job, count) from a dry run's output."""
+    m = re.search(r"Job stats:\n(.*?)\n\s*\n", text + "\n\n", flags=re.S)
+    assert m, f"no job stats in output:\n{text[-3000:]}"
+    counts = {}
+    for line in m.group(1).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="module")
+def mvtec_tree(tmp_path_factory) -> Path:
+    return write_tree(tmp_path_factory.mktemp("mvtec") / "mvtec_ad", MVTEC_AD)
+
+
+def test_synthetic_tree_has_paper_shape(mvtec_tree):
+    assert len(MVTEC_AD) == 15 and sum(map(len, MVTEC_AD.values())) == 73
+    from seas.data import discover_products, discover_types
+
+    assert discover_products(mvtec_tree) == sorted(MVTEC_AD)
+    assert sum(len(discover_types(mvtec_tree, p)) for p in MVTEC_AD) == 73
+
+
+def test_paper_sized_dag(mvtec_tree, tmp_path):
+    cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree)
+    res = dry_run(cfg)
+    counts = job_counts(res.stdout + res.stderr)
+    n_models, n_methods = 3, 4
+    expected = {
+        "split": 15,
+        "train_generator": 15,
+        "train_rmp": 15,
+        "generate": 73,
+        "gen_metrics": 3 * 15,  # seas, cutpaste, draem (not `real`: the real images)
+        "baselines": 3 * 15,  # real, cutpaste, draem
+        "train_seg": n_models * n_methods,
+        "evaluate": n_models * n_methods,
+        "sample_grid": n_methods * 15,
+        "tables": 1,
+        "all": 1,
+    }
+    expected["total"] = sum(expected.values())
+    assert counts == expected
+    # the resolved config is written next to the results, with every default filled in
+    resolved = yaml.safe_load((tmp_path / "results" / "mvtec_ad" / "config.yaml").read_text())
+    assert resolved["generation"]["guidance_scale"] == 8.0 and resolved["generation"]["mask_threshold"] == 0.2
+    # GPU stages: the gpu resource, the claim wrapper, a time limit scaled by the product's types (cable: 8)
+    block = re.search(r"rule train_generator:\n(?:    .*\n)*?    wildcards: product=cable\n(?:    .*\n)*Shell command: .*",
+                      res.stdout).group(0)
+    limit = int(re.search(r"runtime=(\d+)", block).group(1))
+    assert "gpu=1," in block and 8 * 35 < limit < 8 * 35 * 2
+    assert "gpu_claim.py --gpus 1 -- " in block and " -m seas.train --config " in block
+
+
+@pytest.mark.parametrize("preset,shape", [("visa.yaml", {"candle": ["anomaly"], "pcb1": ["anomaly"]}),
+                                          ("mvtec_3d.yaml", {"bagel": ["combined", "crack", "hole"]})])
+def test_other_presets_build_a_dag(preset, shape, tmp_path):
+    root = write_tree(tmp_path / "tree", shape)
+    cfg = write_config(tmp_path, preset, root, **{"downstream.models": ["lfd"], "downstream.methods": ["seas"]})
+    counts = job_counts(dry_run(cfg).stdout)
+    n_types = sum(map(len, shape.values()))
+    assert counts["generate"] == n_types and counts["train_generator"] == len(shape)
+    assert counts["train_seg"] == counts["evaluate"] == 1 and "baselines" not in counts
+
+
+def test_product_subset_and_external_method(mvtec_tree, tmp_path):
+    ext = tmp_path / "my_gan_pairs"
+    ext.mkdir()
+    cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{
+        "dataset.products": ["bottle", "toothbrush"],
+        "downstream.models": ["bisenetv2"],
+        "downstream.methods": ["seas", f"external:{ext}"],
+    })
+    res = dry_run(cfg, "-p")
+    counts = job_counts(res.stdout)
+    assert counts["generate"] == 4 and counts["train_generator"] == 2
+    assert counts["train_seg"] == 2 and counts["gen_metrics"] == 4 and counts["sample_grid"] == 4
+    assert "baselines" not in counts
+    # the external method trains from its own folder, under the folder name external-<basename>
+    assert f"--pairs-root {ext} " in res.stdout
+    assert "segmentation/bisenetv2/external-my_gan_pairs/model.safetensors" in res.stdout
+
+
+def test_bad_config_names_the_key(mvtec_tree, tmp_path):
+    cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{"generation.guidance_scale": "high"})
+    res = dry_run(cfg, check=False)
+    assert res.returncode != 0
+    assert "generation.guidance_scale" in res.stdout + res.stderr
+    cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{"dataset.products": ["bottle", "teapot"]})
+    res = dry_run(cfg, check=False)
+    assert res.returncode != 0 and "teapot" in res.stdout + res.stderr
+
+
+def test_workflow_profile_resolves_from_repo_root(mvtec_tree, tmp_path):
+    """`--workflow-profile profiles/slurm` from the repo root finds the profile (profiles -> workflow/profiles);
+    without a flag, workflow/profiles/default is used."""
+    cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{"dataset.products": ["toothbrush"]})
+    res = dry_run(cfg, "--workflow-profile", "profiles/slurm")
+    assert "workflow specific profile profiles/slurm" in res.stderr
+    res = dry_run(cfg)
+    assert re.search(r"workflow specific profile \S*profiles/default", res.stderr)
+
+
+# ----------------------------------------------------------------------------- wflib (pure helpers)
+def test_method_ids():
+    assert wflib.method_id("seas") == "seas"
+    from downstream.tables import method_dir
+
+    for m in ("seas", "draem", "external:/data/gan out/", "external:rel/pairs", "external:/x/y.v2"):
+        assert wflib.method_id(m) == method_dir(m)  # the folder the tables read
+    assert wflib.method_id("external:/data/gan out/") == "external-gan out"
+    table = wflib.method_table(["seas", "external:/a/x", "real"])
+    assert table == {"seas": "seas", "external-x": "external:/a/x", "real": "real"}
+    with pytest.raises(wflib.WorkflowConfigError, match="external-x"):
+        wflib.method_table(["external:/a/x", "external:/b/x"])
+
+
+def test_section_json_is_canonical_and_selective():
+    cfg = {"b": {"y": 2, "x": 1}, "a": 3, "c": {"z": [1, 2]}}
+    assert wflib.section_json(cfg, "b", "c.z") == '{"b":{"x":1,"y":2},"c.z":[1,2]}'
+    assert wflib.section_json(cfg, "a") != wflib.section_json({**cfg, "a": 4}, "a")
+    assert wflib.section_json(cfg, "a") == wflib.section_json({**cfg, "b": {}}, "a")
+    with pytest.raises(KeyError, match="c.q"):
+        wflib.section_json(cfg, "c.q")
+
+
+def test_write_if_changed_keeps_mtime(tmp_path):
+    p = tmp_path / "run" / "config.yaml"
+    assert wflib.write_if_changed(p, "a: 1\n")
+    os.utime(p, (1_000_000, 1_000_000))
+    assert not wflib.write_if_changed(p, "a: 1\n")
+    assert p.stat().st_mtime == 1_000_000
+    assert wflib.write_if_changed(p, "a: 2\n") and p.read_text() == "a: 2\n"
+    assert [f.name for f in p.parent.iterdir()] == ["config.yaml"]
+
+
+def test_runtime_estimates_scale():
+    import copy
+
+    from seas.config import load_config
+
+    cfg = load_config(REPO / "config" / "mvtec_ad.yaml")
+    # paper: 35 min per type on an A100 -> the limit covers it with margin and grows with the type count
+    one, eight = wflib.generator_minutes(cfg, 1), wflib.generator_minutes(cfg, 8)
+    assert 35 < one < 90 and eight > 7 * 35
+    small = copy.deepcopy(cfg)
+    small["model"]["resolution"] = 256
+    assert wflib.generator_minutes(small, 8) < eight
+    assert wflib.rmp_minutes(cfg, 1) > 25 and wflib.generate_minutes(cfg) > 12  # 1000 x 720 ms
+
+
+# ----------------------------------------------------------------------------- report grid (workflow/scripts/sample_grid.py)
+def test_overlay_known_pixels():
+    import sample_grid
+
+    img = Image.fromarray(np.full((5, 5, 3), 100, np.uint8))
+    mask = np.zeros((5, 5), bool)
+    mask[1:4, 1:4] = True
+    out = np.asarray(sample_grid.overlay(img, mask))
+    assert tuple(out[0, 0]) == (100, 100, 100)  # outside: unchanged
+    assert tuple(out[2, 2]) == (178, 50, 50)  # interior: 50 % red tint (0.5*100 + 0.5*255 = 177.5 -> 178)
+    assert tuple(out[1, 1]) == (255, 0, 0) and tuple(out[1, 2]) == (255, 0, 0)  # boundary: pure red
+
+
+def test_sample_grid_cli(tmp_path):
+    import sample_grid
+
+    for t, n in (("crack", 3), ("good", 1)):
+        for sub in ("images", "masks"):
+            (tmp_path / "P" / t / sub).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(tmp_path / "P" / t / "images" / f"{i:06d}.png")
+            Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "P" / t / "masks" / f"{i:06d}.png")
+    pairs = sample_grid.collect_pairs(tmp_path / "P", per_type=2)
+    assert list(pairs) == ["crack", "good"] and [len(v) for v in pairs.values()] == [2, 1]
+    out = tmp_path / "grid.png"
+    assert sample_grid.main(["--pairs", str(tmp_path / "P"), "--out", str(out), "--per-type", "2", "--cell", "32"]) == 0
+    grid = Image.open(out)
+    assert grid.size == (96 + 4 * (32 + 2), 2 * (32 + 2))
+    assert sample_grid.main(["--pairs", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+def test_config_overrides_are_typed():
+    raw = {"generation": {"guidance_scale": "3.0", "num_images_per_type": "10"}, "downstream": {"models": "[lfd]"},
+           "model": {"pretrained": "CompVis/stable-diffusion-v1-4", "revision": "null"}, "split": {"shots": "1/3"}}
+    got = wflib.typed_overrides(raw)
+    assert got == {"generation": {"guidance_scale": 3.0, "num_images_per_type": 10}, "downstream": {"models": ["lfd"]},
+                   "model": {"pretrained": "CompVis/stable-diffusion-v1-4", "revision": None}, "split": {"shots": "1/3"}}
+    base = {"generation": {"guidance_scale": 8.0, "batch_size": 8}, "seed": 0}
+    assert wflib.deep_update(base, got) is base
+    assert base["generation"] == {"guidance_scale": 3.0, "batch_size": 8, "num_images_per_type": 10}

@@ -1,0 +1,113 @@
+# SeaS, per product: fine-tune the generator -> train the RMP branch -> generate per anomaly type,
+# then IS / IC-LPIPS of every generated method.
+# Outputs are the cached artifacts. Long stages resume from their own work folders (generator/<P>.work/,
+# rmp/<P>.work/, the images already written of a type folder) after a crash; a folder is complete only once
+# its CLI has renamed it into place (generator/, rmp/) or written manifest.csv last (generation).
+
+
+rule train_generator:
+    """Fine-tune the U-Net + the <ob>/<df> token embeddings on one product's few-shot anomalies and normals."""
+    input:
+        split=f"{RUN}/split/{{product}}.json",
+        base=base_model_input,
+    output:
+        directory(f"{RUN}/generator/{{product}}"),
+    params:
+        cfg=cfg_params("seed", "dataset.image_policy", "augmentation", "model", "generator"),
+        config=RESOLVED_CONFIG,
+    log:
+        f"{RUN}/logs/train_generator/{{product}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/train_generator/{{product}}.tsv"
+    threads: 4
+    resources:
+        gpu=GPUS,
+        mem_mb=32000,
+        runtime=lambda wc: wflib.generator_minutes(CFG, len(types_of(wc.product))),
+    conda:
+        "../../envs/seas.yaml"
+    shell:
+        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m seas.train --config {params.config:q} --split {input.split:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule train_rmp:
+    """Train the Refined Mask Prediction branch on the frozen fine-tuned generator."""
+    input:
+        split=f"{RUN}/split/{{product}}.json",
+        generator=f"{RUN}/generator/{{product}}",
+    output:
+        directory(f"{RUN}/rmp/{{product}}"),
+    params:
+        cfg=cfg_params("seed", "dataset.image_policy", "augmentation", "model", "rmp"),
+        config=RESOLVED_CONFIG,
+    log:
+        f"{RUN}/logs/train_rmp/{{product}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/train_rmp/{{product}}.tsv"
+    threads: 4
+    resources:
+        gpu=GPUS,
+        mem_mb=32000,
+        runtime=lambda wc: wflib.rmp_minutes(CFG, len(types_of(wc.product))),
+    conda:
+        "../../envs/seas.yaml"
+    shell:
+        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m seas.train_rmp --config {params.config:q} --split {input.split:q}"
+        " --generator {input.generator:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule generate:
+    """Image-mask pairs of one anomaly type (resumable: images persist, manifest.csv is written last)."""
+    input:
+        split=f"{RUN}/split/{{product}}.json",
+        generator=f"{RUN}/generator/{{product}}",
+        rmp=f"{RUN}/rmp/{{product}}",
+    output:
+        f"{RUN}/methods/seas/{{product}}/{{atype}}/manifest.csv",
+    params:
+        cfg=cfg_params("seed", "dataset.image_policy", "model", "generation"),
+        config=RESOLVED_CONFIG,
+        outdir=lambda wc, output: str(Path(output[0]).parent),
+    log:
+        f"{RUN}/logs/generate/{{product}}/{{atype}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/generate/{{product}}/{{atype}}.tsv"
+    threads: 4
+    resources:
+        gpu=GPUS,
+        mem_mb=16000,
+        runtime=lambda wc: wflib.generate_minutes(CFG),
+    conda:
+        "../../envs/seas.yaml"
+    shell:
+        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m seas.generate --config {params.config:q} --split {input.split:q}"
+        " --generator {input.generator:q} --rmp {input.rmp:q} --type {wildcards.atype} --out {params.outdir:q} > {log:q} 2>&1"
+
+
+rule gen_metrics:
+    """IS (torch-fidelity) and IC-LPIPS of one method's pairs of one product."""
+    input:
+        split=f"{RUN}/split/{{product}}.json",
+        pairs=lambda wc: pairs_of_product(wc.method, wc.product),
+    output:
+        f"{RUN}/gen_metrics/{{method}}/{{product}}.json",
+    params:
+        cfg=cfg_params("seed", "dataset.image_policy", "gen_metrics"),
+        config=RESOLVED_CONFIG,
+        pairs=lambda wc: f"{pairs_root(wc.method)}/{wc.product}",
+        method=lambda wc: wc.method,
+    log:
+        f"{RUN}/logs/gen_metrics/{{method}}/{{product}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/gen_metrics/{{method}}/{{product}}.tsv"
+    threads: 2
+    resources:
+        gpu=GPUS,
+        mem_mb=16000,
+        runtime=60,
+    conda:
+        "../../envs/seas.yaml"
+    shell:
+        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m seas.gen_metrics --config {params.config:q} --split {input.split:q}"
+        " --pairs {params.pairs:q} --method {params.method:q} --out {output:q} > {log:q} 2>&1"

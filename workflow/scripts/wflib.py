@@ -1,0 +1,155 @@
+"""Pure helpers of the Snakemake workflow (imported by workflow/Snakefile; unit-tested on their own).
+
+Nothing here runs a stage: it names folders, serialises config sections for ``params:`` (Snakemake's params
+rerun trigger) and estimates per-rule resources. Stage logic lives in the ``seas`` / ``downstream`` CLIs.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+BUILTIN_METHODS = ("seas", "real", "cutpaste", "draem")
+BASELINE_METHODS = ("real", "cutpaste", "draem")
+EXTERNAL_PREFIX = "external:"
+
+
+class WorkflowConfigError(ValueError):
+    """A configuration the workflow cannot turn into a DAG (named key at fault)."""
+
+
+# ----------------------------------------------------------------------------- methods
+def is_external(method: str) -> bool:
+    return method.startswith(EXTERNAL_PREFIX)
+
+
+def external_path(method: str) -> str:
+    return method[len(EXTERNAL_PREFIX):]
+
+
+def method_id(method: str) -> str:
+    """Folder / wildcard name of a method: built-ins keep their name, ``external:<path>`` -> ``external-<basename>``."""
+    if not is_external(method):
+        return method
+    base = Path(external_path(method)).name  # the same name as downstream.tables.method_dir
+    if not base:
+        raise WorkflowConfigError(f"downstream.methods: {method!r} has no folder name")
+    return f"external-{base}"
+
+
+def method_table(methods: Iterable[str]) -> dict[str, str]:
+    """``{method_id: method spec}`` in config order; two externals with the same basename are an error."""
+    table: dict[str, str] = {}
+    for m in methods:
+        mid = method_id(m)
+        if mid in table:
+            raise WorkflowConfigError(
+                f"downstream.methods: {table[mid]!r} and {m!r} both map to the folder name {mid!r}; "
+                "give the external pair folders different names")
+        table[mid] = m
+    return table
+
+
+# ----------------------------------------------------------------------------- --config overrides
+def typed_overrides(value: Any) -> Any:
+    """Snakemake parses nested ``--config key={a: 1.5}`` values with YAML's BaseLoader: every leaf is a string.
+    Re-read string leaves as YAML (``"1.5"`` -> 1.5, ``"true"`` -> True, ``"[lfd]"`` -> ["lfd"]), recursively."""
+    import yaml
+
+    if isinstance(value, Mapping):
+        return {k: typed_overrides(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed_overrides(v) for v in value]
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def deep_update(base: dict, new: Mapping) -> dict:
+    """Merge ``new`` into ``base`` in place (mappings merged key by key, anything else replaced)."""
+    for k, v in new.items():
+        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
+            deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+# ----------------------------------------------------------------------------- params (rerun triggers)
+def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise KeyError(f"config key {dotted!r} does not exist")
+        node = node[part]
+    return node
+
+
+def section_json(cfg: Mapping[str, Any], *keys: str) -> str:
+    """Canonical JSON of the named (dotted) config keys: ``{"generator": {...}, "model.resolution": 512}``.
+
+    Passed as a rule's ``params:``; Snakemake reruns a job whose params changed (``--rerun-triggers params``),
+    so each rule lists exactly the keys its CLI reads and nothing else.
+    """
+    return json.dumps({k: _get(cfg, k) for k in keys}, sort_keys=True, separators=(",", ":"))
+
+
+def write_if_changed(path: str | Path, text: str) -> bool:
+    """Write ``text`` to ``path`` atomically unless it already holds exactly that; True when written.
+
+    The resolved run config is rewritten only on a real change, so its mtime stays put between runs.
+    """
+    path = Path(path)
+    try:
+        if path.read_text() == text:
+            return False
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return True
+
+
+# ----------------------------------------------------------------------------- resources
+def generator_minutes(cfg: Mapping[str, Any], n_types: int) -> int:
+    """SLURM time limit for fine-tuning one product's generator.
+
+    Paper (A100, 512 px): 35 min per anomaly type at 800 steps -> ~2.6 s/step; x1.5 margin, +15 min load/save.
+    Scales with steps, accumulation and (resolution/512)^2.
+    """
+    g = cfg["generator"]
+    scale = (cfg["model"]["resolution"] / 512) ** 2
+    steps = g["steps_per_type"] * n_types * g["gradient_accumulation"]
+    return int(15 + 1.5 * steps * 2.6 * scale / 60) + 1
+
+
+def rmp_minutes(cfg: Mapping[str, Any], n_types: int) -> int:
+    """Paper: 25 min per type at 800 steps -> ~1.9 s/step; x1.5 margin, +15 min."""
+    scale = (cfg["model"]["resolution"] / 512) ** 2
+    steps = cfg["rmp"]["steps_per_type"] * n_types
+    return int(15 + 1.5 * steps * 1.9 * scale / 60) + 1
+
+
+def generate_minutes(cfg: Mapping[str, Any]) -> int:
+    """Paper: 720 ms per image (A100, 25 steps); x2 margin, +10 min."""
+    g = cfg["generation"]
+    scale = (cfg["model"]["resolution"] / 512) ** 2 * g["num_inference_steps"] / 25
+    n = g["num_images_per_type"] + g["num_normal_images"]
+    return int(10 + 2 * n * 0.72 * scale / 60) + 1
+
+
+SEG_SECONDS_PER_ITER = {"bisenetv2": 0.15, "upernet": 0.45, "lfd": 0.1}  # GPU, batch 8 at 256 px, with margin
+
+
+def seg_train_minutes(cfg: Mapping[str, Any], model: str) -> int:
+    t = cfg["downstream"]["train"].get(model, {})
+    iters = t.get("iterations", 20000)
+    bs = t.get("batch_size", 8)
+    scale = (cfg["downstream"]["image_size"] / 256) ** 2 * bs / 8
+    return int(20 + 1.5 * iters * SEG_SECONDS_PER_ITER.get(model, 0.5) * scale / 60) + 1
