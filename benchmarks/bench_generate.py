@@ -29,30 +29,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sd14 import SD14_UNET, SD14_VAE, SD14_SCHEDULER, schema_defaults  # noqa: E402
 
 from seas import rmp as rmp_mod  # noqa: E402
 from seas.generate import denoise_batch, threshold_masks, to_uint8_images  # noqa: E402
 
 log = logging.getLogger("bench_generate")
 
-# Stable Diffusion v1-4's component configurations (CompVis/stable-diffusion-v1-4, unet/vae/scheduler config.json)
-SD14_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
-    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
-)
-SD14_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    act_fn="silu", latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
-)
-SD14_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                      steps_offset=1, clip_sample=False, set_alpha_to_one=False, prediction_type="epsilon")
-# the schema's rmp defaults (workflow/schemas/config.schema.yaml)
-RMP_DEFAULTS = dict(reduce_channels=[128, 64], num_heads=8, head_dim=24, num_layers=4, mrm=True, progressive=True,
-                    vae_features="decoder")
 
 
 def build_models(shape: str, resolution: int, device, dtype, seed: int = 0):
@@ -68,7 +52,7 @@ def build_models(shape: str, resolution: int, device, dtype, seed: int = 0):
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**ucfg).eval().requires_grad_(False)
     vae = AutoencoderKL(**vcfg).eval().requires_grad_(False)
-    rmp = rmp_mod.RefinedMaskPredictor(rmp_mod.arch_from_configs(unet.config, vae.config, RMP_DEFAULTS))
+    rmp = rmp_mod.RefinedMaskPredictor(rmp_mod.arch_from_configs(unet.config, vae.config, schema_defaults("rmp")))
     rmp = rmp_mod.set_inference_mode(rmp).requires_grad_(False)
     for m in (unet, vae, rmp):
         m.to(device=device, dtype=dtype)

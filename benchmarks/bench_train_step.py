@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sd14 import SD14_UNET, SD14_VAE, SD14_TEXT, SD14_SCHEDULER, schema_defaults  # noqa: E402
 
 from seas.attention import AttentionStore, install_capture  # noqa: E402
 from seas.prompt import TokenMap, register_tokens, tokenize  # noqa: E402
@@ -39,31 +41,6 @@ from seas.train import Batch, forward_backward, setup_training  # noqa: E402
 
 log = logging.getLogger("bench_train_step")
 
-# Stable Diffusion v1-4's component configurations (CompVis/stable-diffusion-v1-4, unet/vae/text_encoder config.json)
-SD14_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
-    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
-)
-SD14_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    act_fn="silu", latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215,
-)
-SD14_TEXT = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768,
-    bos_token_id=49406, eos_token_id=49407, pad_token_id=1,
-)
-SD14_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                      prediction_type="epsilon")
-GEN_DEFAULTS = dict(  # the generator section's defaults (workflow/schemas/config.schema.yaml)
-    lr_unet=4e-6, lr_embeddings=4e-5, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=0.01, adam_epsilon=1e-8,
-    mixed_batch=True, na_loss=True, da_loss=True, da_second_term=True, da_resolutions=[32, 16], da_normalize="batch",
-    da_ob_region="eq1", train_full_embedding=False, gradient_checkpointing=False,
-)
 
 
 def build_components(tiny: bool, resolution: int, tmp: Path, seed: int = 0):
@@ -84,7 +61,7 @@ def build_components(tiny: bool, resolution: int, tmp: Path, seed: int = 0):
     vocab, merges = write_clip_tokenizer_files(tmp / "tokenizer")
     tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77, bos_token="<|startoftext|>",
                               eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>")
-    return tokenizer, text_encoder, vae, unet, DDPMScheduler(**SD14_SCHEDULER)
+    return tokenizer, text_encoder, vae, unet, DDPMScheduler.from_config(SD14_SCHEDULER)
 
 
 def random_batch(tokenizer, token_map: TokenMap, resolution: int, gen: torch.Generator) -> Batch:
@@ -109,7 +86,7 @@ def bench(mode: str, args, device: torch.device) -> dict:
     register_tokens(token_map, tokenizer, text_encoder)
     for m in (unet, vae, text_encoder):
         m.to(device)
-    g = dict(GEN_DEFAULTS, gradient_checkpointing=args.gradient_checkpointing)
+    g = dict(schema_defaults("generator"), gradient_checkpointing=args.gradient_checkpointing)
     optimizer, frozen = setup_training(unet, vae, text_encoder, sorted(token_map.token_ids.values()), g)
     store = AttentionStore()
     if mode == "official":
