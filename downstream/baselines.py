@@ -276,20 +276,19 @@ def generate_baseline(cfg: Mapping, method: str, split: Split, out: str | Path,
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    from seas.config import load_config, parse_override
+    from seas.config import add_config_arguments, config_from_args
     from seas.runtime import setup_logging
 
     ap = argparse.ArgumentParser(prog="python -m downstream.baselines", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="run configuration (YAML)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    add_config_arguments(ap)
     ap.add_argument("--method", required=True, choices=METHODS, help="which baseline generator")
     ap.add_argument("--split", required=True, help="split manifest of the product (split/<product>.json)")
     ap.add_argument("--out", required=True, help="product folder to write (methods/<method>/<product>)")
     ap.add_argument("--num", type=int, default=None, help="pairs per type (default downstream.num_baseline_images_per_type)")
     args = ap.parse_args(argv)
     setup_logging()
-    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    cfg = config_from_args(args)
     split = Split.load(args.split)
     generate_baseline(cfg, args.method, split, args.out, num_per_type=args.num)
     return 0

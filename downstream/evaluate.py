@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from seas.config import add_config_arguments, config_from_args
 from seas.errors import CheckpointError, DataError
 
 from .metrics import INFO_COLUMNS, METRIC_COLUMNS, ProductMetrics
@@ -197,8 +198,7 @@ def _parser() -> argparse.ArgumentParser:
                     "(held-out anomalies + test/good) and write one CSV row per product plus a 'mean' row. "
                     "Metrics (percent): " + ", ".join(METRIC_COLUMNS) + ". Definitions: downstream/metrics.py.",
     )
-    p.add_argument("--config", required=True, help="run configuration YAML")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    add_config_arguments(p)
     p.add_argument("--model", required=True, choices=MODELS, help="segmentation model name (checked against the checkpoint)")
     p.add_argument("--checkpoint", required=True, help="training output folder segmentation/MODEL/METHOD")
     p.add_argument("--splits", required=True, nargs="+", help="split manifests split/<product>.json")
@@ -223,12 +223,11 @@ def _check_model_name(checkpoint: Path, model: str) -> None:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    from seas.config import load_config, parse_override
     from seas.runtime import get_device, setup_logging
 
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
-    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    cfg = config_from_args(args)
     ckpt = Path(args.checkpoint)
     if not ckpt.is_dir():
         raise CheckpointError(f"checkpoint folder {ckpt} does not exist (run `python -m downstream.train` first)")

@@ -34,6 +34,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from seas.config import add_config_arguments, config_from_args
 from seas.errors import ConfigError, DataError
 
 from .evaluate import MEAN_ROW, read_scores
@@ -255,8 +256,7 @@ def _parser() -> argparse.ArgumentParser:
                     "(generation.csv, segmentation.csv, detection.csv, *_per_product.csv) for the configured "
                     "downstream.models x downstream.methods. Metrics in percent.",
     )
-    p.add_argument("--config", required=True, help="run configuration YAML")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    add_config_arguments(p)
     p.add_argument("--run-dir", required=True, help="results/<run_name>")
     p.add_argument("--out-dir", required=True, help="where the CSVs go (<results_dir>/tables)")
     p.add_argument("--gen-methods", nargs="*", default=None,
@@ -269,12 +269,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    from seas.config import load_config, parse_override
     from seas.runtime import setup_logging
 
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
-    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    cfg = config_from_args(args)
     tables = build_tables(cfg, args.run_dir, generation=False if args.no_generation else None,
                           gen_methods=args.gen_methods, with_pro={"auto": None, "yes": True, "no": False}[args.pro])
     for path in write_tables(tables, args.out_dir):

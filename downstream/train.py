@@ -207,13 +207,12 @@ def train_segmentation(cfg: Mapping, model_name: str, pairs_root: str | Path, sp
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    from seas.config import load_config, parse_override
+    from seas.config import add_config_arguments, config_from_args
     from seas.runtime import setup_logging
 
     ap = argparse.ArgumentParser(prog="python -m downstream.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="run configuration (YAML)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    add_config_arguments(ap)
     ap.add_argument("--model", required=True, choices=MODEL_NAMES)
     ap.add_argument("--pairs-root", required=True, help="method folder: <pairs-root>/<product>/<type>/{images,masks}")
     ap.add_argument("--splits", required=True, nargs="+", help="split manifests (one per product)")
@@ -221,7 +220,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--method", default=None, help="method label for train.json (default: the pairs-root folder name)")
     args = ap.parse_args(argv)
     setup_logging()
-    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    cfg = config_from_args(args)
     train_segmentation(cfg, args.model, args.pairs_root, args.splits, args.out, method=args.method)
     return 0
 

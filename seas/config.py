@@ -16,7 +16,8 @@ from jsonschema import Draft7Validator, validators
 
 from .errors import ConfigError
 
-__all__ = ["ConfigError", "load_config", "validate_config", "parse_override", "run_dir", "SCHEMA_PATH"]
+__all__ = ["ConfigError", "load_config", "validate_config", "parse_override", "run_dir", "SCHEMA_PATH",
+           "add_config_arguments", "config_from_args"]
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -88,6 +89,18 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE")
     key, value = text.split("=", 1)
     return key.strip(), yaml.safe_load(value)
+
+
+def add_config_arguments(parser) -> None:
+    """The ``--config FILE`` and repeated ``--set KEY=VALUE`` options every CLI takes."""
+    parser.add_argument("--config", required=True, help="run configuration (YAML; schema: workflow/schemas/config.schema.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. generator.steps_per_type=10 (value read as YAML); repeatable")
+
+
+def config_from_args(args) -> dict:
+    """The validated config of a CLI's parsed ``--config`` / ``--set`` options."""
+    return load_config(args.config, dict(parse_override(s) for s in args.set))
 
 
 def run_dir(cfg: Mapping[str, Any]) -> Path:

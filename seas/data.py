@@ -26,7 +26,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -369,7 +369,7 @@ def split_from_config(cfg: Mapping, product: str) -> Split:
 
 # ----------------------------------------------------------------------------- CLI
 def _main(argv: Sequence[str] | None = None) -> int:
-    from .config import load_config, parse_override
+    from .config import add_config_arguments, config_from_args
     from .runtime import setup_logging
 
     ap = argparse.ArgumentParser(prog="python -m seas.data", description=__doc__,
@@ -378,14 +378,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
     for name, hlp in (("products", "list the configured products and their anomaly types"),
                       ("split", "write the few-shot split manifest of one product")):
         p = sub.add_parser(name, help=hlp)
-        p.add_argument("--config", required=True, help="run configuration (YAML)")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+        add_config_arguments(p)
         if name == "split":
             p.add_argument("--product", required=True)
             p.add_argument("--out", required=True, help="manifest path (JSON), written atomically")
     args = ap.parse_args(argv)
     setup_logging()
-    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    cfg = config_from_args(args)
     if args.cmd == "products":
         for prod in selected_products(cfg):
             print(f"{prod}: {' '.join(discover_types(cfg['dataset']['root'], prod))}")

@@ -31,7 +31,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .config import load_config, parse_override
+from .config import add_config_arguments, config_from_args
 from .errors import CheckpointError, DataError
 from .runtime import atomic_write_text, cli, derive_seed, get_device, setup_logging
 
@@ -325,12 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "type and averaged. Weights from gen_metrics.inception_weights / lpips_weights_dir; null = "
                     "random networks, labelled 'random' in the output.",
     )
-    p.add_argument("--config", required=True, help="run configuration YAML")
+    add_config_arguments(p)
     p.add_argument("--split", required=True, help="split manifest split/<product>.json (training anomalies)")
     p.add_argument("--pairs", required=True, help="generated pairs of the product: methods/<method>/<product>")
     p.add_argument("--method", required=True, help="method name recorded in the output")
     p.add_argument("--out", required=True, help="output JSON gen_metrics/<method>/<product>.json")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -338,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    cfg = config_from_args(args)
     res = product_metrics(cfg, args.split, args.pairs, args.method)
     atomic_write_text(args.out, json.dumps(res, indent=1))
     return 0

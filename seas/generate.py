@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from . import rmp as rmp_mod
-from .config import load_config, parse_override
+from .config import add_config_arguments, config_from_args
 from .data import Split, image_to_tensor, load_image
 from .errors import DataError
 from .runtime import atomic_save_image, atomic_write_text, autocast_dtype, cli, derive_seed, get_device, setup_logging
@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate SeaS image-mask pairs for one anomaly type (or normal images with --type good); "
                     "resumable, writes images/, masks/ and manifest.csv (last).",
     )
-    p.add_argument("--config", required=True, help="run configuration YAML")
+    add_config_arguments(p)
     p.add_argument("--split", required=True, help="split manifest split/<product>.json (reference normal images)")
     p.add_argument("--generator", required=True, help="generator checkpoint folder generator/<product>")
     p.add_argument("--rmp", default=None, help="RMP checkpoint folder rmp/<product> (not needed for --type good)")
@@ -428,7 +428,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=None,
                    help="number of pairs (default generation.num_images_per_type; good: generation.num_normal_images)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -436,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    cfg = config_from_args(args)
     generate(cfg, args.split, args.generator, args.rmp, args.type, args.out, overwrite=args.overwrite,
              count=args.count)
     return 0

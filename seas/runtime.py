@@ -31,7 +31,7 @@ def get_device(cfg: Mapping | None = None):
     return torch.device("cuda")
 
 
-def autocast_dtype(cfg: Mapping | None, device) -> "torch.dtype | None":
+def autocast_dtype(cfg: Mapping | None, device):
     """The autocast dtype for ``model.mixed_precision``: bf16 on CUDA for `auto`, None (fp32) on CPU."""
     import torch
 

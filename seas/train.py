@@ -475,17 +475,15 @@ def train_generator(cfg: Mapping[str, Any], split, out_dir, *, max_steps: int | 
 
 # ----------------------------------------------------------------------------- CLI
 def _main(argv: Sequence[str] | None = None) -> int:
-    from .config import load_config, parse_override
+    from .config import add_config_arguments, config_from_args
     from .data import Split
     from .runtime import seed_everything, setup_logging
 
     ap = argparse.ArgumentParser(prog="python -m seas.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="run configuration (YAML, see workflow/schemas)")
+    add_config_arguments(ap)
     ap.add_argument("--split", required=True, help="split manifest of the product (split/<product>.json)")
     ap.add_argument("--out", required=True, help="output checkpoint folder (generator/<product>)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. --set generator.steps_per_type=10 (repeatable)")
     ap.add_argument("--max-steps", type=int, default=None,
                     help="stop after this many more steps, leaving a resumable state in <out>.work/")
     ap.add_argument("--force", action="store_true", help="retrain even if --out already holds a checkpoint")
@@ -493,7 +491,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
-    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    cfg = config_from_args(args)
     seed_everything(int(cfg["seed"]))
     out = train_generator(cfg, Split.load(args.split), args.out, max_steps=args.max_steps,
                           progress=not args.no_progress, force=args.force)

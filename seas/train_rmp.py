@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import rmp as rmp_mod
-from .config import load_config, parse_override
+from .config import add_config_arguments, config_from_args
 from .data import Split, augment_pair, augmentation_for, image_to_tensor, load_image, load_mask, mask_to_tensor
 from .errors import CheckpointError, DataError
 from .runtime import (atomic_dir, atomic_write_text, autocast_dtype, cli, derive_seed, get_device,
@@ -291,11 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the Refined Mask Prediction branch of SeaS on a frozen fine-tuned generator "
                     "(resumable from <out>.work/).",
     )
-    p.add_argument("--config", required=True, help="run configuration YAML (schema: workflow/schemas/config.schema.yaml)")
+    add_config_arguments(p)
     p.add_argument("--split", required=True, help="split manifest split/<product>.json")
     p.add_argument("--generator", required=True, help="generator checkpoint folder generator/<product>")
     p.add_argument("--out", required=True, help="output folder rmp/<product> (rmp.safetensors + rmp.json)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. rmp.lr=1e-4")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -303,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    cfg = load_config(args.config, dict(parse_override(s) for s in args.set))
+    cfg = config_from_args(args)
     train_rmp(cfg, args.split, args.generator, args.out)
     return 0
 
