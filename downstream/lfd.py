@@ -21,7 +21,6 @@ a torchvision ``resnet18`` state dict (``load_resnet18_weights``); there is no d
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 
 from seas.errors import CheckpointError
 
-__all__ = ["LFD", "SelectiveFusion", "ContextAggregation", "load_resnet18_state", "count_parameters"]
+__all__ = ["LFD", "SelectiveFusion", "ContextAggregation", "count_parameters"]
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -112,25 +111,6 @@ class LFD(nn.Module):
             if bad:
                 raise CheckpointError(f"ResNet-18 state dict: shape mismatch for {bad[:3]}")
             trunk.load_state_dict({k: state[k] for k in own})
-
-
-def load_resnet18_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """A torchvision ``resnet18`` state dict from ``.pth``/``.pt`` (optionally under ``state_dict``) or ``.safetensors``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"downstream.pretrained_backbones.resnet18: {path} not found (an ImageNet torchvision resnet18 "
-            "state dict, e.g. resnet18-f37072fd.pth; set it to null for random init)"
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -221,6 +221,17 @@ def load_resnet50_v1c_state(path: str | Path) -> dict[str, torch.Tensor]:
     return _load_state_file(path)
 
 
+def load_resnet18_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """A torchvision ``resnet18`` state dict (LFD's trunks) from ``.pth``/``.pt`` or ``.safetensors``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"downstream.pretrained_backbones.resnet18: {path} not found (an ImageNet torchvision resnet18 "
+            "state dict, e.g. resnet18-f37072fd.pth; set it to null for random init)"
+        )
+    return _load_state_file(path)
+
+
 def build_model(name: str, cfg: Mapping, num_classes: int = 2, load_pretrained: bool = True) -> SegModel:
     """The segmentation model ``name`` (one of MODEL_NAMES); pretrained backbone per config when asked.
 
@@ -233,8 +244,6 @@ def build_model(name: str, cfg: Mapping, num_classes: int = 2, load_pretrained: 
     path = backbones.get(key) if key and load_pretrained else None
     state = None
     if path:  # read (and fail on a missing file) before building the network
-        from .lfd import load_resnet18_state
-
         state = load_resnet50_v1c_state(path) if name == "upernet" else load_resnet18_state(path)
     if name == "bisenetv2":
         model: SegModel = MMSegModel(name, bisenetv2_config(num_classes), num_classes)
