@@ -1,13 +1,21 @@
-"""Capturing cross-attention probabilities for the DA loss through diffusers' attention-processor API.
+"""Capturing cross-attention maps for the DA loss through diffusers' attention-processor API.
 
 :func:`install_capture` gives the cross-attention layers (``attn2``) of the U-Net's down-path blocks at the chosen
 resolutions a :class:`CaptureCrossAttnProcessor`; every other attention layer gets diffusers' fused
-``AttnProcessor2_0``. The capture processor computes the softmax probabilities explicitly (with the layer's own
-``get_attention_scores``) only for the first ``store.rows`` images of the batch — the abnormal half — and runs
-the fused kernel of ``AttnProcessor2_0`` on the rest. The :class:`AttentionStore` keeps, per resolution, the maps
-averaged over heads and over that resolution's layers: ``store.maps() -> {h: [rows, h, w, 77]}``.
+``AttnProcessor2_0``. The capture processor *is* ``AttnProcessor2_0``: the layer's output is always the fused
+kernel's ordinary attention over the whole batch. While it runs, forward hooks on the layer's ``to_q`` / ``to_k``
+keep the projected queries and keys of the first ``store.rows`` images (the abnormal half), from which the map is
+computed separately (docs/METHOD.md, "DA loss"):
 
-Resolutions are named as at SD v1-4's 64×64 latent (512 px): 64 -> ``down_blocks[0]``, 32 -> ``[1]``,
+* ``da_map = "pixels"`` (the paper's appendix A.2 and the authors' code, the default): for each image, head and
+  text position k, ``A_k = softmax over the h*w query (pixel) positions of  Q K^T * scale`` -- a distribution over
+  pixels per token;
+* ``da_map = "tokens"`` (ablation; Prompt-to-Prompt's map): the softmax over the 77 text positions per pixel.
+
+Scores and softmax run in float32 with autocast off. The :class:`AttentionStore` keeps, per resolution, the maps
+averaged over heads and over that resolution's captured layers: ``store.maps() -> {h: [rows, h, w, 77]}``.
+
+Resolutions are named as at SD v1-4's 64x64 latent (512 px): 64 -> ``down_blocks[0]``, 32 -> ``[1]``,
 16 -> ``[2]``; on a smaller latent the same blocks run at proportionally smaller sizes, and the maps are keyed
 by their actual side.
 
@@ -24,7 +32,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from .errors import ConfigError
 
-__all__ = ["AttentionStore", "CaptureCrossAttnProcessor", "capture_layer_names", "install_capture",
+__all__ = ["AttentionStore", "CaptureCrossAttnProcessor", "attention_map", "DA_MAPS", "capture_layer_names", "install_capture",
            "restore_default_processors", "SD_LATENT"]
 
 SD_LATENT = 64  # latent side of SD v1-4 at 512 px, the reference for resolution names
@@ -77,13 +85,36 @@ class AttentionStore:
         return out
 
 
-class CaptureCrossAttnProcessor(AttnProcessor2_0):
-    """``AttnProcessor2_0`` that, for the first ``store.rows`` images, computes and records the probabilities."""
+DA_MAPS = ("pixels", "tokens")
 
-    def __init__(self, store: AttentionStore, factor: int) -> None:
+
+def attention_map(query: torch.Tensor, key: torch.Tensor, scale: float, mode: str = "pixels",
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Head-averaged attention map ``[B, P, T]`` of queries ``[B, heads, P, d]`` and keys ``[B, heads, T, d]``.
+
+    ``mode="pixels"``: softmax over the P query positions (each token's map sums to 1 over the pixels);
+    ``"tokens"``: softmax over the T key positions (each pixel's row sums to 1). ``bias``: an additive attention
+    mask broadcastable to ``[B, heads, P, T]``. Computed in float32.
+    """
+    if mode not in DA_MAPS:
+        raise ValueError(f"attention_map: unknown mode {mode!r} ({', '.join(DA_MAPS)})")
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * float(scale)
+    if bias is not None:
+        scores = scores + bias.float()
+    probs = scores.softmax(dim=-2 if mode == "pixels" else -1)
+    return probs.mean(dim=1)
+
+
+class CaptureCrossAttnProcessor(AttnProcessor2_0):
+    """``AttnProcessor2_0`` (output unchanged) that also records the DA map of the first ``store.rows`` images."""
+
+    def __init__(self, store: AttentionStore, factor: int, mode: str = "pixels") -> None:
         super().__init__()
+        if mode not in DA_MAPS:
+            raise ConfigError(f"generator.da_map: unknown value {mode!r} ({', '.join(DA_MAPS)})")
         self.store = store
         self.factor = int(factor)  # latent side / map side
+        self.mode = mode
 
     def _map_hw(self, hw: int) -> tuple[int, int]:
         if self.store.latent_hw is not None:
@@ -100,48 +131,37 @@ class CaptureCrossAttnProcessor(AttnProcessor2_0):
         k = self.store.rows
         if k <= 0 or encoder_hidden_states is None:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        batch = hidden_states.shape[0]
-        if k > batch:
-            raise ValueError(f"attention store expects {k} captured rows, the batch has {batch}")
-        mask_k = attention_mask[:k] if attention_mask is not None else None
-        out_k = self._explicit(attn, hidden_states[:k], encoder_hidden_states[:k], mask_k, temb)
-        if k == batch:
-            return out_k
-        rest = super().__call__(attn, hidden_states[k:], encoder_hidden_states[k:],
-                                attention_mask[k:] if attention_mask is not None else None,
-                                temb[k:] if temb is not None else None, *args, **kwargs)
-        return torch.cat([out_k, rest.to(out_k.dtype)], dim=0)
+        if k > hidden_states.shape[0]:
+            raise ValueError(f"attention store expects {k} captured rows, the batch has {hidden_states.shape[0]}")
+        kept: dict[str, torch.Tensor] = {}
 
-    def _explicit(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb):
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        batch, seq, _ = hidden_states.shape
+        def keep(name):
+            def hook(_mod, _inp, out):
+                kept[name] = out[:k]
+            return hook
+
+        handles = [attn.to_q.register_forward_hook(keep("q")), attn.to_k.register_forward_hook(keep("k"))]
+        try:
+            out = super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        heads = attn.heads
+        q, key = kept["q"], kept["k"]
+        d = q.shape[-1] // heads
+        q = q.reshape(k, -1, heads, d).transpose(1, 2)
+        key = key.reshape(k, -1, heads, d).transpose(1, 2)
+        if getattr(attn, "norm_q", None) is not None:
+            q = attn.norm_q(q)
+        if getattr(attn, "norm_k", None) is not None:
+            key = attn.norm_k(key)
+        bias = None
         if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, encoder_hidden_states.shape[1], batch)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        query, key, value = (attn.head_to_batch_dim(x) for x in (query, key, value))
-        probs = attn.get_attention_scores(query, key, attention_mask)  # [batch*heads, seq, T]
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        out = out / attn.rescale_output_factor
-
-        mh, _ = self._map_hw(seq)
-        self.store.add(mh, probs.float().reshape(batch, attn.heads, seq, -1).mean(dim=1))
+            bias = attn.prepare_attention_mask(attention_mask[:k], key.shape[2], k).reshape(k, heads, -1, key.shape[2])
+        with torch.autocast(q.device.type, enabled=False):
+            amap = attention_map(q, key, attn.scale, self.mode, bias)  # [k, P, 77]
+        mh, _ = self._map_hw(amap.shape[1])
+        self.store.add(mh, amap)
         return out
 
 
@@ -168,8 +188,10 @@ def capture_layer_names(unet, resolutions: Iterable[int]) -> dict[str, int]:
     return out
 
 
-def install_capture(unet, store: AttentionStore, resolutions: Sequence[int], others=AttnProcessor2_0) -> list[str]:
-    """Capture processors on the chosen layers, ``others()`` (fused ``AttnProcessor2_0``) everywhere else.
+def install_capture(unet, store: AttentionStore, resolutions: Sequence[int], others=AttnProcessor2_0,
+                    mode: str = "pixels") -> list[str]:
+    """Capture processors (map ``mode``: pixels | tokens) on the chosen layers, ``others()`` (fused
+    ``AttnProcessor2_0``) everywhere else.
 
     Returns the captured processor names.
     """
@@ -179,7 +201,7 @@ def install_capture(unet, store: AttentionStore, resolutions: Sequence[int], oth
     for name in unet.attn_processors:
         if name in chosen:
             f = chosen[name]
-            procs[name] = shared.setdefault(f, CaptureCrossAttnProcessor(store, f))
+            procs[name] = shared.setdefault(f, CaptureCrossAttnProcessor(store, f, mode))
         else:
             procs[name] = others()
     unet.set_attn_processor(procs)

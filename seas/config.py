@@ -61,7 +61,28 @@ def validate_config(raw: Mapping[str, Any], source: str = "<config>") -> dict:
     res = cfg["model"]["resolution"]
     if res % 8:
         raise ConfigError(f"{source}: model.resolution: {res} is not a multiple of 8")
+    r = cfg["rmp"]
+    try:
+        check_rmp_widths(r["reduce_channels"], r["num_heads"], r["head_dim"], r["norm_num_groups"])
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    g = cfg["generator"]
+    if g["training_order"] != "mixed" and not (g["na_loss"] and g["batch_normal"] > 0):
+        raise ConfigError(f"{source}: generator.training_order: {g['training_order']} trains on normal images in "
+                          "its own phase; it needs generator.na_loss: true and generator.batch_normal > 0")
     return cfg
+
+
+def check_rmp_widths(reduce_channels, num_heads: int, head_dim: int, norm_num_groups: int) -> None:
+    """ConfigError unless heads x head_dim == sum(reduce_channels) and the GroupNorm groups divide it (the RMP's
+    transformer block)."""
+    dim = sum(int(c) for c in reduce_channels)
+    if num_heads * head_dim != dim:
+        raise ConfigError(f"rmp.num_heads x rmp.head_dim = {num_heads} x {head_dim} must equal "
+                          f"sum(rmp.reduce_channels) = {dim}")
+    if dim % norm_num_groups:
+        raise ConfigError(f"rmp.norm_num_groups = {norm_num_groups} must divide sum(rmp.reduce_channels) = {dim} "
+                          "(the GroupNorm of the RMP's transformer block)")
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict:

@@ -24,7 +24,7 @@ import argparse
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -269,6 +269,17 @@ class Split:
         if data.get("version", SPLIT_VERSION) != SPLIT_VERSION:
             raise DataError(f"split manifest {path} has version {data['version']}, expected {SPLIT_VERSION}")
         return cls(**data)
+
+    # -- views
+    def restricted(self, anomaly_types: Sequence[str]) -> "Split":
+        """The same split with the generator's training anomalies limited to ``anomaly_types`` (a per-type
+        generator, ``generator.scope: type``); the test set is unchanged."""
+        unknown = [t for t in anomaly_types if t not in self.anomaly_types]
+        if unknown:
+            raise DataError(f"split of {self.product}: no anomaly type {', '.join(map(repr, unknown))} "
+                            f"(known: {', '.join(self.anomaly_types)})")
+        keep = [t for t in self.anomaly_types if t in set(anomaly_types)]
+        return replace(self, anomaly_types=keep, train_anomalies={t: self.train_anomalies[t] for t in keep})
 
     # -- views
     def train_pairs(self, anomaly_type: str | None = None) -> list[tuple[str, str, str]]:

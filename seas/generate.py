@@ -12,12 +12,13 @@ Image j (seas-method.md, "Generation"):
    ε ~ N(0, I) from a CPU generator seeded with ``derive_seed(seed, product, type, j)``, so image j does not depend
    on the other images;
 2. ``generation.num_inference_steps`` steps of diffusers' ``DPMSolverMultistepScheduler``
-   (``algorithm_type="dpmsolver++"``, ``final_sigmas_type="sigma_min"``, ``timestep_spacing="linspace"``: the first
-   step is t = 999), configured from the base model's scheduler config, with classifier-free guidance
+   (``algorithm_type="dpmsolver++"``, ``final_sigmas_type="sigma_min"``, ``generation.timestep_spacing``, by default
+   ``linspace``: the first step is t = 999), configured from the base model's scheduler config, with classifier-free guidance
    (``generation.guidance_scale``; empty-prompt unconditional branch);
 3. at each of the last ``generation.mask_steps`` steps the RMP branch predicts a mask from the conditional U-Net
-   features and the VAE decoder features of the new latent; the anomaly probabilities are averaged and
-   thresholded at ``generation.mask_threshold`` (τ); the image is the last step's decode.
+   features and the VAE decoder features of the latent entering that step (the pre-step latent, as the
+   authors); the anomaly probabilities are averaged and thresholded at ``generation.mask_threshold`` (τ,
+   strictly greater); the image is the decode of the final latent.
 
 Output: ``images/NNNNNN.png`` (RGB) and ``masks/NNNNNN.png`` (L, 0/255), same names, each written atomically, then
 ``manifest.csv`` last (its presence marks a complete folder): index, files, seed, reference and every parameter,
@@ -59,7 +60,7 @@ MANIFEST = "manifest.csv"
 PARAMS = ".params.json"
 MANIFEST_FIELDS = ["index", "image", "mask", "seed", "reference", "type", "prompt", "guidance_scale",
                    "num_inference_steps", "mask_threshold", "mask_steps", "init_schedule_steps", "scale_init_latent",
-                   "num_reference_images", "resolution", "batch_size", "batch_start", "generator", "rmp"]
+                   "timestep_spacing", "num_reference_images", "resolution", "batch_size", "batch_start", "generator", "rmp"]
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -78,12 +79,12 @@ def noise_reference(z: torch.Tensor, eps: torch.Tensor, coefs: tuple[float, floa
     return a * z + b * eps
 
 
-def make_dpm_scheduler(scheduler_config: Mapping, num_inference_steps: int):
+def make_dpm_scheduler(scheduler_config: Mapping, num_inference_steps: int, timestep_spacing: str = "linspace"):
     """DPM-Solver++ (multistep, order 2) from the base model's scheduler config; timesteps set."""
     from diffusers import DPMSolverMultistepScheduler
 
     s = DPMSolverMultistepScheduler.from_config(dict(scheduler_config), algorithm_type="dpmsolver++",
-                                                final_sigmas_type="sigma_min", timestep_spacing="linspace")
+                                                final_sigmas_type="sigma_min", timestep_spacing=timestep_spacing)
     s.set_timesteps(num_inference_steps)
     return s
 
@@ -102,15 +103,18 @@ def threshold_masks(prob: torch.Tensor, tau: float) -> np.ndarray:
 @torch.no_grad()
 def denoise_batch(unet, vae, rmp, scheduler_config: Mapping, latents: torch.Tensor, cond: torch.Tensor,
                   uncond: torch.Tensor | None, *, guidance_scale: float, num_inference_steps: int, mask_steps: int,
-                  vae_kind: str = "decoder", amp_dtype=None):
+                  vae_kind: str = "decoder", amp_dtype=None, timestep_spacing: str = "linspace"):
     """Denoise ``latents`` (x_T, [B,4,h,w]) and return (images [B,3,H,W] in [-1,1], mean anomaly prob [B,H,W] or None).
 
+    At each of the last ``mask_steps`` steps the RMP predicts a mask from the conditional branch's U-Net features
+    and the VAE features of the latent *entering* that step (the pre-step latent: t = 120, 80, 40 with 25
+    linspace steps), as the authors do; the image is the decode of the final latent.
     ``cond`` / ``uncond``: text embeddings [1 or B, 77, D]; guidance is skipped when ``uncond`` is None or the scale is
     1. ``rmp`` None skips the masks (normal images).
     """
     device = latents.device
     b = latents.shape[0]
-    sched = make_dpm_scheduler(scheduler_config, num_inference_steps)
+    sched = make_dpm_scheduler(scheduler_config, num_inference_steps, timestep_spacing)
     do_cfg = uncond is not None and guidance_scale != 1.0
     cond = cond.expand(b, -1, -1) if cond.shape[0] == 1 else cond
     ctx = torch.cat([uncond.expand(b, -1, -1), cond]) if do_cfg else cond
@@ -121,30 +125,28 @@ def denoise_batch(unet, vae, rmp, scheduler_config: Mapping, latents: torch.Tens
     n = len(timesteps)
     k = min(mask_steps, n)
     prob_sum = None
-    decoded = None
     take = slice(b, 2 * b) if do_cfg else slice(0, b)
+    autocast = lambda: torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
     for i, t in enumerate(timesteps):
-        last_k = i >= n - k
+        mask_step = rmp is not None and i >= n - k
         inp = torch.cat([x, x]) if do_cfg else x
         inp = sched.scale_model_input(inp, t)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            if rmp is not None and last_k:
-                pred, feats, temb = rmp_mod.unet_features(unet, inp, t, ctx, take=take)
+        with autocast():
+            if mask_step:
+                pred, feats = rmp_mod.unet_features(unet, inp, t, ctx, take=take)
+                _, vfeats = rmp_mod.vae_features(vae, x, vae_kind, n_levels)  # the pre-step latent
+                out = rmp(feats, vfeats)
             else:
                 pred = unet(inp, t, encoder_hidden_states=ctx, return_dict=False)[0]
+        if mask_step:
+            p = rmp_mod.anomaly_probability(out.fine_logits)
+            prob_sum = p if prob_sum is None else prob_sum + p
         if do_cfg:
             pu, pc = pred.chunk(2)
             pred = pu + guidance_scale * (pc - pu)
         x = sched.step(pred, t, x, return_dict=False)[0]
-        if rmp is not None and last_k:
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                decoded, vfeats = rmp_mod.vae_features(vae, x, vae_kind, n_levels)
-                out = rmp(feats, temb, vfeats)
-            p = rmp_mod.anomaly_probability(out.fine_logits)
-            prob_sum = p if prob_sum is None else prob_sum + p
-    if decoded is None or rmp is None:
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            decoded = vae.decode(x / vae.config.scaling_factor, return_dict=False)[0]
+    with autocast():
+        decoded = vae.decode(x / vae.config.scaling_factor, return_dict=False)[0]
     prob = None if prob_sum is None else prob_sum / k
     return decoded, prob
 
@@ -157,6 +159,7 @@ def _params(cfg: Mapping, anomaly_type: str, generator_dir, rmp_dir) -> dict:
         "num_inference_steps": g["num_inference_steps"], "mask_threshold": g["mask_threshold"],
         "mask_steps": g["mask_steps"], "init_schedule_steps": g["init_schedule_steps"],
         "scale_init_latent": g["scale_init_latent"], "num_reference_images": g["num_reference_images"],
+        "timestep_spacing": g["timestep_spacing"],
         "resolution": cfg["model"]["resolution"], "image_policy": cfg["dataset"].get("image_policy"),
         "batch_size": g["batch_size"], "generator": str(generator_dir),
         "rmp": str(rmp_dir) if rmp_dir is not None and anomaly_type != GOOD else "",
@@ -237,7 +240,7 @@ def generate_indices(ctx: GenContext, indices: Sequence[int]) -> tuple[np.ndarra
                                  guidance_scale=p["guidance_scale"], num_inference_steps=p["num_inference_steps"],
                                  mask_steps=p["mask_steps"],
                                  vae_kind=ctx.rmp.arch.vae_features if ctx.rmp is not None else "decoder",
-                                 amp_dtype=ctx.amp_dtype)
+                                 amp_dtype=ctx.amp_dtype, timestep_spacing=p["timestep_spacing"])
     imgs = to_uint8_images(images)
     if prob is None:
         masks = np.zeros(imgs.shape[:3], np.uint8)
@@ -306,7 +309,8 @@ def _manifest_rows(ctx_params: Mapping, count: int, product: str, prompt: str, r
             "seed": derive_seed(ctx_params["seed"], product, ctx_params["type"], j),
             "reference": references[j % len(references)], "type": ctx_params["type"], "prompt": prompt,
             **{k: ctx_params[k] for k in ("guidance_scale", "num_inference_steps", "mask_threshold", "mask_steps",
-                                          "init_schedule_steps", "scale_init_latent", "num_reference_images",
+                                          "init_schedule_steps", "scale_init_latent", "timestep_spacing",
+                                          "num_reference_images",
                                           "resolution", "batch_size", "generator", "rmp")},
             "batch_start": (j // bs) * bs,
         })

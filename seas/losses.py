@@ -2,8 +2,9 @@
 
 - :func:`eps_mse`        MSE between true and predicted noise (L_SD on abnormal images).
 - :func:`na_loss`        Normal-image Alignment: the same ε-MSE on the normal half, prompted with ``a <ob>``.
-- :func:`da_loss`        Decoupled Anomaly Alignment on cross-attention probabilities: term 1 pulls the mean
-                         of the ``<df>`` maps towards the pooled mask, term 2 pushes the ``<ob>`` map to 0 inside it.
+- :func:`da_loss`        Decoupled Anomaly Alignment on cross-attention maps: term 1 pulls the min-max normalised
+                         mean of the ``<df>`` maps towards the pooled mask, term 2 pulls the normalised ``<ob>`` map
+                         towards 1 - M inside the anomaly (or over the whole image: the "with AT" ablation).
 - :func:`pool_mask_pyramid`  the mask at the attention resolutions: bilinear to the latent side (64 for SD at
                          512 px), then 2×2 max pooling once per halving.
 - :func:`minmax_normalize`   min-max normalisation of attention maps over the batch, per image, or not at all.
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "eps_mse", "na_loss", "focal_loss", "pool_mask_pyramid", "minmax_normalize", "gather_token_maps",
-    "DALoss", "da_loss",
+    "DALoss", "da_loss", "OB_TERMS",
 ]
 
 
@@ -146,30 +147,49 @@ def gather_token_maps(maps: torch.Tensor, positions) -> torch.Tensor:
 _ONE_TOL = 1e-4
 
 
+OB_TERMS = ("region", "background", "none")
+
+
 class DALoss(NamedTuple):
-    term1: torch.Tensor  # Σ_res mean((mean_n A_df_n − M)²)
-    term2: torch.Tensor  # Σ_res mean over anomalous pixels of A_ob² (0 where no pixel qualifies)
+    term1: torch.Tensor  # Σ_res mean((norm(mean_n A_df_n) − M)²)
+    term2: torch.Tensor  # Σ_res mean over the term-2 pixels of (norm(mean A_ob) − (1 − M))² (0 where none qualifies)
 
     @property
     def total(self) -> torch.Tensor:
         return self.term1 + self.term2
 
 
+def _mean_map(maps: torch.Tensor, positions, normalize: str) -> torch.Tensor:
+    """Average the token maps first, then min-max normalise the mean map: ``[B, h, w]``."""
+    return minmax_normalize(gather_token_maps(maps, positions).mean(dim=1, keepdim=True), normalize)[:, 0]
+
+
 def da_loss(maps_by_res: Mapping[int, torch.Tensor], df_positions, ob_positions, masks, *,
             base_size: int = 64, normalize: str = "batch", ob_region: str = "eq1",
-            second_term: bool = True) -> DALoss:
-    """L_DA summed over the attention resolutions.
+            ob_term: str = "region") -> DALoss:
+    """L_DA summed over the attention resolutions (docs/METHOD.md, "DA loss").
 
-    ``maps_by_res``: {h: ``[B, h, h, T]``} cross-attention probabilities of the abnormal images (averaged over heads
-    and layers). ``df_positions`` ``[B, N]`` / ``ob_positions`` ``[B, N']``: token indices in each image's prompt.
-    ``masks``: ``[B, H, W]`` / ``[B, 1, H, W]`` full-size masks (pooled here with :func:`pool_mask_pyramid` from
-    ``base_size``, the latent side), or an already pooled {h: ``[B, h, h]``}.
-    ``ob_region``: ``eq1`` (pixels where the pooled mask == 1) or ``gt0`` (> 0, for tiny defects).
+    ``maps_by_res``: {h: ``[B, h, h, T]``} attention maps of the abnormal images (averaged over heads and layers;
+    seas.attention). ``df_positions`` ``[B, N]`` / ``ob_positions`` ``[B, N']``: token indices in each image's
+    prompt. ``masks``: ``[B, H, W]`` / ``[B, 1, H, W]`` full-size masks (pooled here with :func:`pool_mask_pyramid`
+    from ``base_size``, the latent side), or an already pooled {h: ``[B, h, h]``}.
+
+    Term 1: the N ``<df>`` maps are averaged, the mean map is min-max normalised (``normalize``: over the whole
+    abnormal half, ``batch``, as the authors; per image; or not at all), and compared with M by MSE over all pixels.
+    The ``<ob>`` maps are averaged and normalised the same way. Term 2 (``ob_term``):
+
+    * ``region`` (the paper): MSE of the ``<ob>`` map against 1 − M over the pixels selected by ``ob_region`` --
+      ``eq1``: M == 1 (there the target is 0; MVTec AD), ``gt0``: M > 0 (tiny VisA / MVTec 3D AD defects, target
+      1 − M); 0 when no pixel qualifies;
+    * ``background`` (Tab. 21 "with AT"): MSE of the ``<ob>`` map against 1 − M over all pixels;
+    * ``none`` (Tab. 4 / 21 "w/o ST"): no term 2.
     """
     if not maps_by_res:
         raise ValueError("da_loss: no attention maps were captured")
     if ob_region not in ("eq1", "gt0"):
         raise ValueError(f"da_loss: unknown ob_region {ob_region!r} (eq1, gt0)")
+    if ob_term not in OB_TERMS:
+        raise ValueError(f"da_loss: unknown ob_term {ob_term!r} ({', '.join(OB_TERMS)})")
     sizes = sorted(maps_by_res, reverse=True)
     pooled = masks if isinstance(masks, Mapping) else pool_mask_pyramid(masks, sizes, base_size)
     ref = next(iter(maps_by_res.values()))
@@ -182,13 +202,18 @@ def da_loss(maps_by_res: Mapping[int, torch.Tensor], df_positions, ob_positions,
         m = pooled[size].to(maps.device, torch.float32)
         if m.shape != maps.shape[:3]:
             raise ValueError(f"da_loss: pooled mask {tuple(m.shape)} vs maps {tuple(maps.shape[:3])} at {size}")
-        df = minmax_normalize(gather_token_maps(maps, df_positions), normalize).mean(dim=1)  # [B, h, w]
+        df = _mean_map(maps, df_positions, normalize)
         term1 = term1 + ((df - m) ** 2).mean()
-        if second_term:
-            ob = minmax_normalize(gather_token_maps(maps, ob_positions), normalize).mean(dim=1)
-            # == 1 up to float rounding of the bilinear weights (which need not sum to exactly 1 in float32)
-            region = (m >= 1.0 - _ONE_TOL) if ob_region == "eq1" else (m > 0.0)
-            n = region.sum()
-            if int(n) > 0:
-                term2 = term2 + (ob.pow(2) * region).sum() / n
+        if ob_term == "none":
+            continue
+        ob = _mean_map(maps, ob_positions, normalize)
+        err = (ob - (1.0 - m)) ** 2
+        if ob_term == "background":
+            term2 = term2 + err.mean()
+            continue
+        # == 1 up to float rounding of the bilinear weights (which need not sum to exactly 1 in float32)
+        region = (m >= 1.0 - _ONE_TOL) if ob_region == "eq1" else (m > 0.0)
+        n = region.sum()
+        if int(n) > 0:
+            term2 = term2 + (err * region).sum() / n
     return DALoss(term1, term2)

@@ -1,21 +1,28 @@
 """Refined Mask Prediction (RMP) branch: predicts the anomaly mask of an image from frozen-generator features.
 
-Architecture (seas-method.md, "Refined Mask Prediction"), with every channel count read from the models' configs:
+Architecture (docs/METHOD.md, "RMP"; the authors' module), every input channel count read from the models' configs:
 
 * U-Net features: outputs of ``unet.up_blocks[1]`` (SD v1-4: 1280 ch at 32x32) and ``unet.up_blocks[2]``
-  (640 ch at 64x64), captured with forward hooks, plus the U-Net's time embedding (output of
-  ``unet.time_embedding``), which conditions the transformer blocks (adaptive LayerNorm).
-* Coarse branch: 1x1 convs to 128 and 64 ch, the low-resolution map upsampled to the fine grid, concatenated
-  (192 ch), 4 self-attention ``diffusers.models.attention.BasicTransformerBlock`` (8 heads x 24) -> F 192 ch at
-  the latent resolution; a 2-class head gives the coarse mask.
-* Mask Refinement Modules (MRM), one per x2 level of the VAE (SD: 3, to 128, 256, 512 px): upsample x2, two chained
-  conv blocks + a 1x1 skip, multiplied by the VAE feature of that resolution (1x1 conv to 192 ch), plus the upsampled
-  input. The VAE features are the outputs of ``vae.decoder.up_blocks[0..n-1]`` (SD: 512 ch 128², 512 ch 256²,
-  256 ch 512²) or, for the encoder ablation, of ``vae.encoder.down_blocks[n-1..0].resnets[-1]``.
-* Head: BatchNorm, ReLU, 3x3 conv to 2 classes (softmax is applied by :func:`anomaly_probability`).
+  (640 ch at 64x64), captured with forward hooks. The time embedding does not condition the branch.
+* Coarse branch: 1x1 convs without bias to 128 and 64 ch (``rmp.reduce_channels``), the 32x32 map upsampled to
+  64x64 (bilinear, align_corners False), concatenated [low, high] (192 ch), then one diffusers
+  ``Transformer2DModel`` (GroupNorm -> proj_in -> ``rmp.num_layers`` self-attention ``BasicTransformerBlock`` s
+  with plain LayerNorm, 8 heads x 24 -> proj_out -> + residual) -> F 192 ch at the latent resolution.
+* Mask Refinement Modules (MRM), one per x2 level of the VAE (SD: 3, to 128, 256, 512 px), each on its input u and
+  the VAE feature v of that resolution: ``u' = up2(u)`` (bilinear, align_corners True); ``m = C131(u')``;
+  ``out = CBR1(v) * (m + CBR1(u') + C131(m)) + u'`` with CBR = conv (no bias) + BatchNorm + ReLU and
+  C131 = CBR 1x1 -> CBR 3x3 -> CBR 1x1. The VAE features are the outputs of ``vae.decoder.up_blocks[0..n-1]``
+  (SD: 512 ch 128², 512 ch 256², 256 ch 512²) or, for the encoder ablation, of
+  ``vae.encoder.down_blocks[n-1..0].resnets[-1]``.
+* One shared head (BatchNorm, ReLU, 3x3 conv to 2 classes; softmax in :func:`anomaly_probability`) gives both the
+  coarse mask (on F of every image) and the image-size mask. ``forward(..., n_refined=k)`` refines the first k
+  images through the MRMs and upsamples F of the others (normal images in training) bilinearly to the image size,
+  and runs the head once over that joint batch, so BatchNorm sees abnormal and normal images together (the image-
+  size head runs before the coarse one, as in the authors' module: the order of BatchNorm's running-statistics
+  updates).
 
-Normal images (and the ``mrm: false`` / no-VAE-feature path) skip the MRMs: their coarse features are upsampled
-to the image size directly before the fine head (``mrm: false`` upsamples the coarse logits instead).
+Switches: ``mrm: false`` (no MRM: F upsampled to the image size for every image), ``progressive: false`` (one MRM
+straight from the latent to the image size with the finest VAE feature), ``vae_features: encoder``.
 
 Feature capture: :func:`capture_outputs` registers forward hooks and removes them on exit;
 :func:`unet_features` / :func:`vae_features` wrap the frozen models' forward passes.
@@ -30,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import check_rmp_widths as check_widths
 from .errors import CheckpointError, ConfigError
 
 __all__ = [
@@ -53,12 +61,12 @@ class RMPArch:
     """Everything needed to rebuild the branch (stored as ``rmp.json`` next to the weights)."""
 
     unet_channels: tuple[int, int]  # outputs of unet.up_blocks[1], unet.up_blocks[2]
-    temb_dim: int  # U-Net time-embedding width
     vae_channels: tuple[int, ...]  # VAE features, coarse -> fine (one per x2 level)
     reduce_channels: tuple[int, int] = (128, 64)
     num_layers: int = 4
     num_heads: int = 8
     head_dim: int = 24
+    norm_num_groups: int = 32
     mrm: bool = True
     progressive: bool = True
     vae_features: str = "decoder"
@@ -88,7 +96,8 @@ class RMPArch:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise CheckpointError(f"rmp.json: unknown architecture keys {sorted(unknown)}")
+            raise CheckpointError(f"rmp.json: unknown architecture keys {sorted(unknown)} (a checkpoint of an older "
+                                  "RMP architecture: retrain the RMP)")
         return cls(**d)
 
 
@@ -102,8 +111,8 @@ def arch_from_configs(unet_config, vae_config, rmp_cfg: Mapping | None = None) -
     """Derive the architecture from a diffusers U-Net config and AutoencoderKL config (dicts or FrozenDicts).
 
     ``rmp_cfg`` is the run config's ``rmp`` section (switches ``mrm``, ``progressive``, ``vae_features``; widths
-    ``reduce_channels``, ``num_heads``, ``head_dim``, ``num_layers``). Only the input channel counts come from
-    the models.
+    ``reduce_channels``, ``num_heads``, ``head_dim``, ``num_layers``, ``norm_num_groups``). Only the input channel
+    counts come from the models.
     """
     rmp_cfg = rmp_cfg or {}
     boc = list(_cfg_get(unet_config, "block_out_channels"))
@@ -114,7 +123,6 @@ def arch_from_configs(unet_config, vae_config, rmp_cfg: Mapping | None = None) -
             f"got block_out_channels={boc}"
         )
     rev = boc[::-1]
-    temb_dim = _cfg_get(unet_config, "time_embedding_dim") or boc[0] * 4
     vboc = list(_cfg_get(vae_config, "block_out_channels"))
     n = len(vboc) - 1  # number of x2 levels = log2(VAE scale factor)
     if n < 1:
@@ -128,17 +136,16 @@ def arch_from_configs(unet_config, vae_config, rmp_cfg: Mapping | None = None) -
         raise CheckpointError(f"rmp.vae_features: unknown value {kind!r}")
     red = tuple(int(c) for c in rmp_cfg.get("reduce_channels", (128, 64)))
     heads, hdim = int(rmp_cfg.get("num_heads", 8)), int(rmp_cfg.get("head_dim", 24))
-    if heads * hdim != sum(red):
-        raise ConfigError(f"rmp.num_heads x rmp.head_dim = {heads} x {hdim} must equal sum(rmp.reduce_channels) "
-                          f"= {sum(red)}")
+    groups = int(rmp_cfg.get("norm_num_groups", 32))
+    check_widths(red, heads, hdim, groups)
     return RMPArch(
         unet_channels=(int(rev[1]), int(rev[2])),
-        temb_dim=int(temb_dim),
         vae_channels=tuple(int(c) for c in vae_channels),
         reduce_channels=red,
         num_layers=int(rmp_cfg.get("num_layers", 4)),
         num_heads=heads,
         head_dim=hdim,
+        norm_num_groups=groups,
         mrm=bool(rmp_cfg.get("mrm", True)),
         progressive=bool(rmp_cfg.get("progressive", True)),
         vae_features=kind,
@@ -146,42 +153,39 @@ def arch_from_configs(unet_config, vae_config, rmp_cfg: Mapping | None = None) -
 
 
 # ----------------------------------------------------------------------------- modules
-def _conv(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def _cbr(cin: int, cout: int, k: int) -> nn.Sequential:
+    """CBR: conv (no bias) + BatchNorm + ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def _c131(dim: int) -> nn.Sequential:
+    """C131: CBR 1x1 -> CBR 3x3 -> CBR 1x1."""
+    return nn.Sequential(_cbr(dim, dim, 1), _cbr(dim, dim, 3), _cbr(dim, dim, 1))
 
 
 class MaskRefinementModule(nn.Module):
-    """Upsample by ``scale``; two chained conv blocks plus a 1x1 skip, summed; times the projected VAE feature;
-    plus the upsampled input.
-
-    block 1: a = 1x1(u) + [1x1 -> 3x3](u)
-    block 2: b = a + [1x1 -> 3x3 -> 1x1](a)
-    out    = (b + skip1x1(u)) * proj1x1(vae_feature) + u
-    """
+    """``u' = up(u)``; ``m = C131(u')``; ``out = CBR1(v) * (m + CBR1(u') + C131(m)) + u'``."""
 
     def __init__(self, dim: int, vae_channels: int, scale: int = 2):
         super().__init__()
         self.scale = scale
-        self.b1_a = _conv(dim, dim, 1)
-        self.b1_b = nn.Sequential(_conv(dim, dim, 1), _conv(dim, dim, 3))
-        self.b2 = nn.Sequential(_conv(dim, dim, 1), _conv(dim, dim, 3), _conv(dim, dim, 1))
-        self.skip = nn.Conv2d(dim, dim, 1)
-        self.proj = nn.Conv2d(vae_channels, dim, 1)
+        self.project = _cbr(vae_channels, dim, 1)  # CBR1(v)
+        self.mid = _c131(dim)  # m = C131(u')
+        self.skip = _cbr(dim, dim, 1)  # CBR1(u')
+        self.post = _c131(dim)  # C131(m)
 
     def forward(self, x: torch.Tensor, vae_feature: torch.Tensor) -> torch.Tensor:
-        u = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        u = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=True)
         if vae_feature.shape[-2:] != u.shape[-2:]:
             raise ValueError(
                 f"MRM: VAE feature {tuple(vae_feature.shape[-2:])} does not match the upsampled map {tuple(u.shape[-2:])}"
             )
-        a = self.b1_a(u) + self.b1_b(u)
-        b = a + self.b2(a)
-        y = (b + self.skip(u)) * self.proj(vae_feature.to(u.dtype))
-        return y + u
+        m = self.mid(u)
+        return self.project(vae_feature.to(u.dtype)) * (m + self.skip(u) + self.post(m)) + u
 
 
 def _head(dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.BatchNorm2d(dim), nn.ReLU(inplace=True), nn.Conv2d(dim, 2, 3, padding=1))
+    return nn.Sequential(nn.BatchNorm2d(dim), nn.ReLU(), nn.Conv2d(dim, 2, 3, padding=1))
 
 
 @dataclass
@@ -191,33 +195,25 @@ class RMPOutput:
 
 
 class RefinedMaskPredictor(nn.Module):
-    """The RMP branch. ``forward(unet_feats, temb, vae_feats=None)``; see the module docstring."""
+    """The RMP branch. ``forward(unet_feats, vae_feats=None, n_refined=None)``; see the module docstring."""
 
     def __init__(self, arch: RMPArch):
         super().__init__()
-        from diffusers.models.attention import BasicTransformerBlock
+        from diffusers import Transformer2DModel
 
         self.arch = arch
         c_low, c_high = arch.unet_channels
         r_low, r_high = arch.reduce_channels
         dim = arch.dim
-        if arch.num_heads * arch.head_dim != dim:
-            raise CheckpointError(f"RMP: num_heads*head_dim = {arch.num_heads}*{arch.head_dim} != feature dim {dim}")
-        self.reduce_low = nn.Conv2d(c_low, r_low, 1)
-        self.reduce_high = nn.Conv2d(c_high, r_high, 1)
-        self.blocks = nn.ModuleList(
-            BasicTransformerBlock(
-                dim,
-                arch.num_heads,
-                arch.head_dim,
-                norm_type="ada_norm_continuous",
-                ada_norm_continous_conditioning_embedding_dim=arch.temb_dim,
-                ada_norm_bias=True,
-                activation_fn="geglu",
-            )
-            for _ in range(arch.num_layers)
-        )
-        self.coarse_head = _head(dim)
+        try:
+            check_widths(arch.reduce_channels, arch.num_heads, arch.head_dim, arch.norm_num_groups)
+        except ConfigError as e:
+            raise CheckpointError(f"RMP architecture: {e}") from None
+        self.reduce_low = nn.Conv2d(c_low, r_low, 1, bias=False)
+        self.reduce_high = nn.Conv2d(c_high, r_high, 1, bias=False)
+        self.transformer = Transformer2DModel(num_attention_heads=arch.num_heads, attention_head_dim=arch.head_dim,
+                                              in_channels=dim, num_layers=arch.num_layers, cross_attention_dim=None,
+                                              norm_num_groups=arch.norm_num_groups, use_linear_projection=False)
         if arch.mrm:
             if arch.progressive:
                 self.mrms = nn.ModuleList(MaskRefinementModule(dim, c, 2) for c in arch.vae_channels)
@@ -225,29 +221,25 @@ class RefinedMaskPredictor(nn.Module):
                 self.mrms = nn.ModuleList([MaskRefinementModule(dim, arch.vae_channels[-1], arch.upscale)])
         else:
             self.mrms = nn.ModuleList()
-        self.fine_head = _head(dim)
+        self.head = _head(dim)
 
     # -- pieces
-    def coarse_features(self, unet_feats: Sequence[torch.Tensor], temb: torch.Tensor) -> torch.Tensor:
+    def coarse_features(self, unet_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """F̂ ``[B, dim, h, w]`` from the U-Net features (f_low at h/2, f_high at h)."""
         low, high = unet_feats
         dtype = self.reduce_low.weight.dtype
         high = self.reduce_high(high.to(dtype))
         low = self.reduce_low(low.to(dtype))
         low = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
-        x = torch.cat([low, high], dim=1)  # [B, dim, h, w]
-        b, c, h, w = x.shape
-        tokens = x.flatten(2).transpose(1, 2)  # [B, h*w, dim]
-        cond = {"pooled_text_emb": temb.to(dtype)}
-        for blk in self.blocks:
-            tokens = blk(tokens, added_cond_kwargs=cond)
-        return tokens.transpose(1, 2).reshape(b, c, h, w)
+        x = torch.cat([low, high], dim=1)
+        return self.transformer(x, return_dict=False)[0]
 
     def refine(self, feats: torch.Tensor, vae_feats: Sequence[torch.Tensor] | None) -> torch.Tensor:
-        """Fine logits at the image resolution from the coarse features F."""
-        size = (feats.shape[-2] * self.arch.upscale, feats.shape[-1] * self.arch.upscale)
-        if vae_feats is None or not self.arch.mrm:
-            up = F.interpolate(feats, size=size, mode="bilinear", align_corners=False)
-            return self.fine_head(up)
+        """Image-size features from F̂ through the MRMs (``mrm: false``: bilinear upsampling)."""
+        if not self.arch.mrm:
+            return self.upsample(feats)
+        if vae_feats is None:
+            raise ValueError("RMP: the MRMs need the VAE features of the refined images")
         vae_feats = list(vae_feats)
         if self.arch.progressive:
             if len(vae_feats) != len(self.mrms):
@@ -255,23 +247,29 @@ class RefinedMaskPredictor(nn.Module):
             x = feats
             for mrm, v in zip(self.mrms, vae_feats):
                 x = mrm(x, v)
-        else:
-            x = self.mrms[0](feats, vae_feats[-1])
-        return self.fine_head(x)
+            return x
+        return self.mrms[0](feats, vae_feats[-1])
 
-    def forward(
-        self,
-        unet_feats: Sequence[torch.Tensor],
-        temb: torch.Tensor,
-        vae_feats: Sequence[torch.Tensor] | None = None,
-    ) -> RMPOutput:
-        feats = self.coarse_features(unet_feats, temb)
-        coarse = self.coarse_head(feats)
-        if not self.arch.mrm:
-            size = (feats.shape[-2] * self.arch.upscale, feats.shape[-1] * self.arch.upscale)
-            fine = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
-        else:
-            fine = self.refine(feats, vae_feats)
+    def upsample(self, feats: torch.Tensor) -> torch.Tensor:
+        size = (feats.shape[-2] * self.arch.upscale, feats.shape[-1] * self.arch.upscale)
+        return F.interpolate(feats, size=size, mode="bilinear", align_corners=False)
+
+    def forward(self, unet_feats: Sequence[torch.Tensor], vae_feats: Sequence[torch.Tensor] | None = None,
+                n_refined: int | None = None) -> RMPOutput:
+        """Coarse and image-size logits of every image. The first ``n_refined`` images (default: all) go through
+        the MRMs with ``vae_feats`` (features of those images only); the others' F̂ is upsampled."""
+        feats = self.coarse_features(unet_feats)
+        b = feats.shape[0]
+        n = b if n_refined is None else int(n_refined)
+        if not 0 <= n <= b:
+            raise ValueError(f"RMP: n_refined={n} for a batch of {b}")
+        parts = []
+        if n:
+            parts.append(self.refine(feats[:n], vae_feats))
+        if n < b:
+            parts.append(self.upsample(feats[n:]))
+        fine = self.head(parts[0] if len(parts) == 1 else torch.cat(parts))
+        coarse = self.head(feats)
         return RMPOutput(coarse, fine)
 
 
@@ -316,8 +314,8 @@ def capture_outputs(modules: Sequence[nn.Module]) -> Iterator[list]:
 
 
 def unet_feature_modules(unet) -> list[nn.Module]:
-    """[up_blocks[1], up_blocks[2], time_embedding] of a diffusers UNet2DConditionModel."""
-    return [unet.up_blocks[1], unet.up_blocks[2], unet.time_embedding]
+    """[up_blocks[1], up_blocks[2]] of a diffusers UNet2DConditionModel."""
+    return [unet.up_blocks[1], unet.up_blocks[2]]
 
 
 def vae_feature_modules(vae, kind: str, n: int) -> list[nn.Module]:
@@ -330,13 +328,13 @@ def vae_feature_modules(vae, kind: str, n: int) -> list[nn.Module]:
 
 
 def unet_features(unet, latents, timesteps, encoder_hidden_states, take: slice | None = None):
-    """One U-Net forward with hooks: returns (noise_pred, (f_low, f_high), temb), features sliced by ``take``."""
+    """One U-Net forward with hooks: returns (noise_pred, (f_low, f_high)), features sliced by ``take``."""
     with capture_outputs(unet_feature_modules(unet)) as store:
         pred = unet(latents, timesteps, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
-    low, high, temb = store
+    low, high = store
     if take is not None:
-        low, high, temb = low[take], high[take], temb[take]
-    return pred, (low, high), temb
+        low, high = low[take], high[take]
+    return pred, (low, high)
 
 
 def vae_features(vae, latents: torch.Tensor, kind: str, n: int):
@@ -363,10 +361,10 @@ def num_vae_levels(vae) -> int:
 def check_compatible(arch: RMPArch, unet, vae) -> None:
     """Raise CheckpointError when an RMP checkpoint does not fit the generator it is used with."""
     want = arch_from_configs(unet.config, vae.config, {"vae_features": arch.vae_features})
-    if (want.unet_channels, want.temb_dim, want.vae_channels) != (arch.unet_channels, arch.temb_dim, arch.vae_channels):
+    if (want.unet_channels, want.vae_channels) != (arch.unet_channels, arch.vae_channels):
         raise CheckpointError(
-            f"RMP checkpoint expects U-Net channels {arch.unet_channels}, time embedding {arch.temb_dim}, VAE channels "
-            f"{arch.vae_channels}; the generator has {want.unet_channels}, {want.temb_dim}, {want.vae_channels}"
+            f"RMP checkpoint expects U-Net channels {arch.unet_channels}, VAE channels {arch.vae_channels}; the "
+            f"generator has {want.unet_channels}, {want.vae_channels}"
         )
 
 

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .errors import CheckpointError, DataError, SeasError
+from .errors import CheckpointError, ConfigError, DataError, SeasError
 from .losses import da_loss, eps_mse, na_loss
 from .prompt import TokenMap, register_tokens, tokenize
 
@@ -122,8 +122,12 @@ def sample_batch(data: TrainData, prompts: _PromptCache, gen: torch.Generator, n
     for i in _pick(len(data.normals), n_normal, gen):
         img, _ = augment_pair(data.normals[i], data.normals[i][:1], gen, rotate90, flip)
         imgs.append(img), ids.append(prompts.ids(None))
-    return Batch(torch.stack(imgs).contiguous(), torch.stack(masks).contiguous(), torch.stack(ids),
-                 torch.tensor(dfp, dtype=torch.long), torch.tensor(obp, dtype=torch.long), len(masks), types)
+    h, w = imgs[0].shape[-2:]
+    mask_t = torch.stack(masks).contiguous() if masks else torch.zeros(0, 1, h, w)
+    # no anomalies (a sequential training_order's normal phase): empty positions, the DA loss is skipped
+    pos = (torch.tensor(dfp, dtype=torch.long), torch.tensor(obp, dtype=torch.long)) if masks else \
+        (torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long))
+    return Batch(torch.stack(imgs).contiguous(), mask_t, torch.stack(ids), *pos, len(masks), types)
 
 
 # ----------------------------------------------------------------------------- one step
@@ -138,12 +142,12 @@ def forward_backward(unet, vae, text_encoder, noise_scheduler, batch: Batch, gcf
 
     ``backward=False`` evaluates the losses only (no graph, no gradients).
 
-    With ``generator.mixed_batch`` the abnormal and normal images share one U-Net call; otherwise each half gets
-    its own forward and backward pass (same gradient, the ablation's separate batches).
+    The abnormal and normal images share one U-Net call; either half may be empty (the sequential
+    ``generator.training_order`` ablations).
     """
     device = batch.pixels.device
     ba, b = batch.n_abnormal, batch.pixels.shape[0]
-    use_da = bool(gcfg["da_loss"]) and store is not None
+    use_da = bool(gcfg["da_loss"]) and store is not None and ba > 0
     with torch.no_grad(), _autocast(device, amp_dtype):
         latents = vae.encode(batch.pixels).latent_dist.sample(generator=noise_gen).float() * vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=noise_gen, device=device, dtype=latents.dtype)
@@ -159,49 +163,33 @@ def forward_backward(unet, vae, text_encoder, noise_scheduler, batch: Batch, gcf
     latent_hw = tuple(latents.shape[-2:])
     zero = torch.zeros((), device=device)
     terms = {"l_sd": zero, "l_na": zero, "da_term1": zero, "da_term2": zero}
-
-    def run(sl: slice, capture: int) -> torch.Tensor:
-        with torch.set_grad_enabled(text_grad and torch.is_grad_enabled()):
-            ehs = text_encoder(batch.input_ids[sl])[0]
-        if store is not None:
-            store.begin(capture, latent_hw)
-        with _autocast(device, amp_dtype):
-            pred = unet(noisy[sl], t[sl], encoder_hidden_states=ehs).sample
-        return pred.float()
-
-    def da_terms() -> tuple[torch.Tensor, torch.Tensor]:
-        maps = store.maps()
-        store.freeze()  # gradient-checkpoint re-runs must not record again
-        res = da_loss(maps, batch.df_pos, batch.ob_pos, batch.masks, base_size=latent_hw[-1],
-                      normalize=gcfg["da_normalize"], ob_region=gcfg["da_ob_region"],
-                      second_term=bool(gcfg["da_second_term"]))
-        return res.term1, res.term2
-
-    def part_losses(sl: slice) -> torch.Tensor:
-        pred = run(sl, ba if (use_da and sl.start == 0) else 0)
-        tgt = target[sl]
-        loss = torch.zeros((), device=device)
-        if sl.start == 0:
-            terms["l_sd"] = eps_mse(pred[:ba], tgt[:ba])
-            loss = loss + terms["l_sd"]
-            if use_da:
-                terms["da_term1"], terms["da_term2"] = da_terms()
-                loss = loss + terms["da_term1"] + terms["da_term2"]
-        if sl.stop > ba:
-            off = ba - sl.start if sl.start < ba else 0
-            terms["l_na"] = na_loss(pred[off:], tgt[off:])
-            loss = loss + terms["l_na"]
-        return loss
-
-    parts = [slice(0, b)] if gcfg["mixed_batch"] or b == ba else [slice(0, ba), slice(ba, b)]
     try:
-        for sl in parts:
-            with torch.set_grad_enabled(backward and torch.is_grad_enabled()):
-                loss = part_losses(sl)
-            if not torch.isfinite(loss):
-                raise SeasError(f"non-finite generator loss ({ {k: float(v) for k, v in terms.items()} })")
-            if backward:
-                (loss * loss_scale).backward()
+        with torch.set_grad_enabled(backward and torch.is_grad_enabled()):
+            with torch.set_grad_enabled(text_grad and torch.is_grad_enabled()):
+                ehs = text_encoder(batch.input_ids)[0]
+            if store is not None:
+                store.begin(ba if use_da else 0, latent_hw)
+            with _autocast(device, amp_dtype):
+                pred = unet(noisy, t, encoder_hidden_states=ehs).sample.float()
+            loss = torch.zeros((), device=device)
+            if ba:
+                terms["l_sd"] = eps_mse(pred[:ba], target[:ba])
+                loss = loss + terms["l_sd"]
+            if use_da:
+                maps = store.maps()
+                store.freeze()  # gradient-checkpoint re-runs must not record again
+                res = da_loss(maps, batch.df_pos, batch.ob_pos, batch.masks, base_size=latent_hw[-1],
+                              normalize=gcfg["da_normalize"], ob_region=gcfg["da_ob_region"],
+                              ob_term=gcfg["da_ob_term"])
+                terms["da_term1"], terms["da_term2"] = res.term1, res.term2
+                loss = loss + res.term1 + res.term2
+            if b > ba:
+                terms["l_na"] = na_loss(pred[ba:], target[ba:])
+                loss = loss + terms["l_na"]
+        if not torch.isfinite(loss):
+            raise SeasError(f"non-finite generator loss ({ {k: float(v) for k, v in terms.items()} })")
+        if backward:
+            (loss * loss_scale).backward()
     finally:
         if store is not None:
             store.end()
@@ -271,9 +259,14 @@ class GeneratorTrainer:
         self.device = torch.device(device) if device is not None else get_device(cfg)
         self.amp_dtype = autocast_dtype(cfg, self.device)
         self.product = split.product
-        self.total_steps = int(g["steps_per_type"]) * len(split.anomaly_types)
+        self.order = g["training_order"]
+        self.phase_steps = int(g["steps_per_type"]) * len(split.anomaly_types)
+        self.total_steps = self.phase_steps * (1 if self.order == "mixed" else 2)
         self.n_abnormal = int(g["batch_abnormal"])
         self.n_normal = int(g["batch_normal"]) if g["na_loss"] else 0
+        if self.order != "mixed" and not self.n_normal:
+            raise ConfigError(f"generator.training_order: {self.order} needs normal images (generator.na_loss true "
+                              "and generator.batch_normal > 0)")
         self.rotate90, self.flip = augmentation_for(cfg, self.product)
 
         m = cfg["model"]
@@ -294,7 +287,7 @@ class GeneratorTrainer:
         self.store = None
         if g["da_loss"]:
             self.store = AttentionStore()
-            self.captured_layers = install_capture(self.unet, self.store, g["da_resolutions"])
+            self.captured_layers = install_capture(self.unet, self.store, g["da_resolutions"], mode=g["da_map"])
         else:
             restore_default_processors(self.unet)
             self.captured_layers = []
@@ -393,12 +386,21 @@ class GeneratorTrainer:
         return True
 
     # -------------------------------------------------------------- training
+    def batch_sizes(self, step: int) -> tuple[int, int]:
+        """(abnormal, normal) images of each batch of optimizer step ``step`` under ``generator.training_order``."""
+        if self.order == "mixed":
+            return self.n_abnormal, self.n_normal
+        first = step < self.phase_steps
+        abnormal_phase = first if self.order == "abnormal_first" else not first
+        return (self.n_abnormal, 0) if abnormal_phase else (0, self.n_normal)
+
     def train_step(self) -> dict[str, float]:
         """One optimizer step (``gradient_accumulation`` batches). Returns the averaged loss terms."""
         accum = int(self.g["gradient_accumulation"])
         totals: dict[str, float] = {}
+        n_ab, n_norm = self.batch_sizes(self.step)
         for _ in range(accum):
-            batch = sample_batch(self.data, self.prompts, self.data_gen, self.n_abnormal, self.n_normal,
+            batch = sample_batch(self.data, self.prompts, self.data_gen, n_ab, n_norm,
                                  self.rotate90, self.flip).to(self.device)
             terms = forward_backward(self.unet, self.vae, self.text_encoder, self.noise_scheduler, batch, self.g,
                                      self.store, self.noise_gen, amp_dtype=self.amp_dtype, loss_scale=1.0 / accum,
@@ -483,7 +485,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(ap)
     ap.add_argument("--split", required=True, help="split manifest of the product (split/<product>.json)")
-    ap.add_argument("--out", required=True, help="output checkpoint folder (generator/<product>)")
+    ap.add_argument("--out", required=True, help="output checkpoint folder (generator/<product>/all)")
+    ap.add_argument("--anomaly-type", default=None, metavar="TYPE",
+                    help="train on this anomaly type only (generator.scope: type, the 'w/o Mixed' ablation); "
+                         "default: all types of the product")
     ap.add_argument("--max-steps", type=int, default=None,
                     help="stop after this many more steps, leaving a resumable state in <out>.work/")
     ap.add_argument("--force", action="store_true", help="retrain even if --out already holds a checkpoint")
@@ -493,7 +498,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     cfg = config_from_args(args)
     seed_everything(int(cfg["seed"]))
-    out = train_generator(cfg, Split.load(args.split), args.out, max_steps=args.max_steps,
+    split = Split.load(args.split)
+    if args.anomaly_type is not None:
+        split = split.restricted([args.anomaly_type])
+    out = train_generator(cfg, split, args.out, max_steps=args.max_steps,
                           progress=not args.no_progress, force=args.force)
     if out is None:
         log.info("stopped before the end; re-run the same command to resume")

@@ -7,9 +7,12 @@ product, with their masks) and ``rmp.batch_normal`` normal training images, augm
 Latents are noised at a random t per sample; one forward pass of the frozen U-Net (each image with its prompt)
 gives the up-block features and the time embedding through forward hooks; the abnormal latents are stepped once
 (DDPM, x_t -> x_{t-1}) and decoded by the frozen VAE, whose decoder up-block outputs feed the Mask Refinement
-Modules. Loss: focal loss (γ = ``rmp.focal_gamma``) on the fine (image-size) and coarse (latent-size) masks; normal
-images against all-zero masks and without the MRMs. Switches: ``rmp.coarse_supervision``, ``rmp.normal_supervision``,
-``rmp.mrm``, ``rmp.progressive``, ``rmp.vae_features``. Steps: ``rmp.steps_per_type`` x number of anomaly types.
+Modules; normal images skip the MRMs and share the image-size head in the same batch. Loss: focal loss
+(γ = ``rmp.focal_gamma``) on the image-size masks and the latent-size masks (:func:`coarse_target`) of the joint batch,
+normal images against all-zero masks. ``rmp.gradient_accumulation`` batches per optimizer step (the authors: 2).
+Switches: ``rmp.coarse_supervision``, ``rmp.coarse_target``, ``rmp.normal_supervision``, ``rmp.mrm``,
+``rmp.progressive``, ``rmp.vae_features``. Steps: ``rmp.steps_per_type`` x the generator's anomaly types (all
+types of the product, or one with ``generator.scope: type``).
 
 Resumable: every ``rmp.checkpoint_every`` steps the branch and optimizer go to ``<out>.work/ckpt/`` (replaced in one
 rename); a rerun continues from there. Every step's randomness is derived from (seed, product, step), so a resumed
@@ -112,29 +115,45 @@ def sample_batch(data: TrainData, n_abnormal: int, n_normal: int, generator: tor
     return torch.stack(imgs), torch.stack(masks), types, nt
 
 
-def coarse_target(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """[B,1,H,W] {0,1} float -> [B,h,w] long: a coarse pixel is anomalous when >= half its area is (area pooling)."""
-    return (F.interpolate(mask.float(), size=tuple(size), mode="area") >= 0.5).squeeze(1).long()
+COARSE_TARGETS = ("bilinear", "bilinear_max")
+_ONE_TOL = 1e-4  # "== 1" up to float rounding of the bilinear weights
 
 
-def rmp_loss(out_abnormal, masks: torch.Tensor, out_normal=None, *, gamma: float = 2.0,
-             coarse_supervision: bool = True) -> dict[str, torch.Tensor]:
-    """Focal losses of the RMP: fine (image size) + coarse (latent size) for abnormal images against their masks and,
-    when ``out_normal`` is given, for normal images against empty masks. Returns the terms and their ``total``."""
+def coarse_target(masks: torch.Tensor, size: Sequence[int], rule: str = "bilinear") -> torch.Tensor:
+    """The latent-size target ``[B, h, w]`` (long) of masks ``[B, 1, H, W]`` in {0, 1}, as the authors build it.
+
+    The masks are resized bilinearly (align_corners False); a position is anomalous only where the resized value
+    is 1 (the authors truncate the float target to an integer class). ``bilinear_max`` first divides the resized
+    masks by their maximum over the batch (their VisA / MVTec 3D AD rule: the peak of a tiny defect stays 1; an
+    all-empty batch stays empty). Thin defects can vanish under ``bilinear``: the image-size target keeps them.
+    """
+    if rule not in COARSE_TARGETS:
+        raise ValueError(f"coarse_target: unknown rule {rule!r} ({', '.join(COARSE_TARGETS)})")
+    m = F.interpolate(masks.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    if rule == "bilinear_max":
+        peak = m.max()
+        if peak > 0:
+            m = m / peak
+    return (m >= 1.0 - _ONE_TOL).squeeze(1).long()
+
+
+def rmp_loss(out, masks: torch.Tensor, *, gamma: float = 2.0, coarse_supervision: bool = True,
+             coarse_rule: str = "bilinear") -> dict[str, torch.Tensor]:
+    """Focal losses of the RMP on the joint batch ``out`` (abnormal images first, then normal images; see
+    :meth:`RefinedMaskPredictor.forward`): image-size masks of every image against its mask (normal images: the
+    empty mask), and, with ``coarse_supervision``, latent-size masks against :func:`coarse_target`. Each term is a
+    mean over all pixels of all images, as the authors' loss. Returns the terms and their ``total``."""
     from .losses import focal_loss
 
-    fine_t = (masks.squeeze(1) > 0.5).long()
-    terms = {"fine": focal_loss(out_abnormal.fine_logits, fine_t, gamma)}
+    b, na = out.fine_logits.shape[0], masks.shape[0]
+    full = torch.zeros((b, 1, *out.fine_logits.shape[-2:]), dtype=torch.float32, device=out.fine_logits.device)
+    full[:na] = masks.float().to(full.device)
+    terms = {"fine": focal_loss(out.fine_logits, (full.squeeze(1) > 0.5).long(), gamma)}
     if coarse_supervision:
-        terms["coarse"] = focal_loss(out_abnormal.coarse_logits,
-                                     coarse_target(masks, out_abnormal.coarse_logits.shape[-2:]), gamma)
-    if out_normal is not None and out_normal.fine_logits.shape[0]:
-        zf = torch.zeros(out_normal.fine_logits.shape[0], *out_normal.fine_logits.shape[-2:], dtype=torch.long,
-                         device=out_normal.fine_logits.device)
-        terms["normal_fine"] = focal_loss(out_normal.fine_logits, zf, gamma)
-        if coarse_supervision:
-            zc = torch.zeros(zf.shape[0], *out_normal.coarse_logits.shape[-2:], dtype=torch.long, device=zf.device)
-            terms["normal_coarse"] = focal_loss(out_normal.coarse_logits, zc, gamma)
+        coarse = torch.zeros((b, *out.coarse_logits.shape[-2:]), dtype=torch.long, device=full.device)
+        if na:
+            coarse[:na] = coarse_target(full[:na], out.coarse_logits.shape[-2:], coarse_rule)
+        terms["coarse"] = focal_loss(out.coarse_logits, coarse, gamma)
     terms["total"] = sum(terms.values())
     return terms
 
@@ -150,8 +169,8 @@ def one_step_scheduler(noise_scheduler):
 @torch.no_grad()
 def batch_features(bundle, images: torch.Tensor, cond: torch.Tensor, n_abnormal: int, vae_kind: str,
                    generator: torch.Generator, device):
-    """Frozen-generator features of a batch (abnormal first): U-Net (f_low, f_high), time embedding, and the VAE
-    features of the one-step-denoised abnormal latents."""
+    """Frozen-generator features of a batch (abnormal first): U-Net (f_low, f_high) and the VAE features of the
+    one-step-denoised abnormal latents."""
     vae, unet = bundle.vae, bundle.unet
     sched = one_step_scheduler(bundle.noise_scheduler)
     x = images.to(device=device, dtype=vae.dtype)
@@ -160,7 +179,7 @@ def batch_features(bundle, images: torch.Tensor, cond: torch.Tensor, n_abnormal:
     noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
     t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator).to(device)
     noisy = sched.add_noise(latents, noise, t)
-    eps, feats, temb = rmp_mod.unet_features(unet, noisy, t, cond.to(device, unet.dtype))
+    eps, feats = rmp_mod.unet_features(unet, noisy, t, cond.to(device, unet.dtype))
     vae_feats = None
     if n_abnormal:
         prev = torch.cat([
@@ -168,7 +187,7 @@ def batch_features(bundle, images: torch.Tensor, cond: torch.Tensor, n_abnormal:
             for i in range(n_abnormal)
         ])
         _, vae_feats = rmp_mod.vae_features(vae, prev, vae_kind, rmp_mod.num_vae_levels(vae))
-    return feats, temb, vae_feats
+    return feats, vae_feats
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -177,7 +196,7 @@ def _fingerprint(cfg: Mapping, generator_dir: Path, split: Split, total: int) ->
             "seed": cfg["seed"], "resolution": cfg["model"]["resolution"], "total_steps": total}
 
 
-_VOLATILE = ("checkpoint_every", "log_every")
+_VOLATILE = ("checkpoint_every", "log_every", "bn_train_mode_at_inference")  # not read by training
 
 
 def _same_run(a: Mapping, b: Mapping) -> bool:
@@ -222,9 +241,11 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | Non
     bundle = load_generator_bundle(generator_dir, device)
     arch = rmp_mod.arch_from_configs(bundle.unet.config, bundle.vae.config, r)
     types = list(bundle.token_map.anomaly_types)
-    missing = [t for t in split.anomaly_types if t not in types]
+    missing = [t for t in types if t not in split.anomaly_types]
     if missing:
-        raise CheckpointError(f"{generator_dir}: generator has no tokens for anomaly types {missing} of {split_path}")
+        raise CheckpointError(f"{generator_dir}: generator was trained on anomaly types {missing} that {split_path} "
+                              "does not have")
+    split = split.restricted(types)  # a per-type generator (generator.scope: type) gets a per-type RMP
     total = r["steps_per_type"] * len(split.anomaly_types)
     fp = _fingerprint(cfg, generator_dir, split, total)
 
@@ -243,28 +264,32 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | Non
         emb["good"] = prompt_embeddings(bundle, [normal_prompt_of(bundle.token_map)], device)
 
     done_here = 0
+    accum = int(r["gradient_accumulation"])
     t0 = time.time()
     bar = tqdm(total=total, initial=step, desc=f"rmp {split.product}", unit="step", leave=False)
     while step < total:
-        g = torch.Generator().manual_seed(derive_seed(cfg["seed"], "rmp", split.product, step))
-        imgs, masks, btypes, normals = sample_batch(data, r["batch_abnormal"], n_norm, g)
-        images = torch.cat([imgs, normals])
-        cond = torch.cat([emb[t] for t in btypes] + [emb["good"]] * normals.shape[0])
-        na = imgs.shape[0]
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            (low, high), temb, vae_feats = batch_features(bundle, images, cond, na, arch.vae_features, g, device)
-            out_ab = model((low[:na], high[:na]), temb[:na], vae_feats)
-            out_n = model((low[na:], high[na:]), temb[na:], None) if normals.shape[0] else None
-            terms = rmp_loss(out_ab, masks.to(device), out_n, gamma=r["focal_gamma"],
-                             coarse_supervision=r["coarse_supervision"])
-        opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        sums: dict[str, float] = {}
+        for micro in range(accum):
+            g = torch.Generator().manual_seed(derive_seed(cfg["seed"], "rmp", split.product, step, micro))
+            imgs, masks, btypes, normals = sample_batch(data, r["batch_abnormal"], n_norm, g)
+            images = torch.cat([imgs, normals])
+            cond = torch.cat([emb[t] for t in btypes] + ([emb["good"]] * normals.shape[0] if normals.shape[0] else []))
+            na = imgs.shape[0]
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                (low, high), vae_feats = batch_features(bundle, images, cond, na, arch.vae_features, g, device)
+                out_all = model((low, high), vae_feats, n_refined=na)
+                terms = rmp_loss(out_all, masks.to(device), gamma=r["focal_gamma"],
+                                 coarse_supervision=r["coarse_supervision"], coarse_rule=r["coarse_target"])
+            (terms["total"] / accum).backward()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) / accum
         opt.step()
+        opt.zero_grad(set_to_none=True)
         step += 1
         done_here += 1
         bar.update(1)
         if step % r["log_every"] == 0 or step == total:
-            rec = {"step": step, **{k: round(float(v.detach()), 6) for k, v in terms.items()}}
+            rec = {"step": step, **{k: round(v, 6) for k, v in sums.items()}}
             history.append(rec)
             log.info("step %d/%d %s", step, total, " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "step"))
         if step % r["checkpoint_every"] == 0 and step < total:

@@ -60,8 +60,8 @@ def test_output_unchanged_and_maps_are_probabilities_of_the_abnormal_half(unet):
     assert set(maps) == {4, 2}
     assert maps[4].shape == (2, 4, 4, 77) and maps[2].shape == (2, 2, 2, 77)
     assert store.counts == {4: 2, 2: 2}  # two cross-attention layers per resolution
-    for m in maps.values():
-        torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:3]), atol=1e-5, rtol=0)
+    for m in maps.values():  # each token's map is a distribution over the pixels (head-averaged)
+        torch.testing.assert_close(m.sum((1, 2)), torch.ones(m.shape[0], m.shape[-1]), atol=1e-5, rtol=0)
         assert m.min() >= 0
     # nothing captured when no row is asked for; freeze stops recording but keeps the computation
     store.begin(0)
@@ -76,8 +76,10 @@ def test_output_unchanged_and_maps_are_probabilities_of_the_abnormal_half(unet):
     torch.testing.assert_close(out2, ref, atol=1e-5, rtol=1e-4)
 
 
-def test_captured_maps_equal_hand_computed_softmax(unet):
-    """Recompute softmax(q kᵀ / sqrt(d)) per head from the layers' inputs, average heads and layers."""
+@pytest.mark.parametrize("mode,dim", [("pixels", -2), ("tokens", -1)])
+def test_captured_maps_equal_hand_computed_softmax(unet, mode, dim):
+    """Recompute softmax(q kᵀ / sqrt(d)) per head from the layers' inputs (over pixels, or over tokens for the
+    ablation), average heads and layers."""
     x, t, ehs = _inputs(unet, batch=3, seed=1)
     seen = []
 
@@ -87,7 +89,7 @@ def test_captured_maps_equal_hand_computed_softmax(unet):
     layers = [unet.down_blocks[1].attentions[i].transformer_blocks[0].attn2 for i in (0, 1)]
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in layers]
     store = AttentionStore()
-    install_capture(unet, store, [32])
+    install_capture(unet, store, [32], mode=mode)
     store.begin(1, (LATENT, LATENT))
     with torch.no_grad():
         unet(x, t, encoder_hidden_states=ehs)
@@ -101,7 +103,7 @@ def test_captured_maps_equal_hand_computed_softmax(unet):
         heads, d = attn.heads, q.shape[-1] // attn.heads
         q = q.view(1, -1, heads, d).transpose(1, 2)
         k = k.view(1, -1, heads, d).transpose(1, 2)
-        p = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, dim=-1)  # [1, heads, 16, 77]
+        p = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, dim=dim)  # [1, heads, 16, 77]
         expected = expected + p.mean(dim=1) / 2
     got = store.maps()[4]
     assert got.shape == (1, 4, 4, 77)

@@ -115,11 +115,14 @@ def test_da_loss_known_values_without_normalisation():
     # <ob> pushed to 0 where M == 1: the single pixel (0,0), value 0.2
     assert res.term2.item() == pytest.approx(0.04)
     assert res.total.item() == pytest.approx(0.135 + 0.04)
-    # gt0: pixels (0,0) and (1,1)
+    # gt0: pixels (0,0) and (1,1), target 1 - M there: (0.2 - 0)^2 and (0.9 - 0.5)^2
     res = da_loss({2: maps}, [[2, 3]], [[1]], {2: mask}, normalize="none", ob_region="gt0")
-    assert res.term2.item() == pytest.approx((0.04 + 0.81) / 2)
+    assert res.term2.item() == pytest.approx((0.04 + 0.16) / 2)
+    # "with AT": <ob> against the background 1 - M over all pixels
+    res = da_loss({2: maps}, [[2, 3]], [[1]], {2: mask}, normalize="none", ob_term="background")
+    assert res.term2.item() == pytest.approx((0.04 + 0.16 + 0.49 + 0.16) / 4)
     # ablation: no second term
-    assert da_loss({2: maps}, [[2, 3]], [[1]], {2: mask}, normalize="none", second_term=False).term2.item() == 0.0
+    assert da_loss({2: maps}, [[2, 3]], [[1]], {2: mask}, normalize="none", ob_term="none").term2.item() == 0.0
 
 
 def test_da_loss_known_values_with_batch_minmax():
@@ -129,8 +132,17 @@ def test_da_loss_known_values_with_batch_minmax():
     assert res.term1.item() == pytest.approx(0.0625)
     # the <ob> map normalises to 0 at (0,0)
     assert res.term2.item() == pytest.approx(0.0)
+    # gt0: the normalised <ob> map is [[0, 4/7], [1/7, 1]]: (0 - 0)^2 at (0,0), (1 - 0.5)^2 at (1,1)
     res = da_loss({2: maps}, [[2, 3]], [[1]], {2: mask}, normalize="batch", ob_region="gt0")
-    assert res.term2.item() == pytest.approx(0.5)
+    assert res.term2.item() == pytest.approx(0.125)
+
+
+def test_da_loss_averages_the_df_maps_before_normalising():
+    maps, mask = _hand_maps()
+    maps[0, :, :, 3] = torch.tensor([[0.3, 0.3], [0.1, 0.1]])
+    # mean [[.4,.2],[.1,.1]] -> normalised [[1,1/3],[0,0]] (normalising each first would give [[1,.5],[0,0]])
+    res = da_loss({2: maps}, [[2, 3]], [[1]], {2: mask}, normalize="batch")
+    assert res.term1.item() == pytest.approx(((1 / 3) ** 2 + 0.25) / 4)
 
 
 def test_da_loss_sums_resolutions_pools_raw_masks_and_never_nans():

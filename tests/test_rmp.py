@@ -14,7 +14,9 @@ SD14_UNET = {"block_out_channels": [320, 640, 1280, 1280],
              "time_embedding_dim": None}
 SD14_VAE = {"block_out_channels": [128, 256, 512, 512]}
 
-SMALL_RMP = {"rmp.reduce_channels": [16, 8], "rmp.num_heads": 2, "rmp.head_dim": 12, "rmp.num_layers": 1}
+SMALL_RMP = {"rmp.reduce_channels": [16, 8], "rmp.num_heads": 2, "rmp.head_dim": 12, "rmp.num_layers": 1,
+             "rmp.norm_num_groups": 8}
+SMALL = {"reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12, "norm_num_groups": 8}
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -49,7 +51,6 @@ def test_arch_from_sd14_configs_matches_the_paper():
 
     a = arch_from_configs(SD14_UNET, SD14_VAE, {})
     assert a.unet_channels == (1280, 640)
-    assert a.temb_dim == 1280
     assert a.vae_channels == (512, 512, 256)  # decoder up_blocks[0..2]: 128², 256², 512²
     assert a.dim == 192 and a.num_heads * a.head_dim == 192
     assert a.upscale == 8
@@ -71,6 +72,8 @@ def test_arch_checks_the_transformer_width():
 
     with pytest.raises(ConfigError, match="rmp.num_heads"):
         arch_from_configs(SD14_UNET, SD14_VAE, {"reduce_channels": [16, 8], "num_heads": 8, "head_dim": 24})
+    with pytest.raises(ConfigError, match="rmp.norm_num_groups"):
+        arch_from_configs(SD14_UNET, SD14_VAE, {"reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12})
 
 
 def test_arch_roundtrips_through_json():
@@ -89,32 +92,30 @@ def _features(sd, batch=2, res=64):
     with torch.no_grad():
         z = sd.vae.encode(x).latent_dist.mean * sd.vae.config.scaling_factor
         emb = torch.randn(batch, 77, sd.text_encoder.config.hidden_size, generator=g)
-        _, feats, temb = unet_features(sd.unet, z, torch.tensor([3, 700][:batch]), emb)
+        _, feats = unet_features(sd.unet, z, torch.tensor([3, 700][:batch]), emb)
         _, vfeats = vae_features(sd.vae, z, "decoder", num_vae_levels(sd.vae))
-    return z, feats, temb, vfeats
+    return z, feats, vfeats
 
 
 def test_hooked_features_follow_the_tiny_model_config(tiny_sd):
     from seas.rmp import arch_from_configs
 
-    z, (low, high), temb, vfeats = _features(tiny_sd)
+    z, (low, high), vfeats = _features(tiny_sd)
     arch = arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config, {})
     h = z.shape[-1]
     assert tuple(high.shape) == (2, arch.unet_channels[1], h, h)  # up_blocks[2] at the latent size
     assert tuple(low.shape) == (2, arch.unet_channels[0], h // 2, h // 2)
-    assert tuple(temb.shape) == (2, arch.temb_dim)
     assert [tuple(v.shape[1:]) for v in vfeats] == [(c, h * 2 ** (i + 1), h * 2 ** (i + 1))
                                                      for i, c in enumerate(arch.vae_channels)]
     # hooks are gone afterwards
-    for m in (tiny_sd.unet.up_blocks[1], tiny_sd.unet.up_blocks[2], tiny_sd.unet.time_embedding,
-              *tiny_sd.vae.decoder.up_blocks):
+    for m in (tiny_sd.unet.up_blocks[1], tiny_sd.unet.up_blocks[2], *tiny_sd.vae.decoder.up_blocks):
         assert not m._forward_hooks
 
 
 def test_capture_outputs_removes_hooks_after_an_exception(tiny_sd):
     from seas.rmp import capture_outputs
 
-    mod = tiny_sd.unet.time_embedding
+    mod = tiny_sd.unet.up_blocks[1]
     with pytest.raises(RuntimeError):
         with capture_outputs([mod]):
             assert len(mod._forward_hooks) == 1
@@ -126,10 +127,10 @@ def test_capture_outputs_removes_hooks_after_an_exception(tiny_sd):
 def test_rmp_forward_backward_shapes(tiny_sd, switches):
     from seas.rmp import RefinedMaskPredictor, anomaly_probability, arch_from_configs
 
-    z, feats, temb, vfeats = _features(tiny_sd)
-    cfg = {"reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12, "num_layers": 2, **switches}
+    z, feats, vfeats = _features(tiny_sd)
+    cfg = {**SMALL, "num_layers": 2, **switches}
     model = RefinedMaskPredictor(arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config, cfg))
-    out = model(feats, temb, vfeats)
+    out = model(feats, vfeats)
     h = z.shape[-1]
     assert tuple(out.coarse_logits.shape) == (2, 2, h, h)
     assert tuple(out.fine_logits.shape) == (2, 2, 64, 64)
@@ -139,9 +140,12 @@ def test_rmp_forward_backward_shapes(tiny_sd, switches):
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert grads["reduce_low.weight"] is not None and grads["reduce_low.weight"].abs().sum() > 0
     if switches.get("mrm", True):
-        assert grads["mrms.0.proj.weight"].abs().sum() > 0  # the VAE feature reaches the loss
-    # normal path (no VAE features): same output size
-    out_n = model(feats, temb, None)
+        assert grads["mrms.0.project.0.weight"].abs().sum() > 0  # the VAE feature reaches the loss
+    # joint batch: the first image refined, the second upsampled (VAE features of the refined one only)
+    out_j = model(feats, [v[:1] for v in vfeats], n_refined=1)
+    assert tuple(out_j.fine_logits.shape) == (2, 2, 64, 64)
+    # normal path only (no VAE features): same output size
+    out_n = model(feats, None, n_refined=0)
     assert tuple(out_n.fine_logits.shape) == (2, 2, 64, 64)
 
 
@@ -151,17 +155,15 @@ def test_rmp_learns_a_mask_from_fixed_features(tiny_sd):
     from seas.train_rmp import rmp_loss
 
     torch.manual_seed(0)
-    z, feats, temb, vfeats = _features(tiny_sd)
-    model = RefinedMaskPredictor(arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config,
-                                                   {"reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12,
-                                                    "num_layers": 1}))
+    z, feats, vfeats = _features(tiny_sd)
+    model = RefinedMaskPredictor(arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config, {**SMALL, "num_layers": 1}))
     masks = torch.zeros(2, 1, 64, 64)
     masks[0, :, 8:24, 8:40] = 1
     masks[1, :, 40:60, 20:30] = 1
     opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
     losses = []
     for _ in range(25):
-        terms = rmp_loss(model(feats, temb, vfeats), masks)
+        terms = rmp_loss(model(feats, vfeats), masks)
         opt.zero_grad()
         terms["total"].backward()
         opt.step()
@@ -181,13 +183,12 @@ def test_check_compatible_rejects_another_generator(tiny_sd):
 def test_encoder_feature_ablation_shapes(tiny_sd):
     from seas.rmp import RefinedMaskPredictor, arch_from_configs, num_vae_levels, vae_features
 
-    z, feats, temb, _ = _features(tiny_sd)
-    arch = arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config,
-                             {"vae_features": "encoder", "reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12})
+    z, feats, _ = _features(tiny_sd)
+    arch = arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config, {"vae_features": "encoder", **SMALL})
     with torch.no_grad():
         _, vf = vae_features(tiny_sd.vae, z, "encoder", num_vae_levels(tiny_sd.vae))
     assert [v.shape[1] for v in vf] == list(arch.vae_channels)
-    out = RefinedMaskPredictor(arch)(feats, temb, vf)
+    out = RefinedMaskPredictor(arch)(feats, vf)
     assert tuple(out.fine_logits.shape[-2:]) == (64, 64)
 
 
@@ -210,32 +211,36 @@ def test_focal_loss_known_answer():
     assert float(focal_loss(x, t, 0.0)) == pytest.approx(float(F.cross_entropy(x, t)), rel=1e-6)
 
 
-def test_coarse_target_area_rule():
+def test_coarse_target_bilinear_rules():
     from seas.train_rmp import coarse_target
 
-    m = torch.zeros(1, 1, 4, 4)
-    m[0, 0, :2, :2] = 1  # full block -> 1
-    m[0, 0, 0, 2:] = 1  # half block (2 of 4) -> 1
-    m[0, 0, 3, 0] = 1  # quarter block -> 0
-    assert coarse_target(m, (2, 2)).tolist() == [[[1, 1], [0, 0]]]
+    m = torch.zeros(1, 1, 8, 8)
+    m[0, 0, :4, :4] = 1  # a covered 4x4 block -> its coarse pixel is 1
+    m[0, 0, 4:, 5] = 1  # a 1-px line: bilinear samples rows/cols 5-6 of that cell -> 0.5, not anomalous
+    assert coarse_target(m, (2, 2)).tolist() == [[[1, 0], [0, 0]]]
+    thin = torch.zeros(1, 1, 8, 8)
+    thin[0, 0, :, 1] = 1  # a 1-px line on a sampled column: 0.5 after resizing -> gone under "bilinear"
+    assert coarse_target(thin, (2, 2)).sum() == 0
+    assert coarse_target(thin, (2, 2), "bilinear_max").tolist() == [[[1, 0], [1, 0]]]  # peak / max = 1
+    assert coarse_target(torch.zeros(1, 1, 8, 8), (2, 2), "bilinear_max").sum() == 0
 
 
-def test_rmp_loss_switches():
+def test_rmp_loss_on_the_joint_batch():
+    from seas.losses import focal_loss
     from seas.rmp import RMPOutput
-    from seas.train_rmp import rmp_loss
+    from seas.train_rmp import coarse_target, rmp_loss
 
     g = torch.Generator().manual_seed(0)
-    ab = RMPOutput(torch.randn(2, 2, 4, 4, generator=g), torch.randn(2, 2, 16, 16, generator=g))
-    nm = RMPOutput(torch.randn(1, 2, 4, 4, generator=g), torch.randn(1, 2, 16, 16, generator=g))
-    masks = (torch.rand(2, 1, 16, 16, generator=g) > 0.7).float()
-    full = rmp_loss(ab, masks, nm)
-    assert set(full) == {"fine", "coarse", "normal_fine", "normal_coarse", "total"}
-    assert float(full["total"]) == pytest.approx(sum(float(v) for k, v in full.items() if k != "total"), rel=1e-6)
-    from seas.losses import focal_loss
-
-    assert float(full["normal_fine"]) == pytest.approx(
-        float(focal_loss(nm.fine_logits, torch.zeros(1, 16, 16, dtype=torch.long))), rel=1e-6)
-    assert set(rmp_loss(ab, masks, None, coarse_supervision=False)) == {"fine", "total"}
+    out = RMPOutput(torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 16, 16, generator=g))
+    masks = (torch.rand(2, 1, 16, 16, generator=g) > 0.7).float()  # 2 abnormal images, then 1 normal
+    full = rmp_loss(out, masks)
+    assert set(full) == {"fine", "coarse", "total"}
+    fine_t = torch.cat([masks[:, 0].long(), torch.zeros(1, 16, 16, dtype=torch.long)])
+    coarse_t = torch.cat([coarse_target(masks, (4, 4)), torch.zeros(1, 4, 4, dtype=torch.long)])
+    assert float(full["fine"]) == pytest.approx(float(focal_loss(out.fine_logits, fine_t)), rel=1e-6)
+    assert float(full["coarse"]) == pytest.approx(float(focal_loss(out.coarse_logits, coarse_t)), rel=1e-6)
+    assert float(full["total"]) == pytest.approx(float(full["fine"]) + float(full["coarse"]), rel=1e-6)
+    assert set(rmp_loss(out, masks, coarse_supervision=False)) == {"fine", "total"}
 
 
 # ----------------------------------------------------------------------------- training + resume

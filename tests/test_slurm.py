@@ -289,7 +289,7 @@ def test_outputs_identical_to_local_run(slice_out):
     on_slurm = tree_digest(slice_out / "slurm")
     local = tree_digest(slice_out / "local")
     assert sorted(on_slurm) == sorted(local)
-    for must in ("generator/washer/unet/diffusion_pytorch_model.safetensors", "rmp/washer/rmp.safetensors",
+    for must in ("generator/washer/all/unet/diffusion_pytorch_model.safetensors", "rmp/washer/all/rmp.safetensors",
                  "methods/seas/washer/hole/manifest.csv", "methods/seas/washer/scratch/images/000000.png",
                  "segmentation/bisenetv2/seas/model.safetensors"):
         assert f"results/slurm_slice/{must}" in on_slurm, must

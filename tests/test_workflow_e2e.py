@@ -80,7 +80,7 @@ def test_trimmed_demo_end_to_end(tmp_path):
 
     # 1. start the run and kill it hard (SIGKILL, like a crash or a lost node) while the generator trains
     proc = subprocess.Popen(_cmd(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
-    marker = run / "logs" / "train_generator" / "weave.log"
+    marker = run / "logs" / "train_generator" / "weave" / "all.log"
     t0 = time.monotonic()
     while not marker.exists():
         assert proc.poll() is None, "the run ended before the generator started"
@@ -89,7 +89,7 @@ def test_trimmed_demo_end_to_end(tmp_path):
     time.sleep(0.5)
     _kill_tree(proc.pid)
     proc.wait(timeout=30)
-    out = run / "generator" / "weave"
+    out = run / "generator" / "weave" / "all"
     assert not (out / "unet").exists(), "the generator finished before it could be interrupted"
     # a half-written output under the final name (what a non-atomic writer would leave) must not be trusted
     out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def test_trimmed_demo_end_to_end(tmp_path):
     _run(tmp_path, "--unlock")
     res = _run(tmp_path, "-n", "--workflow-profile", "none", check=False)
     assert res.returncode != 0 and "incomplete" in (res.stdout + res.stderr).lower()
-    assert "results/e2e/e2e/generator/weave" in res.stdout + res.stderr
+    assert "results/e2e/e2e/generator/weave/all" in res.stdout + res.stderr
     res = _run(tmp_path, "-n")  # the workstation profile (rerun-incomplete) forces the killed job to run again
     assert job_counts(res.stdout)["train_generator"] == 1
     assert re.search(r"rule train_generator:\n(?:    .*\n)*?    reason: Forced execution", res.stdout)

@@ -1,4 +1,5 @@
-# SeaS, per product: fine-tune the generator -> train the RMP branch -> generate per anomaly type,
+# SeaS, per product (or per anomaly type, generator.scope: type -- the {group} wildcard, see generator_group):
+# fine-tune the generator -> train the RMP branch -> generate per anomaly type,
 # then IS / IC-LPIPS of every generated method.
 # Outputs are the cached artifacts. Long stages resume from their own work folders (generator/<P>.work/,
 # rmp/<P>.work/, the images already written of a type folder) after a crash; a folder is complete only once
@@ -11,45 +12,46 @@ rule train_generator:
         split=f"{RUN}/split/{{product}}.json",
         base=base_model_input,
     output:
-        directory(f"{RUN}/generator/{{product}}"),
+        directory(f"{RUN}/generator/{{product}}/{{group}}"),
     params:
         cfg=cfg_params("seed", "dataset.image_policy", "augmentation", "model", "generator"),
         config=RESOLVED_CONFIG,
+        types=group_type_args,
     log:
-        f"{RUN}/logs/train_generator/{{product}}.log",
+        f"{RUN}/logs/train_generator/{{product}}/{{group}}.log",
     benchmark:
-        f"{RUN}/benchmarks/train_generator/{{product}}.tsv"
+        f"{RUN}/benchmarks/train_generator/{{product}}/{{group}}.tsv"
     threads: 4
     resources:
         gpu=GPUS,
         mem_mb=32000,
-        runtime=lambda wc: wflib.generator_minutes(CFG, len(types_of(wc.product))),
+        runtime=lambda wc: wflib.generator_minutes(CFG, len(types_of(wc.product)) if wc.group == "all" else 1),
     conda:
         "../../envs/seas.yaml"
     shell:
         "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m seas.train --config {params.config:q} --split {input.split:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " {params.types} --out {output:q} > {log:q} 2>&1"
 
 
 rule train_rmp:
     """Train the Refined Mask Prediction branch on the frozen fine-tuned generator."""
     input:
         split=f"{RUN}/split/{{product}}.json",
-        generator=f"{RUN}/generator/{{product}}",
+        generator=f"{RUN}/generator/{{product}}/{{group}}",
     output:
-        directory(f"{RUN}/rmp/{{product}}"),
+        directory(f"{RUN}/rmp/{{product}}/{{group}}"),
     params:
         cfg=cfg_params("seed", "dataset.image_policy", "augmentation", "model", "rmp"),
         config=RESOLVED_CONFIG,
     log:
-        f"{RUN}/logs/train_rmp/{{product}}.log",
+        f"{RUN}/logs/train_rmp/{{product}}/{{group}}.log",
     benchmark:
-        f"{RUN}/benchmarks/train_rmp/{{product}}.tsv"
+        f"{RUN}/benchmarks/train_rmp/{{product}}/{{group}}.tsv"
     threads: 4
     resources:
         gpu=GPUS,
         mem_mb=32000,
-        runtime=lambda wc: wflib.rmp_minutes(CFG, len(types_of(wc.product))),
+        runtime=lambda wc: wflib.rmp_minutes(CFG, len(types_of(wc.product)) if wc.group == "all" else 1),
     conda:
         "../../envs/seas.yaml"
     shell:
@@ -61,8 +63,8 @@ rule generate:
     """Image-mask pairs of one anomaly type (resumable: images persist, manifest.csv is written last)."""
     input:
         split=f"{RUN}/split/{{product}}.json",
-        generator=f"{RUN}/generator/{{product}}",
-        rmp=f"{RUN}/rmp/{{product}}",
+        generator=lambda wc: f"{RUN}/generator/{wc.product}/{generator_group(wc.product, wc.atype)}",
+        rmp=lambda wc: f"{RUN}/rmp/{wc.product}/{generator_group(wc.product, wc.atype)}",
     output:
         f"{RUN}/methods/seas/{{product}}/{{atype}}/manifest.csv",
     params:

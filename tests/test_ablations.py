@@ -1,0 +1,201 @@
+"""Every ablation switch of the schema changes what it ablates: the trained generator, the trained RMP, the
+generated pairs, or the workflow's DAG. (A switch that changes nothing is a defect: the old `mixed_batch` did.)"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seas.data import Split
+from seas.train import GeneratorTrainer, load_train_data
+
+SMALL_RMP = {"rmp.reduce_channels": [16, 8], "rmp.num_heads": 2, "rmp.head_dim": 12, "rmp.num_layers": 1,
+             "rmp.norm_num_groups": 8, "rmp.steps_per_type": 1, "rmp.batch_abnormal": 1, "rmp.batch_normal": 1,
+             "rmp.gradient_accumulation": 1}
+
+
+# ----------------------------------------------------------------------------- generator
+def _generator_after_two_steps(make_cfg, split_path, tmp_path, **gen) -> torch.Tensor:
+    cfg = make_cfg({"generator.lr_unet": 1e-4, **{f"generator.{k}": v for k, v in gen.items()}})
+    tr = GeneratorTrainer(cfg, Split.load(split_path("weave")), tmp_path / "g", device="cpu")
+    tr.data = load_train_data(tr.split, cfg["model"]["resolution"], cfg["dataset"]["image_policy"])
+    for _ in range(2):
+        tr.train_step()
+    return torch.cat([p.detach().flatten() for p in tr.unet.parameters()])
+
+
+_BASE: dict = {}
+
+
+def _base_generator(make_cfg, split_path, tmp_path) -> torch.Tensor:
+    if "unet" not in _BASE:
+        _BASE["unet"] = _generator_after_two_steps(make_cfg, split_path, tmp_path / "base")
+    return _BASE["unet"]
+
+
+GENERATOR_SWITCHES = [
+    {"prompt": "typical"},                      # Tab. 4 (a)
+    {"na_loss": False},                         # Tab. 4 (c)
+    {"da_loss": False},
+    {"da_ob_term": "none"},                     # Tab. 4 / 21 w/o ST
+    {"da_ob_term": "background"},               # Tab. 21 with AT
+    {"da_ob_region": "gt0"},
+    {"da_map": "tokens"},
+    {"da_normalize": "image"},
+    {"da_resolutions": [16]},                   # Tab. 24
+    {"num_df_tokens": 2},                       # Tab. 20 (N)
+    {"num_ob_tokens": 2},                       # Tab. 20 (N')
+    {"training_order": "abnormal_first"},       # Tab. 23
+    {"training_order": "normal_first"},         # Tab. 23
+    {"train_full_embedding": True},
+    {"gradient_accumulation": 2},
+]
+
+
+def test_generator_training_is_repeatable(make_cfg, split_path, tmp_path):
+    """The comparisons below mean something: the same settings give bit-identical weights."""
+    assert torch.equal(_generator_after_two_steps(make_cfg, split_path, tmp_path / "again"),
+                       _base_generator(make_cfg, split_path, tmp_path))
+
+
+@pytest.mark.parametrize("switch", GENERATOR_SWITCHES, ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()))
+def test_generator_switch_changes_the_trained_unet(switch, make_cfg, split_path, tmp_path):
+    base = _base_generator(make_cfg, split_path, tmp_path)
+    changed = _generator_after_two_steps(make_cfg, split_path, tmp_path / "sw", **switch)
+    assert not torch.equal(changed, base)
+
+
+def test_sequential_training_orders_run_the_phases_in_order(make_cfg, split_path, tmp_path):
+    cfg = make_cfg({"generator.training_order": "normal_first", "generator.steps_per_type": 1})
+    tr = GeneratorTrainer(cfg, Split.load(split_path("weave")), tmp_path / "g", device="cpu")
+    tr.data = load_train_data(tr.split, cfg["model"]["resolution"], cfg["dataset"]["image_policy"])
+    assert tr.total_steps == 2 * 2  # 1 step x 2 types, twice (one phase each)
+    seen = []
+    for _ in range(tr.total_steps):
+        terms = tr.train_step()
+        seen.append((terms["l_sd"] > 0, terms["l_na"] > 0, terms["da_term1"] > 0))
+    assert seen == [(False, True, False)] * 2 + [(True, False, True)] * 2
+
+
+def test_training_order_needs_normal_images(make_cfg):
+    from seas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="training_order"):
+        make_cfg({"generator.training_order": "abnormal_first", "generator.na_loss": False})
+
+
+def test_per_type_generator_knows_only_its_type(make_cfg, split_path, tmp_path):
+    split = Split.load(split_path("weave")).restricted(["stain"])
+    cfg = make_cfg()
+    tr = GeneratorTrainer(cfg, split, tmp_path / "g", device="cpu")
+    assert tr.token_map.anomaly_types == ["stain"] and tr.total_steps == cfg["generator"]["steps_per_type"]
+    assert all(t == "stain" for *_, t in split.train_pairs()) and split.test == Split.load(split_path("weave")).test
+
+
+# ----------------------------------------------------------------------------- RMP
+@pytest.fixture(scope="module")
+def weave_generator(tiny_sd_dir, tmp_path_factory):
+    from seas.checkpoint import save_generator
+    from seas.prompt import TokenMap, register_tokens
+    from seas.sd import load_sd
+
+    sd = load_sd(tiny_sd_dir)
+    tm = TokenMap.build("weave", ["scratch", "stain"])
+    register_tokens(tm, sd.tokenizer, sd.text_encoder)
+    return save_generator(tmp_path_factory.mktemp("gen") / "weave", sd.unet, sd.text_encoder, sd.tokenizer, tm,
+                          str(tiny_sd_dir), tiny=True)
+
+
+def _rmp_weights(make_cfg, split_path, gen, out, **over):
+    from safetensors.torch import load_file
+
+    from seas.train_rmp import train_rmp
+
+    cfg = make_cfg({**SMALL_RMP, **{f"rmp.{k}": v for k, v in over.items()}})
+    train_rmp(cfg, split_path("weave"), gen, out)
+    return load_file(str(out / "rmp.safetensors"))
+
+
+RMP_SWITCHES = [
+    {"mrm": False},                    # Tab. 5 / 28
+    {"progressive": False},            # Tab. 5
+    {"coarse_supervision": False},     # Tab. 5
+    {"normal_supervision": False},     # Tab. 27
+    {"vae_features": "encoder"},       # Tab. 26
+    {"gradient_accumulation": 2},
+    {"focal_gamma": 0.0},
+]
+
+
+def test_rmp_switches_change_the_trained_branch(make_cfg, split_path, weave_generator, tmp_path):
+    base = _rmp_weights(make_cfg, split_path, weave_generator, tmp_path / "base")
+    for i, switch in enumerate(RMP_SWITCHES):
+        w = _rmp_weights(make_cfg, split_path, weave_generator, tmp_path / f"sw{i}", **switch)
+        same = w.keys() == base.keys() and all(w[k].shape == base[k].shape and torch.equal(w[k], base[k])
+                                               for k in w)
+        assert not same, switch
+
+
+def test_coarse_target_switch_changes_the_rmp_loss_on_thin_defects():
+    """rmp.coarse_target acts on batches whose resized masks peak below 1 (thin defects): another target, another
+    loss and gradient. (On batches with a fully covered latent cell the two rules coincide by construction.)"""
+    from seas.rmp import RMPOutput
+    from seas.train_rmp import rmp_loss
+
+    g = torch.Generator().manual_seed(0)
+    out = RMPOutput(torch.randn(2, 2, 8, 8, generator=g), torch.randn(2, 2, 64, 64, generator=g, requires_grad=True))
+    masks = torch.zeros(1, 1, 64, 64)
+    masks[0, 0, 10:50, 11] = 1  # a 1-px scratch: 0.5 at the coarse sample points
+    a = rmp_loss(out, masks)["coarse"]
+    b = rmp_loss(out, masks, coarse_rule="bilinear_max")["coarse"]
+    assert float(b) != float(a)
+
+
+# ----------------------------------------------------------------------------- generation
+GENERATION_SWITCHES = [
+    ("generation.scale_init_latent", True),
+    ("generation.timestep_spacing", "leading"),
+    ("generation.mask_steps", 1),
+    ("generation.init_schedule_steps", 1000),
+    ("rmp.bn_train_mode_at_inference", True),
+]
+
+
+def test_generation_switches_change_the_pairs(make_cfg, split_path, weave_generator, tmp_path):
+    from seas.generate import prepare
+    from seas.rmp import anomaly_probability  # noqa: F401  (the probability the masks threshold)
+    from seas.train_rmp import train_rmp
+
+    cfg = make_cfg(SMALL_RMP)
+    rmp_dir = train_rmp(cfg, split_path("weave"), weave_generator, tmp_path / "rmp")
+    split = Split.load(split_path("weave"))
+
+    def run(key=None, value=None):
+        c = make_cfg({**SMALL_RMP, **({key: value} if key else {})})
+        ctx = prepare(c, split, weave_generator, rmp_dir, "scratch", device=torch.device("cpu"))
+        captured = {}
+        from seas import generate as gen_mod
+
+        orig = gen_mod.threshold_masks
+
+        def keep(prob, tau):
+            captured["prob"] = prob.clone()
+            return orig(prob, tau)
+
+        gen_mod.threshold_masks = keep
+        try:
+            imgs, _ = gen_mod.generate_indices(ctx, [0, 1])
+        finally:
+            gen_mod.threshold_masks = orig
+        return imgs, captured["prob"]
+
+    base_img, base_prob = run()
+    for key, value in GENERATION_SWITCHES:
+        img, prob = run(key, value)
+        assert not (torch.equal(prob, base_prob) and (img == base_img).all()), key
+    # tau (Tab. 29): the same probabilities, another threshold -> other masks (unless the map is flat)
+    from seas.generate import threshold_masks
+
+    lo, hi = float(base_prob.min()), float(base_prob.max())
+    assert lo < hi
+    mid = (lo + hi) / 2
+    assert (threshold_masks(base_prob, mid) != threshold_masks(base_prob, hi - 1e-6)).any()
