@@ -185,7 +185,8 @@ def test_names_with_spaces_accents_and_apostrophes(tmp_path, demo_root, tiny_sd_
     cfg["dataset"] = {"name": "custom", "root": str(root)}
     cfg["model"] = {"pretrained": str(tiny_sd_dir), "tiny": False, "resolution": 64}
     cfg["generator"]["steps_per_type"] = cfg["rmp"]["steps_per_type"] = 1
-    cfg["rmp"].update({"reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12, "num_layers": 1})
+    cfg["rmp"].update({"reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12, "num_layers": 1,
+                       "norm_num_groups": 8})
     cfg["generation"].update({"num_images_per_type": 2, "num_inference_steps": 2, "num_reference_images": 2})
     cfg["downstream"].update({"models": ["lfd"], "num_baseline_images_per_type": 2})
     cfg["gen_metrics"]["enabled"] = False
