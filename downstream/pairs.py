@@ -128,9 +128,11 @@ def list_types(product_dir: str | Path) -> list[str]:
 
 
 def _images_in(folder: Path) -> dict[str, Path]:
+    """Image files by stem; hidden files (``.DS_Store``, macOS ``._*`` resource forks, temporary files) skipped."""
     if not folder.is_dir():
         return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    return {p.stem: p for p in sorted(folder.iterdir())
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()}
 
 
 def _type_pairs(type_dir: Path, product: str, type_name: str) -> list[Pair]:
@@ -151,17 +153,18 @@ def _type_pairs(type_dir: Path, product: str, type_name: str) -> list[Pair]:
         if stem not in masks:
             raise DataError(f"{img}: image without mask (expected {type_dir / 'masks' / (stem + '.png')})")
         out.append(Pair(str(img.resolve()), str(masks[stem].resolve()), product, type_name))
+    orphans = sorted(set(masks) - set(images))
+    if orphans:
+        more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
+        raise DataError(f"{masks[orphans[0]]}: mask without image{more} "
+                        f"(expected {type_dir / 'images' / (orphans[0] + '.png')})")
     return out
 
 
 def _check_size(pair: Pair) -> None:
-    from PIL import Image
+    from seas.data import image_size
 
-    try:
-        with Image.open(pair.image) as im, Image.open(pair.mask) as mk:
-            isz, msz = im.size, mk.size
-    except OSError as e:
-        raise DataError(f"{pair.image}: cannot read image or its mask {pair.mask}: {e}") from e
+    isz, msz = image_size(pair.image), image_size(pair.mask)
     if isz != msz:
         raise DataError(f"{pair.mask}: mask size {msz} differs from image size {isz} ({pair.image})")
 

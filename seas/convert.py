@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from .data import eight_bit_image, image_size, open_image
 from .errors import DataError
 from .runtime import atomic_dir, cli, setup_logging
 
@@ -238,21 +239,8 @@ def binarize_mask(arr: np.ndarray) -> np.ndarray:
     return fg.astype(np.uint8) * 255
 
 
-def _open(path: Path) -> Image.Image:
-    try:
-        img = Image.open(path)
-        img.load()
-        return img
-    except (OSError, UnidentifiedImageError) as e:
-        raise DataError(f"{path}: cannot be read as an image ({e})") from e
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, UnidentifiedImageError) as e:
-        raise DataError(f"{path}: cannot be read as an image ({e})") from e
+# unreadable, truncated, too large (decompression bomb): DataError naming the file
+_open, _image_size = open_image, image_size
 
 
 def _write_entry(job: tuple[Entry, Path]) -> str | None:
@@ -265,7 +253,7 @@ def _write_entry(job: tuple[Entry, Path]) -> str | None:
             _image_size(entry.original)  # readable?
             shutil.copyfile(entry.original, out)
         else:
-            img = _open(entry.original)
+            img = eight_bit_image(_open(entry.original), entry.original)
             if img.mode not in ("RGB", "L"):
                 img = img.convert("RGB")
             img.save(out, format="PNG")

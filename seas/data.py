@@ -87,10 +87,20 @@ def discover_types(root: str | Path, product: str) -> list[str]:
     test = pdir / "test"
     if not test.is_dir():
         raise DataError(f"product {product!r}: missing folder {test}")
-    types = sorted(p.name for p in test.iterdir() if p.is_dir() and p.name != "good")
+    types = _type_folders(test)
     if not types:
-        raise DataError(f"product {product!r}: {test} has no anomaly-type folders besides good/")
+        others = [p for p in discover_products(root) if p != product and _type_folders(Path(root) / p / "test")]
+        way_out = (f"leave it out with dataset.products: [{', '.join(others)}]" if others
+                   else "no other product under the root has anomaly types either")
+        raise DataError(f"product {product!r}: {test} has no anomaly-type folders besides good/ "
+                        f"(SeaS learns from a product's anomalies); {way_out}")
     return types
+
+
+def _type_folders(test: Path) -> list[str]:
+    if not test.is_dir():
+        return []
+    return sorted(p.name for p in test.iterdir() if p.is_dir() and p.name != "good" and not p.name.startswith("."))
 
 
 def selected_products(cfg: Mapping) -> list[str]:
@@ -117,36 +127,81 @@ def mask_path_for(image: Path, gt_dir: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- image / mask IO
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path, decode: bool = True) -> Image.Image:
+    """Open an image file; ``decode=False`` reads only its header (size, mode). Every failure is a DataError
+    naming the file, including files too large to decode safely (PIL's decompression-bomb guard, which PIL
+    applies to the header's size before decoding anything)."""
     try:
         img = Image.open(path)
-        img.load()
+        if decode:
+            img.load()
         return img
     except FileNotFoundError:
         raise DataError(f"image file {path} does not exist") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image {path} is too large to decode safely ({e}); downscale it first "
+                        "(every stage works at a few hundred pixels)") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
 
 
+_open = open_image
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header only (no decoding); DataError naming the file."""
+    img = open_image(Path(path), decode=False)
+    try:
+        return img.size
+    finally:
+        img.close()
+
+
+#: modes of integer images deeper than 8 bits (PIL opens 16-bit greyscale PNG/TIFF as I;16*, others as I)
+_WIDE_INT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def eight_bit_image(img: Image.Image, path: Path) -> Image.Image:
+    """A 16-bit (or 32-bit integer holding 16-bit data) greyscale image scaled to 8 bits by its real depth
+    (v / 257: 65535 -> 255); PIL's own convert() would clip every value above 255 to white. Float images and
+    integer values outside 0..65535 are refused naming the file."""
+    if img.mode == "F":
+        raise DataError(f"image {path} is a 32-bit float image; convert it to an 8- or 16-bit PNG first")
+    if img.mode not in _WIDE_INT_MODES:
+        return img
+    arr = np.asarray(img).astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise DataError(f"image {path} is a {img.mode} image with values {arr.min()}..{arr.max()}, outside the "
+                        "16-bit range 0..65535; convert it to an 8- or 16-bit PNG first")
+    return Image.fromarray(np.rint(arr / 257.0).astype(np.uint8), mode="L")
+
+
 def read_mask_array(path: str | Path) -> np.ndarray:
-    """A mask file as a HxW uint8 array in {0, 1}; non-binary masks are an error naming the file."""
+    """A mask file as a HxW uint8 array in {0, 1}; non-binary masks are an error naming the file.
+
+    Binary means only 0 and one "on" value: 1, 255 or (16-bit masks) 65535. An alpha channel (LA / RGBA masks,
+    as some editors export them) is not mask content and is dropped.
+    """
     path = Path(path)
     img = _open(path)
+    if img.mode == "F":
+        raise DataError(f"mask {path} is a 32-bit float image; expected an 8- or 16-bit single-channel binary mask")
     arr = np.asarray(img)
     if arr.ndim == 3:
-        if arr.shape[2] == 4:
-            arr = arr[..., :3]
+        if arr.shape[2] in (2, 4):
+            arr = arr[..., :-1]
         if not (arr == arr[..., :1]).all():
             raise DataError(f"mask {path} is a colour image; expected a single-channel binary mask")
         arr = arr[..., 0]
     if arr.dtype == bool:
         return arr.astype(np.uint8)
     values = np.unique(arr)
-    if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
+    present = set(values.tolist())
+    if not any(present <= {0, on} for on in (1, 255, 65535)):
         shown = ", ".join(str(v) for v in values[:8]) + (" …" if len(values) > 8 else "")
         raise DataError(
-            f"mask {path} is not binary: values {{{shown}}}; expected only 0/255 (or 0/1). "
-            "Binarise it first (the converters in `python -m seas.convert` do)."
+            f"mask {path} is not binary: values {{{shown}}}; expected only 0/255 (or 0/1, or 0/65535 in a 16-bit "
+            "mask). Binarise it first (the converters in `python -m seas.convert` do)."
         )
     return (arr > 0).astype(np.uint8)
 
@@ -166,7 +221,8 @@ def _geometry(img: Image.Image, size: int, policy: str, resample) -> Image.Image
 
 def load_image(path: str | Path, size: int | None = None, policy: str = "shorter_side_center_crop") -> Image.Image:
     """An RGB image, brought to ``size``×``size`` by ``policy`` (None keeps its size)."""
-    img = _open(Path(path)).convert("RGB")
+    path = Path(path)
+    img = eight_bit_image(_open(path), path).convert("RGB")
     return img if size is None else _geometry(img, size, policy, Image.BICUBIC)
 
 
@@ -310,13 +366,14 @@ def shots_for(n: int, shots: str | int) -> int:
     raise DataError(f"split.shots: expected \"1/3\" or a positive integer, got {shots!r}")
 
 
-def _check_pair(image: Path, mask: Path) -> None:
-    img = _open(image)
-    m = read_mask_array(mask)
-    if m.shape != (img.size[1], img.size[0]):
-        raise DataError(
-            f"mask {mask} is {m.shape[1]}x{m.shape[0]} but its image {image} is {img.size[0]}x{img.size[1]}"
-        )
+def _check_pair(image: Path, mask: Path) -> np.ndarray:
+    """Both files readable, the mask binary and of its image's size (compared from the headers, before decoding
+    either file); returns the mask."""
+    (iw, ih), (mw, mh) = image_size(image), image_size(mask)
+    if (mw, mh) != (iw, ih):
+        raise DataError(f"mask {mask} is {mw}x{mh} but its image {image} is {iw}x{ih}")
+    eight_bit_image(_open(image), image)
+    return read_mask_array(mask)
 
 
 def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_normal: int = 60,
@@ -362,13 +419,18 @@ def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_no
 
     if validate:
         for p in normals:
-            _open(p)
+            eight_bit_image(_open(p), p)
         for t in types:
             for d in train_anoms[t]:
-                _check_pair(Path(d["image"]), Path(d["mask"]))
+                if not _check_pair(Path(d["image"]), Path(d["mask"])).any():
+                    raise DataError(
+                        f"product {product!r}, type {t!r}: training anomaly {d['image']} has an empty mask "
+                        f"({d['mask']} is all background), so the generator could not learn where its defect is; "
+                        "annotate the defect, or remove the image (the first images of a type in file-number order "
+                        "train the generator, see split.shots)")
         for d in test:
             if d["mask"] is None:
-                _open(Path(d["image"]))
+                eight_bit_image(_open(Path(d["image"])), Path(d["image"]))
             else:
                 _check_pair(Path(d["image"]), Path(d["mask"]))
 

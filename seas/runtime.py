@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
 import random
+import re
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -64,16 +67,20 @@ def _tmp_path(path: Path) -> Path:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # write()/fsync() errors name no file: name the output
+            e.filename = str(path)
+        raise
     finally:
-        if tmp.exists():
+        with contextlib.suppress(OSError):
             tmp.unlink()
     return path
 
@@ -104,8 +111,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     On an exception the temporary directory is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp", dir=path.parent))
+    except OSError as e:
+        raise output_error(e, path) from None
     try:
         yield tmp
         if path.exists():
@@ -115,9 +125,79 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except Exception as e:
+        err = output_error(e, path, inside=tmp)
+        if err is e:
+            raise
+        raise err from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- I/O errors on outputs
+#: errno -> what the user can do about it (the I/O errors a full disk, a quota or a read-only folder give)
+OUTPUT_ERRNOS = {
+    errno.ENOSPC: "free space there (or point results_dir / --out at another disk) and rerun",
+    errno.EDQUOT: "free space within your quota (or point results_dir / --out at another disk) and rerun",
+    errno.EFBIG: "the file is larger than that file system allows: point results_dir / --out at another disk and rerun",
+    errno.EROFS: "that file system is read-only: point results_dir / --out at a writable folder and rerun",
+    errno.EACCES: "make it writable for this user (or point results_dir / --out elsewhere) and rerun",
+    errno.EPERM: "make it writable for this user (or point results_dir / --out elsewhere) and rerun",
+}
+# writers that wrap the OS error in their own exception (safetensors: "... (os error 28)"; Rust io errors)
+_WRAPPED_ERRNO = re.compile(r"os error (\d+)|code: (\d+), kind")
+
+
+def output_error(exc: BaseException, path: str | Path, inside: Path | None = None) -> BaseException:
+    """``exc`` as an OSError naming ``path`` when it is one of :data:`OUTPUT_ERRNOS` (also when a library wrapped
+    it, e.g. safetensors' or torch's writers on a full or read-only disk); otherwise ``exc`` unchanged."""
+    if isinstance(exc, SeasError):
+        return exc
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:
+        m = _WRAPPED_ERRNO.search(str(exc))
+        if m:
+            code = int(m.group(1) or m.group(2))
+        elif not isinstance(exc, OSError) and "write" in str(exc).lower():  # torch.save: "file write failed"
+            code = _folder_trouble(Path(path).parent)
+    if code not in OUTPUT_ERRNOS:
+        return exc
+    where = getattr(exc, "filename", None)
+    if where is None or (inside is not None and str(where).startswith(str(inside))):
+        where = str(path)  # a file inside a temporary folder that is about to vanish: name the output itself
+    if isinstance(exc, OSError) and exc.errno == code:
+        exc.filename = where
+        return exc
+    return OSError(code, os.strerror(code), where)
+
+
+def _folder_trouble(folder: Path) -> int | None:
+    """ENOSPC / EROFS when ``folder``'s file system is (nearly) full or mounted read-only, else None."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if st.f_bavail * st.f_frsize < 16 * 2**20:
+        return errno.ENOSPC
+    return None
+
+
+def io_error_message(exc: OSError) -> str | None:
+    """One line for an I/O error on an output (disk full, quota, read-only, permission): the folder, the
+    cause, what to do. None for other errors."""
+    if exc.errno not in OUTPUT_ERRNOS:
+        return None
+    where = exc.filename if exc.filename is not None else exc.filename2
+    if where is None:
+        folder = "an output folder"
+    else:
+        p = Path(os.fsdecode(where))
+        folder = str(p if p.is_dir() else p.parent)
+    return (f"cannot write to {folder}: {exc.strerror or os.strerror(exc.errno)} [Errno {exc.errno}]; "
+            f"{OUTPUT_ERRNOS[exc.errno]} (finished outputs are kept; the rerun continues from them)")
 
 
 # ----------------------------------------------------------------------------- CLI plumbing
@@ -130,15 +210,34 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
-    """Wrap a ``main(argv)``: SeasError -> 'error: …' on stderr and exit status 2."""
+    """Wrap a ``main(argv)``: SeasError -> 'error: …' on stderr and exit status 2; so are I/O errors on outputs
+    (disk full, quota, read-only or unwritable folder: :func:`io_error_message`). SIGTERM (Snakemake stopping a
+    job, a batch system's time limit) unwinds like Ctrl-C, so the atomic writers remove their temporary files."""
 
     def run(argv: list[str] | None = None) -> int:
+        try:
+            previous = signal.signal(signal.SIGTERM, _terminate)
+        except ValueError:  # not the main thread
+            previous = None
         try:
             return int(main(argv) or 0)
         except SeasError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except OSError as e:
+            message = io_error_message(e)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     run.__doc__ = main.__doc__
     run.__wrapped__ = main

@@ -19,6 +19,7 @@ def test_defaults_filled():
     assert cfg["generator"]["num_df_tokens"] == 4 and cfg["generator"]["da_resolutions"] == [32, 16]
     assert cfg["split"] == {"shots": "1/3", "num_normal_images": 60}
     assert cfg["generation"]["mask_threshold"] == 0.2 and cfg["generation"]["num_inference_steps"] == 25
+    assert validate_config({**MINIMAL, "generation": {"mask_threshold": 0.999}})["generation"]["mask_threshold"] == 0.999
     assert cfg["downstream"]["train"]["upernet"]["iterations"] > 0  # defaults through $ref'd definitions
     assert cfg["model"]["resolution"] == 512 and cfg["dataset"]["products"] == "all"
     assert MINIMAL["dataset"] == {"name": "mvtec_ad", "root": "/data/mvtec"}  # input not mutated
@@ -35,6 +36,10 @@ def test_defaults_filled():
     ({**MINIMAL, "downstream": {"methods": ["seas", "gan"]}}, r"downstream.methods.1: 'gan' does not match"),
     ({**MINIMAL, "downstream": {"train": {"lfd": {"iters": 3}}}}, r"downstream.train.lfd: Additional properties"),
     ({**MINIMAL, "model": {"pretrained": "x/y", "resolution": 100}}, r"model.resolution: 100 is not a multiple of 8"),
+    # tau at the bounds: 0 marks nearly every pixel anomalous, 1 makes every mask empty
+    ({**MINIMAL, "generation": {"mask_threshold": 0}}, r"generation.mask_threshold: 0 is less than or equal to the minimum of 0"),
+    ({**MINIMAL, "generation": {"mask_threshold": 1}}, r"generation.mask_threshold: 1 is greater than or equal to the maximum of 1"),
+    ({**MINIMAL, "generation": {"mask_threshold": 1.0}}, r"generation.mask_threshold: 1.0 is greater than or equal"),
 ])
 def test_errors_name_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):

@@ -199,3 +199,108 @@ def test_demo_split_and_cli(demo_root, write_cfg, tmp_path, capsys):
     assert s["anomaly_types"] == ["scratch", "stain"] and len(s["train_anomalies"]["scratch"]) == 2
     assert main(["split", "--config", str(path), "--product", "nope", "--out", str(tmp_path / "x.json")]) == 2
     assert "error: product 'nope' is not among the configured products (washer, weave)" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- real users' files (issue 14)
+def test_16bit_images_scaled_by_their_depth(tmp_path):
+    """An I;16 PNG is not clipped to white: 8-bit and 16-bit copies of one image give the same tensor."""
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (24, 24), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "g8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    t8 = image_to_tensor(load_image(tmp_path / "g8.png", 16))
+    t16 = image_to_tensor(load_image(tmp_path / "g16.png", 16))
+    assert float((t8 - t16).abs().max()) <= 2 / 255 + 1e-6  # one grey level is 2/255 in [-1, 1]
+    assert float(t16.std()) > 0.3  # content, not a white page
+    # 12-bit data in a 16-bit container is scaled by the container's depth (dark, never clipped to white)
+    Image.fromarray((grey.astype(np.uint16) * 16)).save(tmp_path / "g12.png")
+    a = np.asarray(load_image(tmp_path / "g12.png"))[..., 0]
+    assert np.array_equal(a, np.rint(grey.astype(np.int64) * 16 / 257).astype(np.uint8))
+    # a float image is refused naming the file
+    Image.fromarray(grey.astype(np.float32)).save(tmp_path / "f.tif")
+    with pytest.raises(DataError, match=r"image .*f.tif is a 32-bit float image"):
+        load_image(tmp_path / "f.tif")
+
+
+def test_16bit_masks_read_and_split(tmp_path):
+    root = make_tree(tmp_path / "ds")
+    m16 = np.zeros((16, 16), np.uint16)
+    m16[2:9, 3:7] = 65535
+    Image.fromarray(m16).save(root / "prod" / "ground_truth" / "crack" / "000_mask.png")
+    # a 16-bit image of a type
+    Image.fromarray(np.full((16, 16), 40000, np.uint16)).save(root / "prod" / "test" / "crack" / "000.png")
+    s = build_split(root, "prod")
+    m = load_mask(s.train_anomalies["crack"][0]["mask"])
+    assert m.dtype == np.uint8 and m.sum() == 7 * 4 and m[2:9, 3:7].all()
+    assert abs(int(np.asarray(load_image(s.train_anomalies["crack"][0]["image"]))[0, 0, 0]) - 156) <= 1
+    # a 16-bit mask with an in-between value is refused naming it
+    m16[0, 0] = 1000
+    Image.fromarray(m16).save(root / "prod" / "ground_truth" / "crack" / "000_mask.png")
+    with pytest.raises(DataError, match=r"mask .*crack/000_mask.png is not binary: values \{0, 1000, 65535\}"):
+        build_split(root, "prod")
+
+
+def _png_header_only(path: Path, w: int, h: int, mode_byte: int = 0) -> None:
+    """A PNG whose header claims w x h (greyscale) followed by a tiny IDAT: a decompression bomb's shape."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, mode_byte, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_huge_mask_is_a_clear_error(tmp_path):
+    root = make_tree(tmp_path / "ds")
+    bomb = root / "prod" / "ground_truth" / "crack" / "001_mask.png"
+    _png_header_only(bomb, 15000, 15000)
+    # PIL's decompression-bomb guard (applied to the header, before decoding) becomes the usual error naming the file
+    with pytest.raises(DataError, match=r"image .*crack/001_mask.png is too large to decode safely "
+                                        r"\(Image size \(225000000 pixels\).*downscale it"):
+        build_split(root, "prod")
+    with pytest.raises(DataError, match=r"image .*001_mask.png is too large to decode safely .*downscale it"):
+        load_mask(bomb)
+    with pytest.raises(DataError, match=r"001_mask.png is too large"):
+        load_image(bomb)
+    # below PIL's limit, a mis-sized mask is reported from the headers, before either file is decoded
+    _png_header_only(bomb, 9000, 9000)
+    with pytest.raises(DataError, match=r"mask .*crack/001_mask.png is 9000x9000 but its image .*crack/001.png is 16x16"):
+        build_split(root, "prod")
+
+
+def test_empty_training_mask_refused(tmp_path):
+    root = make_tree(tmp_path / "ds")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "prod" / "ground_truth" / "crack" / "001_mask.png")
+    with pytest.raises(DataError, match=r"type 'crack': training anomaly .*crack/001.png has an empty mask "
+                                        r"\(.*crack/001_mask.png is all background\)"):
+        build_split(root, "prod")
+    # an empty mask among the test images is a (pixel-less) anomalous test image, accepted
+    _mask(root / "prod" / "ground_truth" / "crack" / "001_mask.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "prod" / "ground_truth" / "crack" / "006_mask.png")
+    s = build_split(root, "prod")
+    assert [d["label"] for d in s.test if d["image"].endswith("crack/006.png")] == [1]
+
+
+def test_product_without_anomaly_types_names_the_way_out(tmp_path):
+    root = make_tree(tmp_path / "ds")
+    make_tree(root, product="other")
+    make_tree(root, product="plain", types={})
+    with pytest.raises(DataError, match=r"product 'plain': .*plain/test has no anomaly-type folders besides good/ "
+                                        r".*leave it out with dataset.products: \[other, prod\]"):
+        discover_types(root, "plain")
+    with pytest.raises(DataError, match=r"dataset.products: \[other, prod\]"):
+        build_split(root, "plain")
+
+
+def test_mask_with_alpha_channel(tmp_path):
+    """Masks exported with an alpha channel (LA, as editors do) are read by their grey channel."""
+    a = np.zeros((16, 16, 2), np.uint8)
+    a[..., 1] = 255
+    a[4:8, 4:8, 0] = 255
+    Image.fromarray(a, mode="LA").save(tmp_path / "la.png")
+    m = read_mask_array(tmp_path / "la.png")
+    assert m.sum() == 16 and m[4:8, 4:8].all()

@@ -180,3 +180,37 @@ def test_generate_cli_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "--type" in capsys.readouterr().out
+
+
+def test_disk_full_mid_generation_then_rerun(write_cfg, split_path, generator_ckpt, tmp_path, monkeypatch, capsys):
+    """ENOSPC while writing pair 3: one error line naming the folder, exit 2, no temporary file left behind; the
+    rerun after freeing space keeps the pairs already written and completes the folder."""
+    import errno
+    import os
+
+    from seas.generate import main, read_manifest
+
+    path, _ = write_cfg(GEN)
+    out = tmp_path / "good"
+    args = ["--config", str(path), "--split", str(split_path("weave")), "--generator", str(generator_ckpt),
+            "--type", "good", "--out", str(out), "--count", "4", "--set", "generation.num_inference_steps=1"]
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "000003.png" and Path(dst).parent.name == "images":
+            raise OSError(errno.ENOSPC, "No space left on device", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: cannot write to {out / 'images'}: No space left on device [Errno 28]; "
+                              "free space there")
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name], "temporary files left behind"
+    assert not (out / "manifest.csv").exists()
+    written = {p.name: p.stat().st_mtime_ns for p in (out / "images").glob("*.png")}
+    assert sorted(written) == ["000000.png", "000001.png", "000002.png"]
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert len(read_manifest(out)) == 4
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "images").glob("*.png") if p.name in written} == written

@@ -112,3 +112,34 @@ def test_size_mismatch(tmp_path):
     assert len(iter_pairs(root, ["p"], check_sizes=False)) == 2
     with pytest.raises(DataError, match="differs from image size"):
         save_pair(tmp_path / "t", 0, _img((16, 16)), _mask((8, 8)))
+
+
+def test_external_folder_mask_without_image_and_stray_files(tmp_path):
+    root = tmp_path / "ext"
+    t = root / "p" / "scratch"
+    _write_type(t, 2, manifest=False)
+    # macOS litter beside the pairs is not a pair
+    (t / "images" / "._000000.png").write_bytes(b"\0\5\26\7 resource fork")
+    (t / "masks" / ".DS_Store").write_bytes(b"\0")
+    assert len(iter_pairs(root, ["p"])) == 2
+    # an extra mask with no image is refused naming it, like an image without mask
+    Image.fromarray(_mask() * 255).save(t / "masks" / "000007.png")
+    with pytest.raises(DataError, match=r"scratch/masks/000007.png: mask without image \(expected .*images/000007.png\)"):
+        iter_pairs(root, ["p"])
+    Image.fromarray(_mask() * 255).save(t / "masks" / "000008.png")
+    with pytest.raises(DataError, match=r"000007.png: mask without image \(and 1 more\)"):
+        iter_pairs(root, ["p"])
+
+
+def test_unreadable_or_huge_pair_file_named(tmp_path):
+    from test_data import _png_header_only
+
+    root = tmp_path / "ext"
+    t = root / "p" / "scratch"
+    _write_type(t, 2, manifest=False)
+    _png_header_only(t / "masks" / "000001.png", 15000, 15000)
+    with pytest.raises(DataError, match=r"image .*scratch/masks/000001.png is too large to decode safely"):
+        iter_pairs(root, ["p"])
+    (t / "masks" / "000001.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"cannot read image .*scratch/masks/000001.png"):
+        iter_pairs(root, ["p"])

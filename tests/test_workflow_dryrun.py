@@ -255,6 +255,25 @@ def test_write_if_changed_keeps_mtime(tmp_path):
     assert [f.name for f in p.parent.iterdir()] == ["config.yaml"]
 
 
+def test_write_if_changed_on_a_full_disk_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    from seas.runtime import io_error_message
+
+    p = tmp_path / "run" / "config.yaml"
+    assert wflib.write_if_changed(p, "a: 1\n")
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(src))
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError) as e:
+        wflib.write_if_changed(p, "a: 2\n")
+    monkeypatch.undo()
+    assert [f.name for f in p.parent.iterdir()] == ["config.yaml"] and p.read_text() == "a: 1\n"
+    assert io_error_message(e.value).startswith(f"cannot write to {p.parent}: No space left on device [Errno 28]")
+
+
 def test_runtime_estimates_scale():
     import copy
 

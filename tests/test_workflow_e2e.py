@@ -8,6 +8,7 @@ generation parameter reruns exactly generation and what depends on it, and `snak
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from test_workflow_dryrun import job_counts, snakemake_exe
 
@@ -151,3 +153,69 @@ def test_trimmed_demo_end_to_end(tmp_path):
     _run(tmp_path, "--report", str(tmp_path / "report.html"), timeout=300)
     html = (tmp_path / "report.html").read_text(errors="replace")
     assert "segmentation.csv" in html and "weave.png" in html
+
+
+# ----------------------------------------------------------------------------- users' own names (issue 14)
+PRODUCT, TYPES = "métal nut", {"stain": "big stain", "scratch": "o'ring scratch"}
+
+
+def _renamed_tree(demo: Path, dst: Path) -> Path:
+    """The demo's `weave` as product `métal nut` with types `big stain` / `o'ring scratch` and files
+    `kratzer ä 000.png` (masks `kratzer ä 000_mask.png`): spaces, non-ASCII letters and an apostrophe."""
+    import shutil
+
+    src = demo / "weave"
+    shutil.copytree(src / "train", dst / PRODUCT / "train")
+    shutil.copytree(src / "test" / "good", dst / PRODUCT / "test" / "good")
+    for old, new in TYPES.items():
+        for sub, suffix in (("test", ".png"), ("ground_truth", "_mask.png")):
+            (dst / PRODUCT / sub / new).mkdir(parents=True)
+            for f in sorted((src / sub / old).glob("*.png")):
+                shutil.copy(f, dst / PRODUCT / sub / new / f"kratzer ä {f.name}")
+    return dst
+
+
+def test_names_with_spaces_accents_and_apostrophes(tmp_path, demo_root, tiny_sd_dir):
+    """A user's tree named in their language runs through the rules that pass names to a shell: split
+    (--product), generator, RMP, generation of the type with the apostrophe (--type), the cutpaste baseline and its
+    report grid (--title); the whole DAG (segmentation, evaluation, tables) builds, every shell line quoted.
+    Not `dataset.name: demo`: the tree and the model exist already (fewer jobs)."""
+    root = _renamed_tree(demo_root, tmp_path / "Meine Daten")
+    cfg = yaml.safe_load((REPO / "config" / "test_e2e.yaml").read_text())
+    cfg["dataset"] = {"name": "custom", "root": str(root)}
+    cfg["model"] = {"pretrained": str(tiny_sd_dir), "tiny": False, "resolution": 64}
+    cfg["generator"]["steps_per_type"] = cfg["rmp"]["steps_per_type"] = 1
+    cfg["rmp"].update({"reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12, "num_layers": 1,
+                       "norm_num_groups": 8})
+    cfg["generation"].update({"num_images_per_type": 2, "num_inference_steps": 2, "num_reference_images": 2})
+    cfg["downstream"].update({"models": ["lfd"], "num_baseline_images_per_type": 2})
+    cfg["gen_metrics"]["enabled"] = False
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    run = "results/e2e/e2e"
+
+    def snake(*extra: str) -> subprocess.CompletedProcess:
+        res = subprocess.run([snakemake_exe(), "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path),
+                              "--configfile", str(tmp_path / "cfg.yaml"), "--cores", "2", *extra],
+                             capture_output=True, text=True, env=_env(), timeout=600)
+        if res.returncode != 0:
+            logs = "\n".join(f"--- {p}\n{p.read_text()[-1500:]}" for p in sorted((tmp_path / run / "logs").rglob("*.log")))
+            raise AssertionError(f"snakemake {' '.join(extra)} failed:\n{res.stderr[-4000:]}\n{logs}")
+        return res
+
+    res = snake("-n", "-p")  # the whole DAG, with every shell line printed
+    assert "--product 'métal nut'" in res.stdout and "--type 'big stain'" in res.stdout
+    assert "--type 'o'\"'\"'ring scratch'" in res.stdout and "--title 'seas / métal nut'" in res.stdout
+    assert job_counts(res.stdout)["generate"] == 2 and job_counts(res.stdout)["train_seg"] == 2
+
+    t0 = time.monotonic()
+    seas_pairs = tmp_path / run / "methods" / "seas" / PRODUCT / "o'ring scratch"
+    snake(f"{run}/report/samples/cutpaste/{PRODUCT}.png", str(seas_pairs.relative_to(tmp_path) / "manifest.csv"))
+    print(f"quoted-names slice: {time.monotonic() - t0:.0f} s")
+    split = json.loads((tmp_path / run / "split" / f"{PRODUCT}.json").read_text())
+    assert split["product"] == PRODUCT and split["anomaly_types"] == ["big stain", "o'ring scratch"]
+    assert Path(split["train_anomalies"]["big stain"][0]["image"]).name == "kratzer ä 000.png"
+    rows = _read_csv(seas_pairs / "manifest.csv")
+    assert len(rows) == 2 and {r["type"] for r in rows} == {"o'ring scratch"}
+    for t in TYPES.values():
+        assert len(list((tmp_path / run / "methods" / "cutpaste" / PRODUCT / t / "images").glob("*.png"))) == 2
+    assert (tmp_path / run / "report" / "samples" / "cutpaste" / f"{PRODUCT}.png").stat().st_size > 0

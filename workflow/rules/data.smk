@@ -67,4 +67,4 @@ rule split:
     conda:
         "../../envs/base.yaml"
     shell:
-        "{JOBENV} {PY} -m seas.data split --config {params.config:q} --product {wildcards.product} --out {output:q} > {log:q} 2>&1"
+        "{JOBENV} {PY} -m seas.data split --config {params.config:q} --product {wildcards.product:q} --out {output:q} > {log:q} 2>&1"

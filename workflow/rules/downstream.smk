@@ -60,7 +60,7 @@ rule train_seg:
     conda:
         "../../envs/downstream.yaml"
     shell:
-        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m downstream.train --config {params.config:q} --model {wildcards.model}"
+        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m downstream.train --config {params.config:q} --model {wildcards.model:q}"
         " --pairs-root {params.pairs_root:q} --splits {input.splits:q} --method {wildcards.method:q} --out {params.outdir:q}"
         " > {log:q} 2>&1"
 
@@ -89,5 +89,5 @@ rule evaluate:
     conda:
         "../../envs/downstream.yaml"
     shell:
-        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m downstream.evaluate --config {params.config:q} --model {wildcards.model}"
+        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m downstream.evaluate --config {params.config:q} --model {wildcards.model:q}"
         " --checkpoint {params.ckpt:q} --splits {input.splits:q} --out {output:q} > {log:q} 2>&1"

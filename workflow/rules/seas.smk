@@ -84,7 +84,7 @@ rule generate:
         "../../envs/seas.yaml"
     shell:
         "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m seas.generate --config {params.config:q} --split {input.split:q}"
-        " --generator {input.generator:q} --rmp {input.rmp:q} --type {wildcards.atype} --out {params.outdir:q} > {log:q} 2>&1"
+        " --generator {input.generator:q} --rmp {input.rmp:q} --type {wildcards.atype:q} --out {params.outdir:q} > {log:q} 2>&1"
 
 
 rule gen_metrics:

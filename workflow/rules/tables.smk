@@ -62,6 +62,7 @@ rule sample_grid:
     params:
         pairs=lambda wc: f"{pairs_root(wc.method)}/{wc.product}",
         per_type=4,
+        title=lambda wc: f"{wc.method} / {wc.product}",
     log:
         f"{RUN}/logs/sample_grid/{{method}}/{{product}}.log",
     threads: 1
@@ -71,5 +72,5 @@ rule sample_grid:
     conda:
         "../../envs/base.yaml"
     shell:
-        "{PY} {GRID_SCRIPT} --pairs {params.pairs:q} --per-type {params.per_type}"
-        " --title '{wildcards.method} / {wildcards.product}' --out {output:q} > {log:q} 2>&1"
+        "{JOBENV} {PY} {GRID_SCRIPT} --pairs {params.pairs:q} --per-type {params.per_type}"
+        " --title {params.title:q} --out {output:q} > {log:q} 2>&1"

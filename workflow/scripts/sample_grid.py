@@ -5,22 +5,27 @@
 
 Layout: one row per anomaly type (sorted; a ``good`` folder too when present); per type the first
 ``--per-type`` pairs in file order, each shown as the image and, beside it, the image with the mask
-outlined in red plus the mask in the red channel (50 %). Pure Pillow/numpy.
+outlined in red plus the mask in the red channel (50 %). Images and masks are read by seas.data (16-bit files
+scaled by their depth, unreadable or oversized files named), the grid written by seas.runtime (atomic; a full or
+read-only disk is one error line): the rule runs it with this checkout on PYTHONPATH.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from seas.data import load_image, load_mask
+from seas.errors import DataError
+from seas.runtime import atomic_save_image, cli
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-class GridError(ValueError):
+class GridError(DataError):
     pass
 
 
@@ -72,9 +77,9 @@ def make_grid(pairs: dict[str, list[tuple[Path, Path | None]]], cell: int = 128,
         y = title_h + r * (cell + gap)
         draw.text((4, y + cell // 2 - 6), atype[:14], fill=(0, 0, 0))
         for c, (img_p, mask_p) in enumerate(items):
-            img = Image.open(img_p).convert("RGB").resize((cell, cell), Image.BILINEAR)
+            img = load_image(img_p, cell, policy="resize")
             if mask_p is not None:
-                mask = np.asarray(Image.open(mask_p).convert("L").resize((cell, cell), Image.NEAREST)) > 127
+                mask = load_mask(mask_p, cell, policy="resize").astype(bool)
             else:
                 mask = np.zeros((cell, cell), dtype=bool)
             x = label_w + 2 * c * (cell + gap)
@@ -83,6 +88,7 @@ def make_grid(pairs: dict[str, list[tuple[Path, Path | None]]], cell: int = 128,
     return grid
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", required=True, help="product folder: <pairs>/<type>/{images,masks}/")
@@ -91,16 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cell", type=int, default=128, help="cell size in pixels (default 128)")
     ap.add_argument("--title", default="")
     args = ap.parse_args(argv)
-    try:
-        grid = make_grid(collect_pairs(args.pairs, args.per_type), cell=args.cell, title=args.title)
-    except GridError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    grid.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    grid = make_grid(collect_pairs(args.pairs, args.per_type), cell=args.cell, title=args.title)
+    out = atomic_save_image(grid, args.out)
     print(f"wrote {out} ({grid.width}x{grid.height}, {len(grid.getbands())} channels)", file=sys.stderr)
     return 0
 
