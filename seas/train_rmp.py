@@ -271,7 +271,7 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | Non
             g = torch.Generator().manual_seed(derive_seed(cfg["seed"], "rmp", split.product, step, micro))
             keys, masks, btypes = sample_batch(data, r["batch_abnormal"], n_norm, g)
             na = len(btypes)
-            cond = torch.cat([emb[t] for t in btypes] + [emb["good"]] * (len(keys) - na))
+            cond = torch.cat([emb[t] for t in btypes] + ([emb["good"]] * (len(keys) - na) if len(keys) > na else []))
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 (low, high), vae_feats = batch_features(bundle, cache, keys, cond, na, arch.vae_features, g, device)
                 out_all = model((low, high), vae_feats, n_refined=na)
