@@ -14,6 +14,12 @@ seas.rmp.arch_from_configs with the schema's default widths. Target on one H100:
 Precision (``--precision``): ``fp16`` / ``bf16`` cast the models (the usual inference setting), ``autocast-bf16`` keeps
 fp32 weights under bf16 autocast (the pipeline's ``model.mixed_precision: auto`` on CUDA), ``fp32``. Default: fp16 on
 CUDA, fp32 on CPU. Prints one JSON object (and writes it to ``--out`` if given).
+
+The per-component split (``component_s``: U-Net, VAE decoder, RMP) times each component's calls (with a CUDA
+synchronize around each on GPU, so run it separately from the ms/image figure there: ``--split-only``).
+``--full-feature-decodes`` decodes the RMP's VAE features with full decodes (the code before the truncated
+decode) for a before/after comparison in one script: same masks and images, more VAE time.
+CPU, SD widths, the issue's setting: ``--resolution 256 --steps 10 --batch-size 2 --warmup 0 --repeats 1``.
 """
 from __future__ import annotations
 
@@ -73,6 +79,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed batches first (default 1)")
     ap.add_argument("--repeats", type=int, default=3, help="timed batches (default 3)")
     ap.add_argument("--out", default=None, help="also write the JSON result here")
+    ap.add_argument("--no-split", action="store_true", help="no per-component timing (no extra CUDA syncs)")
+    ap.add_argument("--full-feature-decodes", action="store_true",
+                    help="decode the RMP's VAE features with full decodes (the code before the truncation)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
 
@@ -93,6 +102,32 @@ def main(argv=None) -> int:
     cond = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g).to(device, wdtype)
     uncond = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g).to(device, wdtype)
 
+    comp = {"unet": 0.0, "vae": 0.0, "rmp": 0.0}
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                comp[name] += time.perf_counter() - t0
+        return wrapper
+
+    if not args.no_split:
+        unet.forward = timed("unet", unet.forward)
+        vae.decode = timed("vae", vae.decode)
+        rmp.forward = timed("rmp", rmp.forward)
+    if args.full_feature_decodes:  # the pre-truncation code: a full decode for every feature decode
+        def full_decode_features(vae_, latents, kind, n):
+            with rmp_mod.capture_outputs(rmp_mod.vae_feature_modules(vae_, kind, n)) as store:
+                vae_.decode(latents / vae_.config.scaling_factor, return_dict=False)
+            return list(store)
+        rmp_mod.vae_features = full_decode_features
+
     def one_batch():
         x = torch.randn(b, 4, lat, lat, generator=g).to(device)
         images, prob = denoise_batch(unet, vae, rmp, SD14_SCHEDULER, x, cond, uncond,
@@ -103,6 +138,7 @@ def main(argv=None) -> int:
 
     for _ in range(args.warmup):
         one_batch()
+    comp.update(unet=0.0, vae=0.0, rmp=0.0)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -123,7 +159,12 @@ def main(argv=None) -> int:
         "peak_memory_gib": round((torch.cuda.max_memory_allocated() if device.type == "cuda" else
                                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30, 2),
         "target_ms_per_image_h100": 200,
+        "full_feature_decodes": args.full_feature_decodes,
     }
+    if not args.no_split:
+        total = sum(times)
+        result["component_s"] = {k: round(v, 3) for k, v in comp.items()}
+        result["component_share"] = {k: round(v / total, 3) for k, v in comp.items()}
     print(json.dumps(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

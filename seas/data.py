@@ -258,17 +258,30 @@ def mask_to_tensor(mask: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
 
 
-def augment_pair(image, mask, generator=None, rotate90: bool = True, flip: bool = True):
-    """Rotate by k·90° and optionally flip horizontally, identically for image (C,H,W) and mask (C',H,W)."""
+def draw_augmentation(generator=None, rotate90: bool = True, flip: bool = True) -> tuple[int, bool]:
+    """The random part of :func:`augment_pair`: (k quarter turns, horizontal flip), drawn from ``generator``."""
     import torch
 
-    if rotate90:
-        k = int(torch.randint(0, 4, (1,), generator=generator))
-        if k:
-            image, mask = torch.rot90(image, k, dims=(-2, -1)), torch.rot90(mask, k, dims=(-2, -1))
-    if flip and bool(torch.rand(1, generator=generator) < 0.5):
-        image, mask = torch.flip(image, dims=(-1,)), torch.flip(mask, dims=(-1,))
-    return image, mask
+    k = int(torch.randint(0, 4, (1,), generator=generator)) if rotate90 else 0
+    flipped = bool(torch.rand(1, generator=generator) < 0.5) if flip else False
+    return k, flipped
+
+
+def apply_augmentation(x, k: int, flipped: bool):
+    """Rotate (C,H,W) ``x`` by k·90° and flip it horizontally if ``flipped``."""
+    import torch
+
+    if k:
+        x = torch.rot90(x, k, dims=(-2, -1))
+    if flipped:
+        x = torch.flip(x, dims=(-1,))
+    return x
+
+
+def augment_pair(image, mask, generator=None, rotate90: bool = True, flip: bool = True):
+    """Rotate by k·90° and optionally flip horizontally, identically for image (C,H,W) and mask (C',H,W)."""
+    k, flipped = draw_augmentation(generator, rotate90, flip)
+    return apply_augmentation(image, k, flipped), apply_augmentation(mask, k, flipped)
 
 
 def augmentation_for(cfg: Mapping, product: str) -> tuple[bool, bool]:

@@ -134,7 +134,7 @@ def denoise_batch(unet, vae, rmp, scheduler_config: Mapping, latents: torch.Tens
         with autocast():
             if mask_step:
                 pred, feats = rmp_mod.unet_features(unet, inp, t, ctx, take=take)
-                _, vfeats = rmp_mod.vae_features(vae, x, vae_kind, n_levels)  # the pre-step latent
+                vfeats = rmp_mod.vae_features(vae, x, vae_kind, n_levels)  # the pre-step latent
                 out = rmp(feats, vfeats)
             else:
                 pred = unet(inp, t, encoder_hidden_states=ctx, return_dict=False)[0]

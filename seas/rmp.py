@@ -337,21 +337,38 @@ def unet_features(unet, latents, timesteps, encoder_hidden_states, take: slice |
     return pred, (low, high)
 
 
-def vae_features(vae, latents: torch.Tensor, kind: str, n: int):
-    """Decode ``latents`` (in the U-Net's scaled space) and collect the MRM features, coarse -> fine.
+class _DecodeDone(Exception):
+    """Raised by a forward hook to stop a VAE decode once the last feature the RMP reads exists."""
 
-    Returns (decoded image in [-1, 1], features). ``kind == "encoder"`` (ablation) re-encodes the decoded image and
-    takes the encoder's features instead of the decoder's.
+
+def vae_features(vae, latents: torch.Tensor, kind: str, n: int) -> list:
+    """The MRM features of ``latents`` (in the U-Net's scaled space), coarse -> fine.
+
+    ``decoder``: the outputs of ``vae.decoder.up_blocks[0..n-1]``; the decode stops there (a forward hook ends it
+    after the last feature), so the decoder's last up block and ``conv_out`` at full resolution -- about a fifth of
+    an SD v1-4 decode, which the branch never reads -- are not computed. ``encoder`` (ablation): the latents are
+    decoded fully and the image re-encoded; the features are the encoder's.
     """
     sf = vae.config.scaling_factor
     if kind == "decoder":
-        with capture_outputs(vae_feature_modules(vae, "decoder", n)) as store:
-            decoded = vae.decode(latents / sf, return_dict=False)[0]
-        return decoded, list(store)
+        mods = vae_feature_modules(vae, "decoder", n)
+
+        def stop(_mod, _inp, _out):
+            raise _DecodeDone
+
+        with capture_outputs(mods) as store:
+            handle = mods[-1].register_forward_hook(stop)  # after the capture hook of the same module
+            try:
+                vae.decode(latents / sf, return_dict=False)
+            except _DecodeDone:
+                pass
+            finally:
+                handle.remove()
+        return list(store)
     decoded = vae.decode(latents / sf, return_dict=False)[0]
     with capture_outputs(vae_feature_modules(vae, "encoder", n)) as store:
         vae.encode(decoded)
-    return decoded, list(store)
+    return list(store)
 
 
 def num_vae_levels(vae) -> int:

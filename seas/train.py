@@ -4,7 +4,8 @@
 
 One U-Net per product, all its anomaly types. Each optimizer step sees ``gradient_accumulation`` batches of
 ``batch_abnormal`` anomaly images (any type, with masks) + ``batch_normal`` normal images, augmented
-(rotation by k·90°, flip; ``augmentation`` in the config). Loss = ε-MSE on the abnormal images with their type's
+(rotation by k·90°, flip; ``augmentation`` in the config); their latents are sampled from VAE posteriors encoded
+once per image and augmentation (seas.latents), and each distinct prompt is encoded once per step. Loss = ε-MSE on the abnormal images with their type's
 prompt + NA loss (ε-MSE on the normal images with ``a <ob>``) + DA loss on the cross-attention probabilities of the
 down-path layers at ``generator.da_resolutions``. Trains the whole U-Net (``lr_unet``) and only the new token
 embeddings of the text encoder (``lr_embeddings``; every other text-encoder weight is restored bit-exactly after
@@ -66,7 +67,8 @@ def load_train_data(split, resolution: int, policy: str = "shorter_side_center_c
 
 @dataclass
 class Batch:
-    pixels: torch.Tensor      # [Ba + Bn, 3, H, W], abnormal images first
+    latent_mean: torch.Tensor  # [Ba + Bn, C, h, w] VAE posterior means, abnormal images first (seas.latents)
+    latent_std: torch.Tensor   # [Ba + Bn, C, h, w] VAE posterior standard deviations
     masks: torch.Tensor       # [Ba, 1, H, W]
     input_ids: torch.Tensor   # [Ba + Bn, 77]
     df_pos: torch.Tensor      # [Ba, N]
@@ -75,8 +77,16 @@ class Batch:
     types: list[str]
 
     def to(self, device) -> "Batch":
-        return Batch(self.pixels.to(device), self.masks.to(device), self.input_ids.to(device), self.df_pos.to(device),
-                     self.ob_pos.to(device), self.n_abnormal, self.types)
+        return Batch(self.latent_mean.to(device), self.latent_std.to(device), self.masks.to(device),
+                     self.input_ids.to(device), self.df_pos.to(device), self.ob_pos.to(device), self.n_abnormal,
+                     self.types)
+
+
+def latent_cache(data: TrainData, vae, device, amp_dtype=None):
+    """The :class:`seas.latents.LatentCache` of the training images (keys ("a", i) / ("n", i))."""
+    from .latents import training_set_cache
+
+    return training_set_cache(vae, [img for img, _, _ in data.anomalies], data.normals, device, amp_dtype)
 
 
 def _pick(n: int, k: int, gen: torch.Generator) -> list[int]:
@@ -107,27 +117,33 @@ class _PromptCache:
 
 
 def sample_batch(data: TrainData, prompts: _PromptCache, gen: torch.Generator, n_abnormal: int, n_normal: int,
-                 rotate90: bool = True, flip: bool = True) -> Batch:
-    from .data import augment_pair
+                 rotate90: bool = True, flip: bool = True, latents=None) -> Batch:
+    """Draw a batch: images, augmentations (``gen``), and their VAE posteriors from ``latents`` (a LatentCache of
+    ``data``, see :func:`latent_cache`; the posteriors are encoded there once per image and augmentation)."""
+    from .data import apply_augmentation, draw_augmentation
 
-    imgs, masks, ids, dfp, obp, types = [], [], [], [], [], []
+    if latents is None:
+        raise ValueError("sample_batch: pass the LatentCache of the training data (train.latent_cache)")
+    keys, masks, ids, dfp, obp, types = [], [], [], [], [], []
     for i in _pick(len(data.anomalies), n_abnormal, gen):
-        img, mask, typ = data.anomalies[i]
-        img, mask = augment_pair(img, mask, gen, rotate90, flip)
-        imgs.append(img), masks.append(mask), ids.append(prompts.ids(typ)), types.append(typ)
+        _, mask, typ = data.anomalies[i]
+        k, flipped = draw_augmentation(gen, rotate90, flip)
+        keys.append((("a", i), k, flipped))
+        masks.append(apply_augmentation(mask, k, flipped)), ids.append(prompts.ids(typ)), types.append(typ)
         d, o = prompts.positions(typ)
         dfp.append(d), obp.append(o)
     if n_normal and not data.normals:
         raise DataError("generator: batch_normal > 0 but the split has no normal training images")
     for i in _pick(len(data.normals), n_normal, gen):
-        img, _ = augment_pair(data.normals[i], data.normals[i][:1], gen, rotate90, flip)
-        imgs.append(img), ids.append(prompts.ids(None))
-    h, w = imgs[0].shape[-2:]
+        k, flipped = draw_augmentation(gen, rotate90, flip)
+        keys.append((("n", i), k, flipped)), ids.append(prompts.ids(None))
+    mean, std = latents.dist(keys)
+    h, w = data.anomalies[0][1].shape[-2:]
     mask_t = torch.stack(masks).contiguous() if masks else torch.zeros(0, 1, h, w)
     # no anomalies (a sequential training_order's normal phase): empty positions, the DA loss is skipped
     pos = (torch.tensor(dfp, dtype=torch.long), torch.tensor(obp, dtype=torch.long)) if masks else \
         (torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long))
-    return Batch(torch.stack(imgs).contiguous(), mask_t, torch.stack(ids), *pos, len(masks), types)
+    return Batch(mean, std, mask_t, torch.stack(ids), *pos, len(masks), types)
 
 
 # ----------------------------------------------------------------------------- one step
@@ -135,21 +151,41 @@ def _autocast(device: torch.device, amp_dtype):
     return torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
 
 
+def encode_prompt_ids(text_encoder, input_ids: torch.Tensor, grad: bool, cache: dict | None = None) -> torch.Tensor:
+    """Text-encoder outputs ``[B, 77, D]`` of ``input_ids``, each distinct prompt encoded once (the rows of a batch
+    are independent in CLIP's text encoder). Without ``grad`` (no trainable token in the prompts) the outputs are
+    also kept in ``cache`` across steps."""
+    uniq, inverse = torch.unique(input_ids, dim=0, return_inverse=True)
+    if grad:
+        return text_encoder(uniq)[0][inverse]
+    with torch.no_grad():
+        if cache is None:
+            return text_encoder(uniq)[0][inverse]
+        rows = [tuple(r.tolist()) for r in uniq]
+        missing = [i for i, r in enumerate(rows) if r not in cache]
+        if missing:
+            out = text_encoder(uniq[missing])[0]
+            cache.update({rows[i]: out[j] for j, i in enumerate(missing)})
+        return torch.stack([cache[r] for r in rows])[inverse]
+
+
 def forward_backward(unet, vae, text_encoder, noise_scheduler, batch: Batch, gcfg: Mapping[str, Any], store,
                      noise_gen: torch.Generator, *, amp_dtype=None, loss_scale: float = 1.0,
-                     text_grad: bool = True, backward: bool = True) -> dict[str, float]:
+                     text_grad: bool = True, backward: bool = True, text_cache: dict | None = None) -> dict[str, float]:
     """Forward the batch, compute L_SD + L_NA + L_DA, backpropagate ``loss * loss_scale``; returns the loss terms.
 
-    ``backward=False`` evaluates the losses only (no graph, no gradients).
+    ``backward=False`` evaluates the losses only (no graph, no gradients). The latents are sampled from the batch's
+    cached VAE posteriors with ``noise_gen`` (then the noise and the timesteps, in that order).
 
     The abnormal and normal images share one U-Net call; either half may be empty (the sequential
     ``generator.training_order`` ablations).
     """
-    device = batch.pixels.device
-    ba, b = batch.n_abnormal, batch.pixels.shape[0]
+    from .latents import sample_posterior
+
+    device = batch.latent_mean.device
+    ba, b = batch.n_abnormal, batch.latent_mean.shape[0]
     use_da = bool(gcfg["da_loss"]) and store is not None and ba > 0
-    with torch.no_grad(), _autocast(device, amp_dtype):
-        latents = vae.encode(batch.pixels).latent_dist.sample(generator=noise_gen).float() * vae.config.scaling_factor
+    latents = sample_posterior(batch.latent_mean, batch.latent_std, noise_gen) * vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=noise_gen, device=device, dtype=latents.dtype)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=noise_gen, device=device)
     noisy = noise_scheduler.add_noise(latents, noise, t)
@@ -165,8 +201,8 @@ def forward_backward(unet, vae, text_encoder, noise_scheduler, batch: Batch, gcf
     terms = {"l_sd": zero, "l_na": zero, "da_term1": zero, "da_term2": zero}
     try:
         with torch.set_grad_enabled(backward and torch.is_grad_enabled()):
-            with torch.set_grad_enabled(text_grad and torch.is_grad_enabled()):
-                ehs = text_encoder(batch.input_ids)[0]
+            ehs = encode_prompt_ids(text_encoder, batch.input_ids, text_grad and torch.is_grad_enabled(),
+                                    text_cache)
             if store is not None:
                 store.begin(ba if use_da else 0, latent_hw)
             with _autocast(device, amp_dtype):
@@ -299,6 +335,8 @@ class GeneratorTrainer:
         self.step = 0
         self.log_rows: list[dict] = []
         self.data: TrainData | None = None
+        self._latents, self._latents_of = None, None
+        self.text_cache: dict = {}  # text-encoder outputs of prompts without trainable tokens (typical prompt)
 
     # -------------------------------------------------------------- helpers
     def fingerprint(self) -> dict:
@@ -386,6 +424,12 @@ class GeneratorTrainer:
         return True
 
     # -------------------------------------------------------------- training
+    def latents(self):
+        """The LatentCache of ``self.data`` (built on first use; rebuilt if the data is replaced)."""
+        if self._latents is None or self._latents_of is not self.data:
+            self._latents, self._latents_of = latent_cache(self.data, self.vae, self.device, self.amp_dtype), self.data
+        return self._latents
+
     def batch_sizes(self, step: int) -> tuple[int, int]:
         """(abnormal, normal) images of each batch of optimizer step ``step`` under ``generator.training_order``."""
         if self.order == "mixed":
@@ -401,10 +445,10 @@ class GeneratorTrainer:
         n_ab, n_norm = self.batch_sizes(self.step)
         for _ in range(accum):
             batch = sample_batch(self.data, self.prompts, self.data_gen, n_ab, n_norm,
-                                 self.rotate90, self.flip).to(self.device)
+                                 self.rotate90, self.flip, latents=self.latents()).to(self.device)
             terms = forward_backward(self.unet, self.vae, self.text_encoder, self.noise_scheduler, batch, self.g,
                                      self.store, self.noise_gen, amp_dtype=self.amp_dtype, loss_scale=1.0 / accum,
-                                     text_grad=self.train_text)
+                                     text_grad=self.train_text, text_cache=self.text_cache)
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + v / accum
         self.optimizer.step()

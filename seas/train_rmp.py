@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 from . import rmp as rmp_mod
 from .config import add_config_arguments, config_from_args
-from .data import Split, augment_pair, augmentation_for, image_to_tensor, load_image, load_mask, mask_to_tensor
+from .data import Split, augmentation_for, image_to_tensor, load_image, load_mask, mask_to_tensor
+from .latents import training_set_cache
 from .errors import CheckpointError, DataError
 from .runtime import (atomic_dir, atomic_write_text, autocast_dtype, cli, derive_seed, get_device,
                       save_safetensors_atomic, setup_logging)
@@ -96,23 +97,20 @@ def load_train_data(split: Split, cfg: Mapping) -> TrainData:
 
 
 def sample_batch(data: TrainData, n_abnormal: int, n_normal: int, generator: torch.Generator):
-    """(abnormal images [A,3,H,W], masks [A,1,H,W], types [A], normal images [N,3,H,W]), augmented."""
+    """(latent keys [A + N] of seas.latents' training-set cache, masks [A,1,H,W], types [A]), augmented: the
+    abnormal images first, then ``n_normal`` normal ones."""
+    from .data import apply_augmentation, draw_augmentation
+
     ia = torch.randint(0, len(data.anomalies), (n_abnormal,), generator=generator).tolist()
-    imgs, masks, types = [], [], []
+    keys, masks, types = [], [], []
     for i in ia:
-        img, m, t = data.anomalies[i]
-        img, m = augment_pair(img, m, generator, data.rotate90, data.flip)
-        imgs.append(img), masks.append(m), types.append(t)
-    normals = []
+        _, m, t = data.anomalies[i]
+        k, flipped = draw_augmentation(generator, data.rotate90, data.flip)
+        keys.append((("a", i), k, flipped)), masks.append(apply_augmentation(m, k, flipped)), types.append(t)
     if n_normal:
-        inn = torch.randint(0, len(data.normals), (n_normal,), generator=generator).tolist()
-        for i in inn:
-            img = data.normals[i]
-            img, _ = augment_pair(img, img[:1], generator, data.rotate90, data.flip)
-            normals.append(img)
-    h, w = data.anomalies[0][0].shape[-2:]
-    nt = torch.stack(normals) if normals else torch.zeros(0, 3, h, w)
-    return torch.stack(imgs), torch.stack(masks), types, nt
+        for i in torch.randint(0, len(data.normals), (n_normal,), generator=generator).tolist():
+            keys.append((("n", i), *draw_augmentation(generator, data.rotate90, data.flip)))
+    return keys, torch.stack(masks), types
 
 
 COARSE_TARGETS = ("bilinear", "bilinear_max")
@@ -167,14 +165,13 @@ def one_step_scheduler(noise_scheduler):
 
 
 @torch.no_grad()
-def batch_features(bundle, images: torch.Tensor, cond: torch.Tensor, n_abnormal: int, vae_kind: str,
+def batch_features(bundle, latents, keys, cond: torch.Tensor, n_abnormal: int, vae_kind: str,
                    generator: torch.Generator, device):
     """Frozen-generator features of a batch (abnormal first): U-Net (f_low, f_high) and the VAE features of the
-    one-step-denoised abnormal latents."""
+    one-step-denoised abnormal latents. ``latents``: the training-set LatentCache, ``keys`` the batch's variants."""
     vae, unet = bundle.vae, bundle.unet
     sched = one_step_scheduler(bundle.noise_scheduler)
-    x = images.to(device=device, dtype=vae.dtype)
-    latents = vae.encode(x).latent_dist.sample(generator=generator) * vae.config.scaling_factor
+    latents = latents.sample(keys, generator).to(device, unet.dtype)
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
     t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator).to(device)
@@ -186,7 +183,7 @@ def batch_features(bundle, images: torch.Tensor, cond: torch.Tensor, n_abnormal:
             sched.step(eps[i:i + 1], int(t[i]), noisy[i:i + 1], generator=generator).prev_sample
             for i in range(n_abnormal)
         ])
-        _, vae_feats = rmp_mod.vae_features(vae, prev, vae_kind, rmp_mod.num_vae_levels(vae))
+        vae_feats = rmp_mod.vae_features(vae, prev, vae_kind, rmp_mod.num_vae_levels(vae))
     return feats, vae_feats
 
 
@@ -257,6 +254,7 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | Non
     step, history = _load_work(work, model, opt, fp, device)
 
     data = load_train_data(split, cfg)
+    cache = training_set_cache(bundle.vae, [img for img, _, _ in data.anomalies], data.normals, device, amp)
     prompts = {t: bundle.token_map.prompt(t) for t in split.anomaly_types}
     emb = {t: prompt_embeddings(bundle, [p], device) for t, p in prompts.items()}
     n_norm = r["batch_normal"] if r["normal_supervision"] else 0
@@ -271,12 +269,11 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | Non
         sums: dict[str, float] = {}
         for micro in range(accum):
             g = torch.Generator().manual_seed(derive_seed(cfg["seed"], "rmp", split.product, step, micro))
-            imgs, masks, btypes, normals = sample_batch(data, r["batch_abnormal"], n_norm, g)
-            images = torch.cat([imgs, normals])
-            cond = torch.cat([emb[t] for t in btypes] + ([emb["good"]] * normals.shape[0] if normals.shape[0] else []))
-            na = imgs.shape[0]
+            keys, masks, btypes = sample_batch(data, r["batch_abnormal"], n_norm, g)
+            na = len(btypes)
+            cond = torch.cat([emb[t] for t in btypes] + ([emb["good"]] * (len(keys) - na) if len(keys) > na else []))
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                (low, high), vae_feats = batch_features(bundle, images, cond, na, arch.vae_features, g, device)
+                (low, high), vae_feats = batch_features(bundle, cache, keys, cond, na, arch.vae_features, g, device)
                 out_all = model((low, high), vae_feats, n_refined=na)
                 terms = rmp_loss(out_all, masks.to(device), gamma=r["focal_gamma"],
                                  coarse_supervision=r["coarse_supervision"], coarse_rule=r["coarse_target"])

@@ -37,6 +37,14 @@ def tiny_sd_dir(tmp_path_factory) -> Path:
     return Path(write_tiny_sd(tmp_path_factory.mktemp("models") / "tiny_sd", seed=0, sample_size=TEST_RESOLUTION))
 
 
+@pytest.fixture(scope="session")
+def tiny_sd(tiny_sd_dir):
+    """The tiny model loaded (seas.sd.load_sd): tokenizer, text encoder, VAE, U-Net, scheduler."""
+    from seas.sd import load_sd
+
+    return load_sd(tiny_sd_dir)
+
+
 def _set(d: dict, dotted: str, value) -> None:
     *parents, last = dotted.split(".")
     for p in parents:

@@ -21,13 +21,6 @@ SMALL = {"reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12, "norm_num_g
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
-def tiny_sd(tiny_sd_dir):
-    from seas.sd import load_sd
-
-    return load_sd(tiny_sd_dir)
-
-
-@pytest.fixture(scope="session")
 def generator_ckpt(tiny_sd_dir, tmp_path_factory):
     """Generator checkpoints (untrained tiny model + registered tokens) for the demo products."""
     from seas.checkpoint import save_generator
@@ -93,7 +86,7 @@ def _features(sd, batch=2, res=64):
         z = sd.vae.encode(x).latent_dist.mean * sd.vae.config.scaling_factor
         emb = torch.randn(batch, 77, sd.text_encoder.config.hidden_size, generator=g)
         _, feats = unet_features(sd.unet, z, torch.tensor([3, 700][:batch]), emb)
-        _, vfeats = vae_features(sd.vae, z, "decoder", num_vae_levels(sd.vae))
+        vfeats = vae_features(sd.vae, z, "decoder", num_vae_levels(sd.vae))
     return z, feats, vfeats
 
 
@@ -186,7 +179,7 @@ def test_encoder_feature_ablation_shapes(tiny_sd):
     z, feats, _ = _features(tiny_sd)
     arch = arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config, {"vae_features": "encoder", **SMALL})
     with torch.no_grad():
-        _, vf = vae_features(tiny_sd.vae, z, "encoder", num_vae_levels(tiny_sd.vae))
+        vf = vae_features(tiny_sd.vae, z, "encoder", num_vae_levels(tiny_sd.vae))
     assert [v.shape[1] for v in vf] == list(arch.vae_channels)
     out = RefinedMaskPredictor(arch)(feats, vf)
     assert tuple(out.fine_logits.shape[-2:]) == (64, 64)

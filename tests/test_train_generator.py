@@ -25,7 +25,7 @@ def _eval_da(tr, n_batches=3):
     noise = torch.Generator().manual_seed(7)
     total = 0.0
     for _ in range(n_batches):
-        b = sample_batch(tr.data, tr.prompts, gen, 2, 0, tr.rotate90, tr.flip)
+        b = sample_batch(tr.data, tr.prompts, gen, 2, 0, tr.rotate90, tr.flip, latents=tr.latents())
         terms = forward_backward(tr.unet, tr.vae, tr.text_encoder, tr.noise_scheduler, b, tr.g, tr.store, noise,
                                  backward=False)
         total += terms["da_term1"] + terms["da_term2"]
@@ -116,7 +116,7 @@ def test_interrupted_run_resumes_bit_identically_and_checkpoint_loads(make_cfg, 
 
 def test_gradient_checkpointing_gives_the_same_gradients(make_cfg, split_path, tmp_path):
     tr = _trainer(make_cfg, split_path, tmp_path)
-    batch = sample_batch(tr.data, tr.prompts, torch.Generator().manual_seed(0), 2, 2, True, True)
+    batch = sample_batch(tr.data, tr.prompts, torch.Generator().manual_seed(0), 2, 2, True, True, latents=tr.latents())
     params = [p for p in tr.unet.parameters()] + [tr.embedding.weight]
 
     def grads(**over):
