@@ -42,6 +42,11 @@ from .metrics import IMAGE_COLUMNS
 
 log = logging.getLogger(__name__)
 
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("dataset.name", "model.pretrained", "model.tiny", "downstream.models", "downstream.methods",
+               "gen_metrics.enabled")
+
 __all__ = ["TINY_LABEL", "AVERAGE", "SEG_COLUMNS", "DET_COLUMNS", "method_label", "method_dir", "generator_label",
            "build_tables", "write_tables", "main"]
 
@@ -76,7 +81,7 @@ def method_dir(method: str) -> str:
 
 def generator_label(cfg: Mapping) -> str:
     m = cfg["model"]
-    if m.get("tiny") or (Path(m["pretrained"]) / TINY_MARKER).is_file():
+    if m["tiny"] or (Path(m["pretrained"]) / TINY_MARKER).is_file():
         return TINY_LABEL
     return str(m["pretrained"])
 
@@ -229,7 +234,7 @@ def build_tables(cfg: Mapping, run_dir: str | Path, *, generation: bool | None =
         "detection_per_product.csv": per_product_table(cfg, loaded, models, methods, DET_COLUMNS),
     }
     if generation is None:
-        generation = bool(cfg.get("gen_metrics", {}).get("enabled", True))
+        generation = bool(cfg["gen_metrics"]["enabled"])
     if generation:
         gm = list(gen_methods) if gen_methods is not None else methods
         tables["generation.csv"] = generation_table(cfg, run_dir, gm, _products(run_dir))

@@ -7,7 +7,9 @@ Errors are :class:`ConfigError` naming the file and the dotted key.
 """
 from __future__ import annotations
 
+import ast
 import copy
+import functools
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,9 +19,14 @@ from jsonschema import Draft7Validator, validators
 from .errors import ConfigError
 
 __all__ = ["ConfigError", "load_config", "validate_config", "parse_override", "run_dir", "SCHEMA_PATH",
-           "add_config_arguments", "config_from_args"]
+           "add_config_arguments", "config_from_args", "STAGES", "stage_keys"]
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+#: the stage modules the workflow's rules run (``python -m <module>``); each declares ``CONFIG_KEYS``
+STAGES = ("seas.demo_data", "seas.tiny_sd", "seas.data", "seas.train", "seas.train_rmp", "seas.generate",
+          "seas.gen_metrics", "downstream.baselines", "downstream.train", "downstream.evaluate", "downstream.tables")
 
 
 def _with_defaults(cls):
@@ -85,6 +92,14 @@ def check_rmp_widths(reduce_channels, num_heads: int, head_dim: int, norm_num_gr
                           "(the GroupNorm of the RMP's transformer block)")
 
 
+def schema_default(dotted: str) -> Any:
+    """The schema's default of a dotted key (for CLIs that also run without a config file)."""
+    node = load_schema()
+    for part in dotted.split("."):
+        node = node["properties"][part]
+    return copy.deepcopy(node["default"])
+
+
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict:
     """Read a YAML config file, apply ``overrides`` ({"generator.steps_per_type": 2, …}), validate."""
     path = Path(path)
@@ -126,3 +141,27 @@ def config_from_args(args) -> dict:
 
 def run_dir(cfg: Mapping[str, Any]) -> Path:
     return Path(cfg["results_dir"]) / cfg["run_name"]
+
+
+# ----------------------------------------------------------------------------- per-stage keys
+@functools.lru_cache(maxsize=None)
+def _declared_keys(module: str) -> tuple[str, ...]:
+    path = REPO / (module.replace(".", "/") + ".py")
+    tree = ast.parse(path.read_text(), str(path))
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == "CONFIG_KEYS" for t in targets):
+            return tuple(ast.literal_eval(node.value))
+    raise ConfigError(f"{path}: declares no CONFIG_KEYS")
+
+
+def stage_keys(module: str, **fields: str) -> tuple[str, ...]:
+    """The config keys stage ``module`` (e.g. ``"seas.train"``) reads: its ``CONFIG_KEYS`` tuple.
+
+    Dotted keys (``"model.resolution"``) or whole sections (``"generator"``); a ``{model}`` field is filled from
+    ``fields`` (``stage_keys("downstream.train", model="lfd")``). Read from the module's source without importing
+    it (the Snakefile stays fast to parse: no torch); tests/test_config_keys.py checks it equals the imported
+    attribute and that the stage reads nothing else. The rules pass these keys' values as ``params: cfg``.
+    """
+    keys = _declared_keys(module)
+    return tuple(k.format(**fields) for k in keys) if fields else keys

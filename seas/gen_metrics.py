@@ -37,6 +37,10 @@ from .runtime import atomic_write_text, cli, derive_seed, get_device, setup_logg
 
 log = logging.getLogger("seas.gen_metrics")
 
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "gen_metrics")
+
 __all__ = ["assign_clusters", "cluster_members", "ic_lpips_from_clusters", "ic_lpips_from_matrices",
            "build_lpips", "lpips_distances", "distances_to_references", "mean_pairwise_distance", "ic_lpips",
            "build_inception_weights", "inception_score", "isc_splits", "product_metrics", "main",
@@ -301,7 +305,7 @@ def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) ->
                 raise DataError(f"{pairs_dir / t / 'images'}: {len(paths)} images; the metrics need at least 2")
             gen = _load(paths, size)
             refs = _load([d["image"] for d in split.train_anomalies[t]], size,
-                         cfg["dataset"].get("image_policy", "shorter_side_center_crop"))
+                         cfg["dataset"]["image_policy"])
             is_mean, is_std = inception_score(gen, inc_path, device)
             score, per, sizes = ic_lpips(lp, _to_pm1(gen), _to_pm1(refs), gm["cluster_cap"])
             result["per_type"][t] = {"is": is_mean, "is_std": is_std, "ic_lpips": score, "n_images": len(paths),

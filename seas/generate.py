@@ -51,6 +51,11 @@ from .runtime import atomic_save_image, atomic_write_text, autocast_dtype, cli, 
 
 log = logging.getLogger("seas.generate")
 
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "model.resolution", "model.mixed_precision", "generation",
+               "rmp.bn_train_mode_at_inference")
+
 __all__ = ["GOOD", "init_noise_coefficients", "noise_reference", "make_dpm_scheduler", "denoise_batch",
            "to_uint8_images", "threshold_masks", "GenContext", "prepare", "generate_indices", "first_missing",
            "generate", "regenerate", "read_manifest", "main"]
@@ -160,7 +165,7 @@ def _params(cfg: Mapping, anomaly_type: str, generator_dir, rmp_dir) -> dict:
         "mask_steps": g["mask_steps"], "init_schedule_steps": g["init_schedule_steps"],
         "scale_init_latent": g["scale_init_latent"], "num_reference_images": g["num_reference_images"],
         "timestep_spacing": g["timestep_spacing"],
-        "resolution": cfg["model"]["resolution"], "image_policy": cfg["dataset"].get("image_policy"),
+        "resolution": cfg["model"]["resolution"], "image_policy": cfg["dataset"]["image_policy"],
         "batch_size": g["batch_size"], "generator": str(generator_dir),
         "rmp": str(rmp_dir) if rmp_dir is not None and anomaly_type != GOOD else "",
         "bn_train_mode_at_inference": cfg["rmp"]["bn_train_mode_at_inference"],
@@ -326,10 +331,7 @@ def read_manifest(out) -> list[dict]:
 
 
 def _count_for(cfg: Mapping, anomaly_type: str) -> int:
-    g = cfg["generation"]
-    if anomaly_type == GOOD:
-        return g["num_normal_images"] or g["num_images_per_type"]
-    return g["num_images_per_type"]
+    return cfg["generation"]["num_images_per_type"]
 
 
 def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str, out, *, overwrite: bool = False,
@@ -430,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", required=True, help="anomaly type, or 'good' for normal images (prompt 'a <ob>')")
     p.add_argument("--out", required=True, help="output folder methods/seas/<product>/<type>")
     p.add_argument("--count", type=int, default=None,
-                   help="number of pairs (default generation.num_images_per_type; good: generation.num_normal_images)")
+                   help="number of pairs (default generation.num_images_per_type)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
     p.add_argument("-v", "--verbose", action="store_true")
     return p

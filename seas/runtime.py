@@ -23,7 +23,7 @@ log = logging.getLogger("seas")
 def get_device(cfg: Mapping | None = None):
     import torch
 
-    want = (cfg or {}).get("device", "auto")
+    want = cfg["device"] if cfg is not None else "auto"
     if want == "cuda" and not torch.cuda.is_available():
         raise SeasError("config device: 'cuda' was asked for but torch sees no CUDA device")
     if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
@@ -35,9 +35,9 @@ def autocast_dtype(cfg: Mapping | None, device):
     """The autocast dtype for ``model.mixed_precision``: bf16 on CUDA for `auto`, None (fp32) on CPU."""
     import torch
 
-    mp = ((cfg or {}).get("model") or {}).get("mixed_precision", "auto")
     if getattr(device, "type", str(device)) != "cuda":
         return None
+    mp = cfg["model"]["mixed_precision"] if cfg is not None else "auto"
     return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "no": None}[mp]
 
 

@@ -35,6 +35,10 @@ from .prompt import TokenMap, register_tokens, tokenize
 
 log = logging.getLogger(__name__)
 
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "augmentation", "model", "generator")
+
 __all__ = ["TrainData", "Batch", "load_train_data", "sample_batch", "forward_backward", "FrozenRows",
            "setup_training", "GeneratorTrainer", "train_generator", "main"]
 
@@ -270,7 +274,7 @@ class GeneratorTrainer:
         self.rotate90, self.flip = augmentation_for(cfg, self.product)
 
         m = cfg["model"]
-        sd = load_sd(m["pretrained"], m.get("revision"), device=self.device, dtype=torch.float32)
+        sd = load_sd(m["pretrained"], m["revision"], device=self.device, dtype=torch.float32)
         self.sd = sd
         self.tokenizer, self.text_encoder, self.vae, self.unet = sd.tokenizer, sd.text_encoder, sd.vae, sd.unet
         self.noise_scheduler = sd.noise_scheduler
@@ -450,7 +454,7 @@ class GeneratorTrainer:
             return None
         m = self.cfg["model"]
         out = save_generator(self.out_dir, self.unet, self.text_encoder, self.tokenizer, self.token_map,
-                             m["pretrained"], revision=m.get("revision"), tiny=bool(self.sd.is_tiny or m.get("tiny")),
+                             m["pretrained"], revision=m["revision"], tiny=bool(self.sd.is_tiny or m["tiny"]),
                              train_full_embedding=self.train_full, train_log_csv=self.log_csv(),
                              extra={"steps": self.total_steps, "generator_config": dict(self.g),
                                     "captured_layers": self.captured_layers, "resolution": m["resolution"]})

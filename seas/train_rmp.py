@@ -42,6 +42,14 @@ from .runtime import (atomic_dir, atomic_write_text, autocast_dtype, cli, derive
 
 log = logging.getLogger("seas.train_rmp")
 
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "augmentation", "model.resolution", "model.mixed_precision",
+               "rmp.steps_per_type", "rmp.batch_abnormal", "rmp.batch_normal", "rmp.gradient_accumulation", "rmp.lr",
+               "rmp.focal_gamma", "rmp.mrm", "rmp.progressive", "rmp.coarse_supervision", "rmp.coarse_target",
+               "rmp.normal_supervision", "rmp.vae_features", "rmp.reduce_channels", "rmp.num_heads", "rmp.head_dim",
+               "rmp.num_layers", "rmp.norm_num_groups", "rmp.checkpoint_every", "rmp.log_every")  # not rmp.bn_train_mode_at_inference: generation reads it
+
 __all__ = ["TrainData", "load_train_data", "sample_batch", "coarse_target", "rmp_loss", "train_rmp", "main",
            "load_generator_bundle", "normal_prompt_of"]
 
@@ -82,7 +90,7 @@ class TrainData:
 def load_train_data(split: Split, cfg: Mapping) -> TrainData:
     """All training anomalies (with masks) and normal images of the split, at the model resolution."""
     size = cfg["model"]["resolution"]
-    policy = cfg["dataset"].get("image_policy", "shorter_side_center_crop")
+    policy = cfg["dataset"]["image_policy"]
     anomalies = []
     for image, mask, t in split.train_pairs():
         anomalies.append((image_to_tensor(load_image(image, size, policy)), mask_to_tensor(load_mask(mask, size, policy)), t))
@@ -191,12 +199,17 @@ def batch_features(bundle, images: torch.Tensor, cond: torch.Tensor, n_abnormal:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+def _rmp_settings(cfg: Mapping) -> dict:
+    """The ``rmp`` keys this stage reads (CONFIG_KEYS; not the generation-time ones)."""
+    return {k[len("rmp."):]: cfg["rmp"][k[len("rmp."):]] for k in CONFIG_KEYS if k.startswith("rmp.")}
+
+
 def _fingerprint(cfg: Mapping, generator_dir: Path, split: Split, total: int) -> dict:
-    return {"rmp": dict(cfg["rmp"]), "generator": str(Path(generator_dir).resolve()), "product": split.product,
+    return {"rmp": _rmp_settings(cfg), "generator": str(Path(generator_dir).resolve()), "product": split.product,
             "seed": cfg["seed"], "resolution": cfg["model"]["resolution"], "total_steps": total}
 
 
-_VOLATILE = ("checkpoint_every", "log_every", "bn_train_mode_at_inference")  # not read by training
+_VOLATILE = ("checkpoint_every", "log_every")  # may change between an interrupted run and its resumption
 
 
 def _same_run(a: Mapping, b: Mapping) -> bool:
@@ -301,7 +314,7 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | Non
     bar.close()
     extra = {"product": split.product, "steps": total, "generator": str(generator_dir), "history": history,
              "train_seconds_this_call": round(time.time() - t0, 1),
-             "rmp_config": {k: v for k, v in r.items()}}
+             "rmp_config": _rmp_settings(cfg)}
     with atomic_dir(out) as tmp:
         rmp_mod.save_rmp(model, tmp, extra=extra)
     shutil.rmtree(work, ignore_errors=True)

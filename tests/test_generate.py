@@ -150,8 +150,8 @@ def test_pairs_resume_and_regeneration(setup, tmp_path):
 def test_normal_images_have_empty_masks(make_cfg, split_path, generator_ckpt, tmp_path):
     from seas.generate import generate, read_manifest
 
-    cfg = make_cfg({**GEN, "generation.num_normal_images": 2, "generation.num_inference_steps": 2})
-    out = generate(cfg, split_path("weave"), generator_ckpt, None, "good", tmp_path / "good")
+    cfg = make_cfg({**GEN, "generation.num_inference_steps": 2})
+    out = generate(cfg, split_path("weave"), generator_ckpt, None, "good", tmp_path / "good", count=2)
     rows = read_manifest(out)
     assert len(rows) == 2 and rows[0]["prompt"] == "a <ob>" and rows[0]["rmp"] == ""
     for j in range(2):

@@ -12,8 +12,7 @@ rule baselines:
     wildcard_constraints:
         method="|".join(wflib.BASELINE_METHODS),
     params:
-        cfg=cfg_params("seed", "dataset.image_policy", "augmentation", "downstream.image_size",
-                       "downstream.num_baseline_images_per_type"),
+        cfg=stage_params("downstream.baselines"),
         config=RESOLVED_CONFIG,
     log:
         f"{RUN}/logs/baselines/{{method}}/{{product}}.log",
@@ -30,11 +29,6 @@ rule baselines:
         " --split {input.split:q} --out {output:q} > {log:q} 2>&1"
 
 
-def _train_seg_cfg(wildcards):
-    return cfg_params("seed", "dataset.image_policy", "downstream.image_size", "downstream.include_real_anomalies",
-                      "downstream.pretrained_backbones", f"downstream.train.{wildcards.model}")
-
-
 rule train_seg:
     """Train one segmentation model on one method's pairs of every product."""
     input:
@@ -44,7 +38,7 @@ rule train_seg:
         model=f"{RUN}/segmentation/{{model}}/{{method}}/model.safetensors",
         info=f"{RUN}/segmentation/{{model}}/{{method}}/train.json",
     params:
-        cfg=_train_seg_cfg,
+        cfg=lambda wc: stage_params("downstream.train", model=wc.model),
         config=RESOLVED_CONFIG,
         pairs_root=lambda wc: pairs_root(wc.method),
         outdir=lambda wc, output: str(Path(output[0]).parent),
@@ -73,8 +67,7 @@ rule evaluate:
     output:
         f"{RUN}/segmentation/{{model}}/{{method}}/scores.csv",
     params:
-        cfg=cfg_params("dataset.image_policy", "downstream.image_size", "downstream.iou_threshold",
-                       "downstream.evaluation"),
+        cfg=stage_params("downstream.evaluate"),
         config=RESOLVED_CONFIG,
         ckpt=lambda wc, input: str(Path(input.model).parent),
     log:

@@ -14,7 +14,7 @@ rule train_generator:
     output:
         directory(f"{RUN}/generator/{{product}}/{{group}}"),
     params:
-        cfg=cfg_params("seed", "dataset.image_policy", "augmentation", "model", "generator"),
+        cfg=stage_params("seas.train"),
         config=RESOLVED_CONFIG,
         types=group_type_args,
     log:
@@ -41,7 +41,7 @@ rule train_rmp:
     output:
         directory(f"{RUN}/rmp/{{product}}/{{group}}"),
     params:
-        cfg=cfg_params("seed", "dataset.image_policy", "augmentation", "model", "rmp"),
+        cfg=stage_params("seas.train_rmp"),
         config=RESOLVED_CONFIG,
     log:
         f"{RUN}/logs/train_rmp/{{product}}/{{group}}.log",
@@ -68,7 +68,7 @@ rule generate:
     output:
         f"{RUN}/methods/seas/{{product}}/{{atype}}/manifest.csv",
     params:
-        cfg=cfg_params("seed", "dataset.image_policy", "model", "generation"),
+        cfg=stage_params("seas.generate"),
         config=RESOLVED_CONFIG,
         outdir=lambda wc, output: str(Path(output[0]).parent),
     log:
@@ -95,7 +95,7 @@ rule gen_metrics:
     output:
         f"{RUN}/gen_metrics/{{method}}/{{product}}.json",
     params:
-        cfg=cfg_params("seed", "dataset.image_policy", "gen_metrics"),
+        cfg=stage_params("seas.gen_metrics"),
         config=RESOLVED_CONFIG,
         pairs=lambda wc: f"{pairs_root(wc.method)}/{wc.product}",
         method=lambda wc: wc.method,

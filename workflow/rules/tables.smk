@@ -28,8 +28,7 @@ rule tables:
             for name in TABLE_NAMES
         ],
     params:
-        cfg=cfg_params("dataset.name", "model.pretrained", "model.tiny", "downstream.models", "downstream.methods",
-                       "gen_metrics.enabled"),
+        cfg=stage_params("downstream.tables"),
         config=RESOLVED_CONFIG,
         run_dir=RUN,
         out_dir=TABLES,

@@ -140,7 +140,7 @@ def generate_minutes(cfg: Mapping[str, Any]) -> int:
     """Paper: 720 ms per image (A100, 25 steps); x2 margin, +10 min."""
     g = cfg["generation"]
     scale = (cfg["model"]["resolution"] / 512) ** 2 * g["num_inference_steps"] / 25
-    n = g["num_images_per_type"] + g["num_normal_images"]
+    n = g["num_images_per_type"]
     return int(10 + 2 * n * 0.72 * scale / 60) + 1
 
 
@@ -148,8 +148,7 @@ SEG_SECONDS_PER_ITER = {"bisenetv2": 0.15, "upernet": 0.45, "lfd": 0.1}  # GPU, 
 
 
 def seg_train_minutes(cfg: Mapping[str, Any], model: str) -> int:
-    t = cfg["downstream"]["train"].get(model, {})
-    iters = t.get("iterations", 20000)
-    bs = t.get("batch_size", 8)
+    t = cfg["downstream"]["train"][model]
+    iters, bs = t["iterations"], t["batch_size"]
     scale = (cfg["downstream"]["image_size"] / 256) ** 2 * bs / 8
     return int(20 + 1.5 * iters * SEG_SECONDS_PER_ITER.get(model, 0.5) * scale / 60) + 1
