@@ -38,7 +38,7 @@ from seas.data import Split, augmentation_for, load_image, load_mask
 from seas.errors import DataError
 from seas.runtime import atomic_dir, derive_seed
 
-from .pairs import save_pair, write_manifest
+from seas.pairs import BASELINE_METHODS, save_pair, write_manifest
 
 __all__ = [
     "METHODS", "perlin_noise", "fractal_noise", "perlin_mask", "procedural_texture", "color_jitter",
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 CONFIG_KEYS = ("seed", "dataset.image_policy", "augmentation", "downstream.image_size",
                "downstream.num_baseline_images_per_type")
 
-METHODS = ("real", "cutpaste", "draem")
+METHODS = BASELINE_METHODS
 
 
 # ----------------------------------------------------------------------------- noise (pure numpy)

@@ -20,7 +20,7 @@ Metrics are in percent (downstream.metrics.SCALE); IS and IC-LPIPS as computed. 
 diffusion model behind the ``seas`` method of this run — ``tiny-random (not SD v1-4)`` for the tiny random
 model (``model.tiny`` or a ``seas_tiny.json`` marker in the model folder), else ``model.pretrained``.
 Method ``external:<path>`` is labelled ``external:<basename>`` and lives in the folder ``external-<basename>``
-(:func:`method_dir`).
+(:func:`seas.pairs.method_dir`).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ import numpy as np
 
 from seas.config import add_config_arguments, config_from_args
 from seas.errors import ConfigError, DataError
+from seas.pairs import method_dir, method_label
 
 from .evaluate import MEAN_ROW, read_scores
 from .metrics import IMAGE_COLUMNS
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 CONFIG_KEYS = ("dataset.name", "model.pretrained", "model.tiny", "downstream.models", "downstream.methods",
                "gen_metrics.enabled")
 
-__all__ = ["TINY_LABEL", "AVERAGE", "SEG_COLUMNS", "DET_COLUMNS", "method_label", "method_dir", "generator_label",
+__all__ = ["TINY_LABEL", "AVERAGE", "SEG_COLUMNS", "DET_COLUMNS", "generator_label",
            "build_tables", "write_tables", "main"]
 
 TINY_LABEL = "tiny-random (not SD v1-4)"
@@ -59,24 +60,6 @@ DET_COLUMNS = list(IMAGE_COLUMNS)
 NOT_RECORDED = "not recorded"
 PRO_DATASETS = ("visa",)
 
-
-# ----------------------------------------------------------------------------- names
-def _external_base(method: str) -> str:
-    path = method.split(":", 1)[1].rstrip("/\\")
-    base = Path(path).name
-    if not base:
-        raise ConfigError(f"downstream.methods: {method!r} has no folder name")
-    return base
-
-
-def method_label(method: str) -> str:
-    """Table label: ``external:/data/ad/pairs`` -> ``external:pairs``; other methods unchanged."""
-    return f"external:{_external_base(method)}" if method.startswith("external:") else method
-
-
-def method_dir(method: str) -> str:
-    """Folder name of a method's outputs: ``external:/data/ad/pairs`` -> ``external-pairs``."""
-    return f"external-{_external_base(method)}" if method.startswith("external:") else method
 
 
 def generator_label(cfg: Mapping) -> str:

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
+from .pairs import IMAGE_SUFFIXES
 from .runtime import atomic_dir, cli, setup_logging
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ __all__ = [
 ]
 
 MAP_NAME = "convert_map.csv"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
+from .pairs import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 #: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
 CONFIG_KEYS = ("dataset.root", "split")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 IMAGE_POLICIES = ("shorter_side_center_crop", "resize")
 SPLIT_VERSION = 1
 

@@ -31,8 +31,6 @@ made Snakemake rerun the rule) logs a warning and starts over; a folder not writ
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import shutil
@@ -46,7 +44,9 @@ import torch
 from . import rmp as rmp_mod
 from .config import add_config_arguments, config_from_args
 from .data import Split, image_to_tensor, load_image
+from .checkpoint import load_generator
 from .errors import DataError
+from .pairs import GOOD, IMAGES, MANIFEST, MANIFEST_COLUMNS, MASKS, pair_name, pair_paths, read_manifest, write_manifest
 from .runtime import atomic_save_image, atomic_write_text, autocast_dtype, cli, derive_seed, get_device, setup_logging
 
 log = logging.getLogger("seas.generate")
@@ -60,10 +60,8 @@ __all__ = ["GOOD", "init_noise_coefficients", "noise_reference", "make_dpm_sched
            "to_uint8_images", "threshold_masks", "GenContext", "prepare", "generate_indices", "first_missing",
            "generate", "regenerate", "read_manifest", "main"]
 
-GOOD = "good"
-MANIFEST = "manifest.csv"
 PARAMS = ".params.json"
-MANIFEST_FIELDS = ["index", "image", "mask", "seed", "reference", "type", "prompt", "guidance_scale",
+MANIFEST_FIELDS = [*MANIFEST_COLUMNS, "prompt", "guidance_scale",
                    "num_inference_steps", "mask_threshold", "mask_steps", "init_schedule_steps", "scale_init_latent",
                    "timestep_spacing", "num_reference_images", "resolution", "batch_size", "batch_start", "generator", "rmp"]
 
@@ -198,14 +196,12 @@ class GenContext:
 def prepare(cfg: Mapping, split: Split, generator_dir, rmp_dir, anomaly_type: str, device=None,
             params: Mapping | None = None) -> GenContext:
     """Load the generator (+ RMP), encode the reference images and the prompts."""
-    from .train_rmp import load_generator_bundle, normal_prompt_of, prompt_embeddings
-
     device = device or get_device(cfg)
     params = dict(params or _params(cfg, anomaly_type, generator_dir, rmp_dir))
-    bundle = load_generator_bundle(generator_dir, device)
+    bundle = load_generator(generator_dir, device=device)  # frozen: eval mode, no gradients
     tm = bundle.token_map
     if anomaly_type == GOOD:
-        prompt, rmp = normal_prompt_of(tm), None
+        prompt, rmp = bundle.prompt(GOOD), None
     else:
         if anomaly_type not in tm.anomaly_types:
             raise DataError(f"--type {anomaly_type}: generator {generator_dir} knows only {', '.join(tm.anomaly_types)}")
@@ -225,8 +221,8 @@ def prepare(cfg: Mapping, split: Split, generator_dir, rmp_dir, anomaly_type: st
         z = torch.cat([vae.encode(imgs[i:i + 1]).latent_dist.mean for i in range(len(refs))])
         if params["scale_init_latent"]:
             z = z * vae.config.scaling_factor
-    cond = prompt_embeddings(bundle, [prompt], device)
-    uncond = prompt_embeddings(bundle, [""], device)
+    with torch.no_grad():
+        cond, uncond = bundle.encode([prompt]), bundle.encode([""])
     coefs = init_noise_coefficients(bundle.noise_scheduler.config, params["init_schedule_steps"])
     return GenContext(split.product, anomaly_type, params, prompt, refs, z, coefs, cond, uncond, bundle, rmp, device,
                       autocast_dtype(cfg, device))
@@ -255,18 +251,14 @@ def generate_indices(ctx: GenContext, indices: Sequence[int]) -> tuple[np.ndarra
 
 
 # ----------------------------------------------------------------------------- files
-def _name(index: int) -> str:
-    return f"{index:06d}.png"
-
-
 def _complete(out: Path, index: int) -> bool:
-    return (out / "images" / _name(index)).is_file() and (out / "masks" / _name(index)).is_file()
+    return all(p.is_file() for p in pair_paths(out, index))
 
 
 def _clear(out: Path) -> None:
     """Remove what seas.generate wrote in ``out`` (manifest first, so the folder never looks complete)."""
     (out / MANIFEST).unlink(missing_ok=True)
-    for sub in ("images", "masks"):
+    for sub in (IMAGES, MASKS):
         shutil.rmtree(out / sub, ignore_errors=True)
     (out / PARAMS).unlink(missing_ok=True)
 
@@ -274,7 +266,7 @@ def _clear(out: Path) -> None:
 def _prune_beyond(out: Path, count: int) -> None:
     """Delete pairs with index >= count (left by an earlier run with a larger count): the folder = the manifest."""
     extra = 0
-    for sub in ("images", "masks"):
+    for sub in (IMAGES, MASKS):
         for p in (out / sub).glob("*.png"):
             if p.stem.isdigit() and int(p.stem) >= count:
                 p.unlink()
@@ -285,7 +277,7 @@ def _prune_beyond(out: Path, count: int) -> None:
 
 def _remove_stale_tmp(out: Path) -> None:
     """Delete temporary files an interrupted atomic write may have left (``.NAME.tmpPID``)."""
-    for sub in ("images", "masks"):
+    for sub in (IMAGES, MASKS):
         for p in (out / sub).glob(".*.tmp*") if (out / sub).is_dir() else []:
             p.unlink(missing_ok=True)
 
@@ -310,7 +302,7 @@ def _manifest_rows(ctx_params: Mapping, count: int, product: str, prompt: str, r
     bs = ctx_params["batch_size"]
     for j in range(count):
         rows.append({
-            "index": j, "image": f"images/{_name(j)}", "mask": f"masks/{_name(j)}",
+            "index": j, "image": f"{IMAGES}/{pair_name(j)}", "mask": f"{MASKS}/{pair_name(j)}",
             "seed": derive_seed(ctx_params["seed"], product, ctx_params["type"], j),
             "reference": references[j % len(references)], "type": ctx_params["type"], "prompt": prompt,
             **{k: ctx_params[k] for k in ("guidance_scale", "num_inference_steps", "mask_threshold", "mask_steps",
@@ -320,14 +312,6 @@ def _manifest_rows(ctx_params: Mapping, count: int, product: str, prompt: str, r
             "batch_start": (j // bs) * bs,
         })
     return rows
-
-
-def read_manifest(out) -> list[dict]:
-    path = Path(out) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{path}: no manifest (generation incomplete?)")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _count_for(cfg: Mapping, anomaly_type: str) -> int:
@@ -380,15 +364,12 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
         for k, j in enumerate(idx):
             if _complete(out, j):
                 continue
-            atomic_save_image(_png(imgs[k]), out / "images" / _name(j))
-            atomic_save_image(_png(masks[k]), out / "masks" / _name(j))
+            img_path, mask_path = pair_paths(out, j)
+            atomic_save_image(_png(imgs[k]), img_path)
+            atomic_save_image(_png(masks[k]), mask_path)
     _prune_beyond(out, count)
     rows = _manifest_rows(params, count, split.product, ctx.prompt, ctx.references)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / MANIFEST, buf.getvalue())
+    write_manifest(out, rows, extra_columns=MANIFEST_FIELDS[len(MANIFEST_COLUMNS):])
     log.info("%s: %d pairs + %s", out, count, MANIFEST)
     return out
 

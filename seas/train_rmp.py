@@ -36,7 +36,9 @@ import torch.nn.functional as F
 from . import rmp as rmp_mod
 from .config import add_config_arguments, config_from_args
 from .data import Split, augment_pair, augmentation_for, image_to_tensor, load_image, load_mask, mask_to_tensor
+from .checkpoint import load_generator
 from .errors import CheckpointError, DataError
+from .pairs import GOOD
 from .runtime import (atomic_dir, atomic_write_text, autocast_dtype, cli, derive_seed, get_device,
                       save_safetensors_atomic, setup_logging)
 
@@ -50,32 +52,7 @@ CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "augmentation", "model.
                "rmp.normal_supervision", "rmp.vae_features", "rmp.reduce_channels", "rmp.num_heads", "rmp.head_dim",
                "rmp.num_layers", "rmp.norm_num_groups", "rmp.checkpoint_every", "rmp.log_every")  # not rmp.bn_train_mode_at_inference: generation reads it
 
-__all__ = ["TrainData", "load_train_data", "sample_batch", "coarse_target", "rmp_loss", "train_rmp", "main",
-           "load_generator_bundle", "normal_prompt_of"]
-
-
-# ----------------------------------------------------------------------------- generator access
-def load_generator_bundle(generator_dir, device, dtype=torch.float32):
-    """The frozen fine-tuned generator (seas.checkpoint.load_generator), every part in eval mode, no grads."""
-    from .checkpoint import load_generator
-
-    bundle = load_generator(generator_dir, device=device, dtype=dtype)
-    for m in (bundle.text_encoder, bundle.unet, bundle.vae):
-        m.requires_grad_(False)
-        m.eval()
-    return bundle
-
-
-def normal_prompt_of(token_map) -> str:
-    p = token_map.normal_prompt
-    return p() if callable(p) else p
-
-
-@torch.no_grad()
-def prompt_embeddings(bundle, prompts: Sequence[str], device) -> torch.Tensor:
-    from .prompt import encode_prompts
-
-    return encode_prompts(bundle.tokenizer, bundle.text_encoder, list(prompts), device=device)
+__all__ = ["TrainData", "load_train_data", "sample_batch", "coarse_target", "rmp_loss", "train_rmp", "main"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -251,7 +228,7 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | Non
     r = cfg["rmp"]
     device = get_device(cfg)
     amp = autocast_dtype(cfg, device)
-    bundle = load_generator_bundle(generator_dir, device)
+    bundle = load_generator(generator_dir, device=device)  # frozen: eval mode, no gradients
     arch = rmp_mod.arch_from_configs(bundle.unet.config, bundle.vae.config, r)
     types = list(bundle.token_map.anomaly_types)
     missing = [t for t in types if t not in split.anomaly_types]
@@ -271,10 +248,10 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | Non
 
     data = load_train_data(split, cfg)
     prompts = {t: bundle.token_map.prompt(t) for t in split.anomaly_types}
-    emb = {t: prompt_embeddings(bundle, [p], device) for t, p in prompts.items()}
+    emb = {t: bundle.encode([p]) for t, p in prompts.items()}
     n_norm = r["batch_normal"] if r["normal_supervision"] else 0
     if n_norm:
-        emb["good"] = prompt_embeddings(bundle, [normal_prompt_of(bundle.token_map)], device)
+        emb["good"] = bundle.encode([bundle.prompt(GOOD)])
 
     done_here = 0
     accum = int(r["gradient_accumulation"])

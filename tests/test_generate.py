@@ -93,7 +93,7 @@ def test_pairs_resume_and_regeneration(setup, tmp_path):
     normals = Split.load(sp).train_normals[:10]
     whole = generate(cfg, sp, gen, rmp, "scratch", tmp_path / "seas" / "weave" / "scratch")
     rows = read_manifest(whole)
-    from downstream.pairs import iter_pairs  # the shared layout reader accepts the folder (sizes checked)
+    from seas.pairs import iter_pairs  # the shared layout reader accepts the folder (sizes checked)
 
     assert len(iter_pairs(tmp_path / "seas", ["weave"])) == 5
     assert [int(r["index"]) for r in rows] == list(range(5))

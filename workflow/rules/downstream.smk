@@ -10,7 +10,7 @@ rule baselines:
     output:
         directory(f"{RUN}/methods/{{method}}/{{product}}"),
     wildcard_constraints:
-        method="|".join(wflib.BASELINE_METHODS),
+        method="|".join(BASELINE_METHODS),
     params:
         cfg=stage_params("downstream.baselines"),
         config=RESOLVED_CONFIG,

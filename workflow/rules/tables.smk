@@ -70,5 +70,5 @@ rule sample_grid:
     conda:
         "../../envs/base.yaml"
     shell:
-        "{PY} {GRID_SCRIPT} --pairs {params.pairs:q} --per-type {params.per_type}"
+        "{JOBENV} {PY} {GRID_SCRIPT} --pairs {params.pairs:q} --per-type {params.per_type}"
         " --title '{wildcards.method} / {wildcards.product}' --out {output:q} > {log:q} 2>&1"
