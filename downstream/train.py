@@ -125,12 +125,7 @@ def train_segmentation(cfg: Mapping, model_name: str, pairs_root: str | Path, sp
     """
     if model_name not in MODEL_NAMES:
         raise ConfigError(f"--model: unknown model {model_name!r} (choose from {', '.join(MODEL_NAMES)})")
-    tcfg = cfg["downstream"]["train"][model_name]
-    if tcfg["min_lr"] > tcfg["lr"]:
-        raise ConfigError(f"downstream.train.{model_name}: min_lr {tcfg['min_lr']} > lr {tcfg['lr']}")
-    if int(tcfg["batch_size"]) < 2:
-        raise ConfigError(f"downstream.train.{model_name}.batch_size: BatchNorm training needs at least 2 samples "
-                          f"per batch, got {tcfg['batch_size']}")
+    tcfg = cfg["downstream"]["train"][model_name]  # min_lr <= lr, batch_size >= 2: seas.config.validate_config
     method = method or Path(pairs_root).name
     out = Path(out)
     total, batch = int(tcfg["iterations"]), int(tcfg["batch_size"])

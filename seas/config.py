@@ -73,6 +73,12 @@ def validate_config(raw: Mapping[str, Any], source: str = "<config>") -> dict:
         check_rmp_widths(r["reduce_channels"], r["num_heads"], r["head_dim"], r["norm_num_groups"])
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    for model, t in cfg["downstream"]["train"].items():
+        if t["min_lr"] > t["lr"]:
+            raise ConfigError(f"{source}: downstream.train.{model}: min_lr {t['min_lr']} > lr {t['lr']}")
+        if t["batch_size"] < 2:
+            raise ConfigError(f"{source}: downstream.train.{model}.batch_size: BatchNorm training needs at least 2 "
+                              f"samples per batch, got {t['batch_size']}")
     g = cfg["generator"]
     if g["training_order"] != "mixed" and not (g["na_loss"] and g["batch_normal"] > 0):
         raise ConfigError(f"{source}: generator.training_order: {g['training_order']} trains on normal images in "

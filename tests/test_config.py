@@ -35,6 +35,10 @@ def test_defaults_filled():
     ({**MINIMAL, "downstream": {"methods": ["seas", "gan"]}}, r"downstream.methods.1: 'gan' does not match"),
     ({**MINIMAL, "downstream": {"train": {"lfd": {"iters": 3}}}}, r"downstream.train.lfd: Additional properties"),
     ({**MINIMAL, "model": {"pretrained": "x/y", "resolution": 100}}, r"model.resolution: 100 is not a multiple of 8"),
+    # semantic checks at parse time (issue 12.6): before any stage runs, `snakemake -n` included
+    ({**MINIMAL, "rmp": {"num_heads": 5}}, r"rmp.num_heads x rmp.head_dim = 5 x 24 must equal"),
+    ({**MINIMAL, "downstream": {"train": {"lfd": {"lr": 1e-3, "min_lr": 1e-2}}}}, r"downstream.train.lfd: min_lr"),
+    ({**MINIMAL, "downstream": {"train": {"upernet": {"batch_size": 1}}}}, r"downstream.train.upernet.batch_size"),
 ])
 def test_errors_name_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):

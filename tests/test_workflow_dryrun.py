@@ -210,6 +210,10 @@ def test_bad_config_names_the_key(mvtec_tree, tmp_path):
     cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{"dataset.products": ["bottle", "teapot"]})
     res = dry_run(cfg, check=False)
     assert res.returncode != 0 and "teapot" in res.stdout + res.stderr
+    # semantic checks fire at parse time, before any job
+    cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{"downstream.train.lfd.min_lr": 1.0})
+    res = dry_run(cfg, check=False)
+    assert res.returncode != 0 and "downstream.train.lfd: min_lr" in res.stdout + res.stderr
 
 
 def test_workflow_profile_resolves_from_repo_root(mvtec_tree, tmp_path):
