@@ -24,9 +24,9 @@ Output: ``images/NNNNNN.png`` (RGB) and ``masks/NNNNNN.png`` (L, 0/255), same na
 ``manifest.csv`` last (its presence marks a complete folder): index, files, seed, reference and every parameter,
 so any pair can be regenerated (:func:`regenerate`). Batches are aligned to multiples of
 ``generation.batch_size``; an interrupted run resumes at the batch holding the first missing index.
-``.params.json`` records the parameters of the folder; a rerun with other parameters (e.g. a changed config that
-made Snakemake rerun the rule) logs a warning and starts over; a folder not written by seas.generate is refused
-(``--overwrite`` deletes it first).
+``.params.json`` records the parameters of the folder (seas.resume's policy, see :func:`generate`): a finished
+folder is regenerated when the workflow reruns the job, an interrupted one continued with the same parameters and
+refused with other ones; a folder not written by seas.generate is refused (``--restart`` deletes it first).
 """
 from __future__ import annotations
 
@@ -42,11 +42,12 @@ import numpy as np
 import torch
 
 from . import rmp as rmp_mod
+from .checkpoint import load_generator
 from .config import add_config_arguments, config_from_args
 from .data import Split, image_to_tensor, load_image
-from .checkpoint import load_generator
 from .errors import DataError
 from .pairs import GOOD, IMAGES, MANIFEST, MANIFEST_COLUMNS, MASKS, pair_name, pair_paths, read_manifest, write_manifest
+from .resume import add_resume_arguments, check_fingerprint
 from .runtime import atomic_save_image, atomic_write_text, autocast_dtype, cli, derive_seed, get_device, setup_logging
 
 log = logging.getLogger("seas.generate")
@@ -61,6 +62,7 @@ __all__ = ["GOOD", "init_noise_coefficients", "noise_reference", "make_dpm_sched
            "generate", "regenerate", "read_manifest", "main"]
 
 PARAMS = ".params.json"
+_COMPLETE = "complete"  # set in PARAMS once the folder is finished
 MANIFEST_FIELDS = [*MANIFEST_COLUMNS, "prompt", "guidance_scale",
                    "num_inference_steps", "mask_threshold", "mask_steps", "init_schedule_steps", "scale_init_latent",
                    "timestep_spacing", "num_reference_images", "resolution", "batch_size", "batch_start", "generator", "rmp"]
@@ -318,10 +320,16 @@ def _count_for(cfg: Mapping, anomaly_type: str) -> int:
     return cfg["generation"]["num_images_per_type"]
 
 
-def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str, out, *, overwrite: bool = False,
-             max_batches: int | None = None, count: int | None = None) -> Path | None:
-    """Generate (or finish) ``out``. ``max_batches`` stops after that many batches in this call and returns None
-    (used to test resumption)."""
+def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str, out, *, restart: bool = False,
+             stop_after: int | None = None, count: int | None = None) -> Path | None:
+    """Generate (or finish) ``out``. ``stop_after`` stops after that many batches in this call and returns None
+    (used to test resumption).
+
+    Resume policy (seas.resume): ``.params.json`` is the folder's state. A folder of a *finished* run (marked
+    ``complete``) is kept when its parameters and manifest match, else generated anew (the workflow reran the job:
+    a changed parameter or a retrained generator); an *interrupted* run is continued with the same parameters and
+    refused with other ones (``restart`` deletes the folder first).
+    """
     from tqdm import tqdm
 
     out = Path(out)
@@ -329,19 +337,21 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
     count = count or _count_for(cfg, anomaly_type)
     params = _params(cfg, anomaly_type, generator_dir, rmp_dir)
     ppath = out / PARAMS
-    if overwrite and out.exists():
+    if restart and out.exists():
         shutil.rmtree(out)
     if ppath.is_file():
         old = json.loads(ppath.read_text())
-        diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
-        if diff:
-            log.warning("%s: holds pairs generated with other parameters (%s); starting over", out, ", ".join(diff))
+        if old.pop(_COMPLETE, False):
+            if (old == json.loads(json.dumps(params)) and (out / MANIFEST).is_file()
+                    and first_missing(out, count) == count and len(read_manifest(out)) == count):
+                log.info("%s: complete (%d pairs), nothing to do", out, count)
+                return out
+            log.info("%s: replacing the pairs of a finished run", out)
             _clear(out)
+        else:
+            check_fingerprint(ppath, old, params)  # an interrupted run: continue it, never mix two settings
     elif out.exists() and any(out.iterdir()):
-        raise DataError(f"{out}: exists without {PARAMS}; not a folder of seas.generate (use --overwrite)")
-    if (out / MANIFEST).is_file() and first_missing(out, count) == count and len(read_manifest(out)) == count:
-        log.info("%s: complete (%d pairs), nothing to do", out, count)
-        return out
+        raise DataError(f"{out}: exists without {PARAMS}; not a folder of seas.generate (use --restart)")
     ctx = prepare(cfg, split, generator_dir, rmp_dir, anomaly_type, params=params)  # fails before writing anything
     atomic_write_text(ppath, json.dumps(params, indent=1, sort_keys=True))
     (out / MANIFEST).unlink(missing_ok=True)
@@ -355,7 +365,7 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
                  " (resuming)" if start else "")
     for n_done, b0 in enumerate(tqdm(batches, desc=f"generate {split.product}/{anomaly_type}", unit="batch",
                                      leave=False)):
-        if max_batches is not None and n_done >= max_batches:
+        if stop_after is not None and n_done >= stop_after:
             return None
         idx = list(range(b0, min(b0 + bs, count)))
         if all(_complete(out, j) for j in idx):
@@ -369,7 +379,8 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
             atomic_save_image(_png(masks[k]), mask_path)
     _prune_beyond(out, count)
     rows = _manifest_rows(params, count, split.product, ctx.prompt, ctx.references)
-    write_manifest(out, rows, extra_columns=MANIFEST_FIELDS[len(MANIFEST_COLUMNS):])
+    atomic_write_text(ppath, json.dumps({**params, _COMPLETE: True}, indent=1, sort_keys=True))
+    write_manifest(out, rows, extra_columns=MANIFEST_FIELDS[len(MANIFEST_COLUMNS):])  # last: marks the folder done
     log.info("%s: %d pairs + %s", out, count, MANIFEST)
     return out
 
@@ -385,6 +396,7 @@ def regenerate(cfg: Mapping, split_path, out, index: int, *, alone: bool = False
     rows = read_manifest(out)
     row = rows[int(index)]
     params = json.loads((out / PARAMS).read_text())
+    params.pop(_COMPLETE, None)
     split = Split.load(split_path)
     ctx = prepare(cfg, split, params["generator"], params["rmp"] or None, params["type"], params=params)
     if int(row["seed"]) != ctx.seed(index) or row["reference"] != ctx.references[ctx.reference_index(index)]:
@@ -414,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder methods/seas/<product>/<type>")
     p.add_argument("--count", type=int, default=None,
                    help="number of pairs (default generation.num_images_per_type)")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
+    add_resume_arguments(p, "batches")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -423,8 +435,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
-    generate(cfg, args.split, args.generator, args.rmp, args.type, args.out, overwrite=args.overwrite,
-             count=args.count)
+    generate(cfg, args.split, args.generator, args.rmp, args.type, args.out, restart=args.restart,
+             stop_after=args.stop_after, count=args.count)
     return 0
 
 

@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 
 from .errors import SeasError
+from .resume import StaleStateError, restart_command
 
 log = logging.getLogger("seas")
 
@@ -138,6 +139,8 @@ def cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] |
             return int(main(argv) or 0)
         except SeasError as e:
             print(f"error: {e}", file=sys.stderr)
+            if isinstance(e, StaleStateError):  # the one resume policy: say how to start over
+                print(f"to start over: {restart_command(main.__module__, argv)}", file=sys.stderr)
             return 2
 
     run.__doc__ = main.__doc__

@@ -14,8 +14,8 @@ Switches: ``rmp.coarse_supervision``, ``rmp.coarse_target``, ``rmp.normal_superv
 ``rmp.progressive``, ``rmp.vae_features``. Steps: ``rmp.steps_per_type`` x the generator's anomaly types (all
 types of the product, or one with ``generator.scope: type``).
 
-Resumable: every ``rmp.checkpoint_every`` steps the branch and optimizer go to ``<out>.work/ckpt/`` (replaced in one
-rename); a rerun continues from there. Every step's randomness is derived from (seed, product, step), so a resumed
+Resumable (seas.resume): every ``rmp.checkpoint_every`` steps the branch and optimizer go to ``<out>.work/ckpt/``
+(replaced in one rename); a rerun continues from there, one of other settings is refused (``--restart``). Every step's randomness is derived from (seed, product, step), so a resumed
 run draws the same batches as an uninterrupted one. On success ``<out>/rmp.safetensors`` + ``rmp.json`` appear
 and ``<out>.work/`` is removed.
 """
@@ -39,6 +39,7 @@ from .data import Split, augment_pair, augmentation_for, image_to_tensor, load_i
 from .checkpoint import load_generator
 from .errors import CheckpointError, DataError
 from .pairs import GOOD
+from .resume import add_resume_arguments, check_fingerprint, discard, work_dir
 from .runtime import (atomic_dir, atomic_write_text, autocast_dtype, cli, derive_seed, get_device,
                       save_safetensors_atomic, setup_logging)
 
@@ -189,9 +190,8 @@ def _fingerprint(cfg: Mapping, generator_dir: Path, split: Split, total: int) ->
 _VOLATILE = ("checkpoint_every", "log_every")  # may change between an interrupted run and its resumption
 
 
-def _same_run(a: Mapping, b: Mapping) -> bool:
-    strip = lambda d: {**d, "rmp": {k: v for k, v in d["rmp"].items() if k not in _VOLATILE}}  # noqa: E731
-    return strip(a) == strip(b)
+def _stable(fp: Mapping) -> dict:
+    return {**fp, "rmp": {k: v for k, v in fp.get("rmp", {}).items() if k not in _VOLATILE}}
 
 
 def _save_work(work: Path, model, opt, step: int, fp: dict, history: list) -> None:
@@ -208,9 +208,7 @@ def _load_work(work: Path, model, opt, fp: dict, device) -> tuple[int, list]:
     from safetensors.torch import load_file
 
     state = json.loads((ck / "state.json").read_text())
-    if not _same_run(state.get("fingerprint", {}), fp):
-        log.warning("%s: checkpoint of a different configuration; starting over", ck)
-        return 0, []
+    check_fingerprint(ck, _stable(state.get("fingerprint", {})), _stable(fp))
     model.load_state_dict(load_file(str(ck / "rmp.safetensors"), device=str(device)))
     opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
     log.info("resuming RMP training from step %d (%s)", state["step"], ck)
@@ -218,9 +216,11 @@ def _load_work(work: Path, model, opt, fp: dict, device) -> tuple[int, list]:
 
 
 # ----------------------------------------------------------------------------- training
-def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | None = None) -> Path | None:
-    """Train (or resume) and write ``out/``. ``max_steps`` stops early after that many steps in this call
-    (checkpointing first) and returns None: used to test resumption."""
+def train_rmp(cfg: Mapping, split_path, generator_dir, out, stop_after: int | None = None,
+              restart: bool = False) -> Path | None:
+    """Train (or resume, seas.resume) and write ``out/``. ``stop_after`` stops early after that many steps in this
+    call (checkpointing first) and returns None: used to test resumption. ``restart`` discards an interrupted
+    run's state."""
     from tqdm import tqdm
 
     out, generator_dir = Path(out), Path(generator_dir)
@@ -243,7 +243,9 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | Non
     model = rmp_mod.RefinedMaskPredictor(arch).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"])
-    work = out.with_name(out.name + ".work")
+    work = work_dir(out)
+    if restart:
+        discard(work)
     step, history = _load_work(work, model, opt, fp, device)
 
     data = load_train_data(split, cfg)
@@ -284,7 +286,7 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | Non
             log.info("step %d/%d %s", step, total, " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "step"))
         if step % r["checkpoint_every"] == 0 and step < total:
             _save_work(work, model, opt, step, fp, history)
-        if max_steps is not None and done_here >= max_steps and step < total:
+        if stop_after is not None and done_here >= stop_after and step < total:
             _save_work(work, model, opt, step, fp, history)
             bar.close()
             return None
@@ -310,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True, help="split manifest split/<product>.json")
     p.add_argument("--generator", required=True, help="generator checkpoint folder generator/<product>")
     p.add_argument("--out", required=True, help="output folder rmp/<product> (rmp.safetensors + rmp.json)")
+    add_resume_arguments(p, "steps")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -318,7 +321,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
-    train_rmp(cfg, args.split, args.generator, args.out)
+    train_rmp(cfg, args.split, args.generator, args.out, stop_after=args.stop_after, restart=args.restart)
     return 0
 
 

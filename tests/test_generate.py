@@ -107,7 +107,7 @@ def test_pairs_resume_and_regeneration(setup, tmp_path):
 
     # interruption after the first batch (indices 0, 1), plus a half-written leftover and an image without mask
     part = tmp_path / "part"
-    assert generate(cfg, sp, gen, rmp, "scratch", part, max_batches=1) is None
+    assert generate(cfg, sp, gen, rmp, "scratch", part, stop_after=1) is None
     assert not (part / "manifest.csv").exists() and first_missing(part, 5) == 2
     (part / "images" / ".000002.png.tmp999").write_bytes(b"\x89PNG half")
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(part / "images" / "000003.png")
@@ -143,8 +143,15 @@ def test_pairs_resume_and_regeneration(setup, tmp_path):
     alien = tmp_path / "alien"
     alien.mkdir()
     (alien / "x.txt").write_text("x")
-    with pytest.raises(DataError, match="overwrite"):
+    with pytest.raises(DataError, match="restart"):
         generate(cfg, sp, gen, rmp, "scratch", alien)
+    # an interrupted folder is continued with its own parameters only (seas.resume's one policy)
+    from seas.resume import StaleStateError
+
+    assert generate(cfg, sp, gen, rmp, "scratch", tmp_path / "int", stop_after=1) is None
+    with pytest.raises(StaleStateError, match="guidance_scale"):
+        generate(cfg2, sp, gen, rmp, "scratch", tmp_path / "int")
+    assert generate(cfg2, sp, gen, rmp, "scratch", tmp_path / "int", restart=True) == tmp_path / "int"
 
 
 def test_normal_images_have_empty_masks(make_cfg, split_path, generator_ckpt, tmp_path):
