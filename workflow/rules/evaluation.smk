@@ -1,32 +1,34 @@
-# Downstream: baseline pair generators per product; one segmentation model per (model, method) for all
-# products of the dataset, trained on that method's pairs + the normal training images; evaluation on the
-# held-out real anomalies + good images.
+# Evaluation: IS / IC-LPIPS of every generated method; one segmentation model per (model, method) for all products
+# of the dataset, trained on that method's pairs + the normal training images, scored on the held-out real
+# anomalies + good images; the tables (the paper's comparisons, as CSV).
 
 
-rule baselines:
-    """Built-in comparison pairs (real / cutpaste / draem) for every anomaly type of one product."""
+rule gen_metrics:
+    """IS (torch-fidelity) and IC-LPIPS of one method's pairs of one product."""
     input:
         split=f"{RUN}/split/{{product}}.json",
+        pairs=lambda wc: pairs_of_product(wc.method, wc.product),
     output:
-        directory(f"{RUN}/methods/{{method}}/{{product}}"),
-    wildcard_constraints:
-        method="|".join(BASELINE_METHODS),
+        f"{RUN}/gen_metrics/{{method}}/{{product}}.json",
     params:
-        cfg=stage_params("downstream.baselines"),
+        cfg=stage_params("seas.gen_metrics"),
         config=RESOLVED_CONFIG,
+        pairs=lambda wc: f"{pairs_root(wc.method)}/{wc.product}",
+        method=lambda wc: wc.method,
     log:
-        f"{RUN}/logs/baselines/{{method}}/{{product}}.log",
+        f"{RUN}/logs/gen_metrics/{{method}}/{{product}}.log",
     benchmark:
-        f"{RUN}/benchmarks/baselines/{{method}}/{{product}}.tsv"
-    threads: 1
+        f"{RUN}/benchmarks/gen_metrics/{{method}}/{{product}}.tsv"
+    threads: 2
     resources:
-        mem_mb=4000,
+        gpu=GPUS,
+        mem_mb=16000,
         runtime=60,
     conda:
-        "../../envs/base.yaml"
+        "../../envs/seas.yaml"
     shell:
-        "{JOBENV} OMP_NUM_THREADS={threads} {PY} -m downstream.baselines --config {params.config:q} --method {wildcards.method:q}"
-        " --split {input.split:q} --out {output:q} > {log:q} 2>&1"
+        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m seas.gen_metrics --config {params.config:q} --split {input.split:q}"
+        " --pairs {params.pairs:q} --method {params.method:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule train_seg:
@@ -84,3 +86,36 @@ rule evaluate:
     shell:
         "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m downstream.evaluate --config {params.config:q} --model {wildcards.model}"
         " --checkpoint {params.ckpt:q} --splits {input.splits:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule tables:
+    """Collect every score into <results_dir>/tables/*.csv (labelled with dataset and generator model)."""
+    input:
+        _table_inputs,
+    output:
+        [
+            report(
+                f"{TABLES}/{name}.csv",
+                category="Tables",
+                caption="../report/tables.rst",
+                labels={"table": name},
+            )
+            for name in TABLE_NAMES
+        ],
+    params:
+        cfg=stage_params("downstream.tables"),
+        config=RESOLVED_CONFIG,
+        run_dir=RUN,
+        out_dir=TABLES,
+        gen_methods=" ".join(shlex.quote(METHODS[m]) for m in generated_method_ids()),
+    log:
+        f"{RUN}/logs/tables.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/base.yaml"
+    shell:
+        "{JOBENV} {PY} -m downstream.tables --config {params.config:q} --run-dir {params.run_dir:q} --out-dir {params.out_dir:q}"
+        " --gen-methods {params.gen_methods} > {log:q} 2>&1"
