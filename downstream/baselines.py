@@ -38,7 +38,7 @@ from seas.data import Split, augmentation_for, load_image, load_mask
 from seas.errors import DataError
 from seas.runtime import atomic_dir, derive_seed
 
-from .pairs import save_pair, write_manifest
+from seas.pairs import BASELINE_METHODS, save_pair, write_manifest
 
 __all__ = [
     "METHODS", "perlin_noise", "fractal_noise", "perlin_mask", "procedural_texture", "color_jitter",
@@ -47,7 +47,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METHODS = ("real", "cutpaste", "draem")
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("seed", "dataset.image_policy", "augmentation", "downstream.image_size",
+               "downstream.num_baseline_images_per_type")
+
+METHODS = BASELINE_METHODS
 
 
 # ----------------------------------------------------------------------------- noise (pure numpy)

@@ -1,6 +1,6 @@
 """torch Datasets for the downstream segmentation models.
 
-* :class:`SegTrainDataset` — a method's image-mask pairs (``downstream.pairs.iter_pairs``) + the normal training
+* :class:`SegTrainDataset` — a method's image-mask pairs (``seas.pairs.iter_pairs``) + the normal training
   images of every split (all-zero masks) (+ the splits' real training anomalies when
   ``downstream.include_real_anomalies``), brought to ``downstream.image_size`` by ``dataset.image_policy``,
   random horizontal / vertical flips. Items: ``(image float[3,H,W] ImageNet-normalised, mask int64[H,W])``.
@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from seas.data import Split, load_image, load_mask
 from seas.errors import DataError
 
-from .pairs import Pair, iter_pairs
+from seas.pairs import Pair, iter_pairs
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "normalize_image", "denormalize_image", "TrainItem",
            "SegTrainDataset", "SegTestDataset", "load_splits"]

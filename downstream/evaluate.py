@@ -27,6 +27,11 @@ from .metrics import INFO_COLUMNS, METRIC_COLUMNS, ProductMetrics
 
 log = logging.getLogger(__name__)
 
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("device", "dataset.image_policy", "downstream.image_size", "downstream.iou_threshold",
+               "downstream.evaluation")
+
 __all__ = ["SCORE_COLUMNS", "MEAN_ROW", "metric_kwargs", "evaluate_dataset", "evaluate", "add_mean_row",
            "write_scores", "read_scores", "main"]
 
@@ -37,14 +42,14 @@ MODELS = ("bisenetv2", "upernet", "lfd")
 
 def metric_kwargs(cfg: Mapping) -> dict:
     """:class:`ProductMetrics` arguments from ``downstream.iou_threshold`` and ``downstream.evaluation``."""
-    d = cfg.get("downstream", {})
-    e = d.get("evaluation", {})
+    d = cfg["downstream"]
+    e = d["evaluation"]
     return dict(
-        iou_threshold=d.get("iou_threshold", 0.5),
-        best_iou_max_fpr=e.get("best_iou_max_fpr", 1.0),
-        pro_max_fpr=e.get("pro_max_fpr", 0.3),
-        max_exact_pixels=e.get("max_exact_pixels", 2**25),
-        bins=e.get("histogram_bins", 65536),
+        iou_threshold=d["iou_threshold"],
+        best_iou_max_fpr=e["best_iou_max_fpr"],
+        pro_max_fpr=e["pro_max_fpr"],
+        max_exact_pixels=e["max_exact_pixels"],
+        bins=e["histogram_bins"],
     )
 
 
@@ -113,11 +118,11 @@ def evaluate(predict: Callable, split_paths: Sequence, cfg: Mapping, *, device="
     ``dataset_factory(split_path, image_size, policy)`` builds a product's test dataset (default:
     ``downstream.data.SegTestDataset([split_path], downstream.image_size, dataset.image_policy)``).
     """
-    ev = cfg.get("downstream", {}).get("evaluation", {})
-    batch_size = batch_size or ev.get("batch_size", 8)
-    num_workers = ev.get("num_workers", 0) if num_workers is None else num_workers
-    image_size = cfg.get("downstream", {}).get("image_size", 256)
-    policy = cfg.get("dataset", {}).get("image_policy", "shorter_side_center_crop")
+    ev = cfg["downstream"]["evaluation"]
+    batch_size = batch_size or ev["batch_size"]
+    num_workers = ev["num_workers"] if num_workers is None else num_workers
+    image_size = cfg["downstream"]["image_size"]
+    policy = cfg["dataset"]["image_policy"]
     factory = dataset_factory or _default_dataset_factory
     kw = metric_kwargs(cfg)
     rows = []

@@ -239,9 +239,8 @@ def build_model(name: str, cfg: Mapping, num_classes: int = 2, load_pretrained: 
     """
     if name not in MODEL_NAMES:
         raise ConfigError(f"downstream model {name!r} unknown (choose from {', '.join(MODEL_NAMES)})")
-    backbones = cfg.get("downstream", {}).get("pretrained_backbones", {}) or {}
     key = {"upernet": "resnet50", "lfd": "resnet18"}.get(name)
-    path = backbones.get(key) if key and load_pretrained else None
+    path = cfg["downstream"]["pretrained_backbones"][key] if key and load_pretrained else None
     state = None
     if path:  # read (and fail on a missing file) before building the network
         state = load_resnet50_v1c_state(path) if name == "upernet" else load_resnet18_state(path)

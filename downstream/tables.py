@@ -20,7 +20,7 @@ Metrics are in percent (downstream.metrics.SCALE); IS and IC-LPIPS as computed. 
 diffusion model behind the ``seas`` method of this run — ``tiny-random (not SD v1-4)`` for the tiny random
 model (``model.tiny`` or a ``seas_tiny.json`` marker in the model folder), else ``model.pretrained``.
 Method ``external:<path>`` is labelled ``external:<basename>`` and lives in the folder ``external-<basename>``
-(:func:`method_dir`).
+(:func:`seas.pairs.method_dir`).
 """
 from __future__ import annotations
 
@@ -36,13 +36,19 @@ import numpy as np
 
 from seas.config import add_config_arguments, config_from_args
 from seas.errors import ConfigError, DataError
+from seas.pairs import method_dir, method_label
 
 from .evaluate import MEAN_ROW, read_scores
 from .metrics import IMAGE_COLUMNS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TINY_LABEL", "AVERAGE", "SEG_COLUMNS", "DET_COLUMNS", "method_label", "method_dir", "generator_label",
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("dataset.name", "model.pretrained", "model.tiny", "downstream.models", "downstream.methods",
+               "gen_metrics.enabled")
+
+__all__ = ["TINY_LABEL", "AVERAGE", "SEG_COLUMNS", "DET_COLUMNS", "generator_label",
            "build_tables", "write_tables", "main"]
 
 TINY_LABEL = "tiny-random (not SD v1-4)"
@@ -55,28 +61,10 @@ NOT_RECORDED = "not recorded"
 PRO_DATASETS = ("visa",)
 
 
-# ----------------------------------------------------------------------------- names
-def _external_base(method: str) -> str:
-    path = method.split(":", 1)[1].rstrip("/\\")
-    base = Path(path).name
-    if not base:
-        raise ConfigError(f"downstream.methods: {method!r} has no folder name")
-    return base
-
-
-def method_label(method: str) -> str:
-    """Table label: ``external:/data/ad/pairs`` -> ``external:pairs``; other methods unchanged."""
-    return f"external:{_external_base(method)}" if method.startswith("external:") else method
-
-
-def method_dir(method: str) -> str:
-    """Folder name of a method's outputs: ``external:/data/ad/pairs`` -> ``external-pairs``."""
-    return f"external-{_external_base(method)}" if method.startswith("external:") else method
-
 
 def generator_label(cfg: Mapping) -> str:
     m = cfg["model"]
-    if m.get("tiny") or (Path(m["pretrained"]) / TINY_MARKER).is_file():
+    if m["tiny"] or (Path(m["pretrained"]) / TINY_MARKER).is_file():
         return TINY_LABEL
     return str(m["pretrained"])
 
@@ -229,7 +217,7 @@ def build_tables(cfg: Mapping, run_dir: str | Path, *, generation: bool | None =
         "detection_per_product.csv": per_product_table(cfg, loaded, models, methods, DET_COLUMNS),
     }
     if generation is None:
-        generation = bool(cfg.get("gen_metrics", {}).get("enabled", True))
+        generation = bool(cfg["gen_metrics"]["enabled"])
     if generation:
         gm = list(gen_methods) if gen_methods is not None else methods
         tables["generation.csv"] = generation_table(cfg, run_dir, gm, _products(run_dir))

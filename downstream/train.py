@@ -33,16 +33,22 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from seas.errors import CheckpointError, ConfigError, SeasError
+from seas.errors import ConfigError, SeasError
+from seas.resume import StaleStateError, add_resume_arguments, check_fingerprint, discard, work_dir
 from seas.runtime import atomic_dir, atomic_write_bytes, autocast_dtype, derive_seed, get_device, \
     save_safetensors_atomic, seed_everything
 
 from .data import SegTrainDataset
 from .models import MODEL_FILE, MODEL_NAMES, TRAIN_JSON, build_model
 
-__all__ = ["poly_lr", "SeededBatchSampler", "make_optimizer", "train_segmentation", "work_dir_for", "main"]
+__all__ = ["poly_lr", "SeededBatchSampler", "make_optimizer", "train_segmentation", "main"]
 
 log = logging.getLogger(__name__)
+
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "model.mixed_precision", "downstream.image_size",
+               "downstream.include_real_anomalies", "downstream.pretrained_backbones", "downstream.train.{model}")  # {model}: --model
 
 STATE_FILE = "state.pt"
 
@@ -87,11 +93,6 @@ def make_optimizer(model: torch.nn.Module, tcfg: Mapping) -> torch.optim.Optimiz
     return torch.optim.AdamW(params, lr=tcfg["lr"], betas=(tcfg["momentum"], 0.999), weight_decay=tcfg["weight_decay"])
 
 
-def work_dir_for(out: str | Path) -> Path:
-    out = Path(out)
-    return out.with_name(out.name + ".work")
-
-
 def _save_state(path: Path, model, optimizer, step: int, seconds: float, history: list[float], meta: dict) -> None:
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
@@ -103,16 +104,14 @@ def _load_state(path: Path, meta: dict) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated/corrupt file raises many types
-        raise CheckpointError(f"{path}: unreadable resume state ({e}); delete {path.parent} to start over") from e
-    if state.get("meta") != meta:
-        raise CheckpointError(f"{path}: resume state is for {state.get('meta')}, not {meta}; "
-                              f"delete {path.parent} to start over")
+        raise StaleStateError(f"{path}: unreadable resume state ({e})") from e
+    check_fingerprint(path, state.get("meta"), meta)
     return state
 
 
 def train_segmentation(cfg: Mapping, model_name: str, pairs_root: str | Path, split_paths: Sequence[str | Path],
                        out: str | Path, method: str | None = None, progress: bool = True,
-                       stop_after: int | None = None) -> dict:
+                       stop_after: int | None = None, restart: bool = False) -> dict:
     """Train, write ``out/model.safetensors`` + ``out/train.json``; returns the train.json dict.
 
     ``stop_after``: leave after this many steps *of this call* with the resume state saved (tests / time limits);
@@ -120,12 +119,7 @@ def train_segmentation(cfg: Mapping, model_name: str, pairs_root: str | Path, sp
     """
     if model_name not in MODEL_NAMES:
         raise ConfigError(f"--model: unknown model {model_name!r} (choose from {', '.join(MODEL_NAMES)})")
-    tcfg = cfg["downstream"]["train"][model_name]
-    if tcfg["min_lr"] > tcfg["lr"]:
-        raise ConfigError(f"downstream.train.{model_name}: min_lr {tcfg['min_lr']} > lr {tcfg['lr']}")
-    if int(tcfg["batch_size"]) < 2:
-        raise ConfigError(f"downstream.train.{model_name}.batch_size: BatchNorm training needs at least 2 samples "
-                          f"per batch, got {tcfg['batch_size']}")
+    tcfg = cfg["downstream"]["train"][model_name]  # min_lr <= lr, batch_size >= 2: seas.config.validate_config
     method = method or Path(pairs_root).name
     out = Path(out)
     total, batch = int(tcfg["iterations"]), int(tcfg["batch_size"])
@@ -140,9 +134,13 @@ def train_segmentation(cfg: Mapping, model_name: str, pairs_root: str | Path, sp
              model.backbone_init)
     optimizer = make_optimizer(model, tcfg)
 
-    meta = {"model": model_name, "method": method, "iterations": total, "batch_size": batch,
-            "products": sorted({it.product for it in dataset.items}), "num_items": len(dataset)}
-    work = work_dir_for(out)
+    meta = {"model": model_name, "method": method, "products": sorted({it.product for it in dataset.items}),
+            "num_items": len(dataset),
+            "train": {k: v for k, v in tcfg.items() if k not in ("checkpoint_every", "num_workers")},
+            "image_size": cfg["downstream"]["image_size"], "mixed_precision": cfg["model"]["mixed_precision"]}
+    work = work_dir(out)
+    if restart:
+        discard(work)
     state_path = work / STATE_FILE
     start, seconds, history = 0, 0.0, []
     if state_path.is_file():
@@ -218,10 +216,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--splits", required=True, nargs="+", help="split manifests (one per product)")
     ap.add_argument("--out", required=True, help="output folder (segmentation/<model>/<method>)")
     ap.add_argument("--method", default=None, help="method label for train.json (default: the pairs-root folder name)")
+    add_resume_arguments(ap, "iterations")
     args = ap.parse_args(argv)
     setup_logging()
     cfg = config_from_args(args)
-    train_segmentation(cfg, args.model, args.pairs_root, args.splits, args.out, method=args.method)
+    train_segmentation(cfg, args.model, args.pairs_root, args.splits, args.out, method=args.method,
+                       stop_after=args.stop_after, restart=args.restart)
     return 0
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import CheckpointError
+from .pairs import GOOD
 from .prompt import TokenMap, encode_prompts, register_tokens, set_token_embedding_rows, token_embedding_rows
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class GeneratorBundle:
 
     def prompt(self, anomaly_type: str | None) -> str:
         """The prompt of an anomaly type, or the normal prompt for ``None``/``"good"``."""
-        if anomaly_type in (None, "good"):
+        if anomaly_type in (None, GOOD):
             return self.token_map.normal_prompt()
         return self.token_map.prompt(anomaly_type)
 

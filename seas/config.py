@@ -7,7 +7,9 @@ Errors are :class:`ConfigError` naming the file and the dotted key.
 """
 from __future__ import annotations
 
+import ast
 import copy
+import functools
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,9 +19,14 @@ from jsonschema import Draft7Validator, validators
 from .errors import ConfigError
 
 __all__ = ["ConfigError", "load_config", "validate_config", "parse_override", "run_dir", "SCHEMA_PATH",
-           "add_config_arguments", "config_from_args"]
+           "add_config_arguments", "config_from_args", "STAGES", "stage_keys"]
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+#: the stage modules the workflow's rules run (``python -m <module>``); each declares ``CONFIG_KEYS``
+STAGES = ("seas.demo_data", "seas.tiny_sd", "seas.data", "seas.train", "seas.train_rmp", "seas.generate",
+          "seas.gen_metrics", "downstream.baselines", "downstream.train", "downstream.evaluate", "downstream.tables")
 
 
 def _with_defaults(cls):
@@ -66,6 +73,12 @@ def validate_config(raw: Mapping[str, Any], source: str = "<config>") -> dict:
         check_rmp_widths(r["reduce_channels"], r["num_heads"], r["head_dim"], r["norm_num_groups"])
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    for model, t in cfg["downstream"]["train"].items():
+        if t["min_lr"] > t["lr"]:
+            raise ConfigError(f"{source}: downstream.train.{model}: min_lr {t['min_lr']} > lr {t['lr']}")
+        if t["batch_size"] < 2:
+            raise ConfigError(f"{source}: downstream.train.{model}.batch_size: BatchNorm training needs at least 2 "
+                              f"samples per batch, got {t['batch_size']}")
     g = cfg["generator"]
     if g["training_order"] != "mixed" and not (g["na_loss"] and g["batch_normal"] > 0):
         raise ConfigError(f"{source}: generator.training_order: {g['training_order']} trains on normal images in "
@@ -83,6 +96,14 @@ def check_rmp_widths(reduce_channels, num_heads: int, head_dim: int, norm_num_gr
     if dim % norm_num_groups:
         raise ConfigError(f"rmp.norm_num_groups = {norm_num_groups} must divide sum(rmp.reduce_channels) = {dim} "
                           "(the GroupNorm of the RMP's transformer block)")
+
+
+def schema_default(dotted: str) -> Any:
+    """The schema's default of a dotted key (for CLIs that also run without a config file)."""
+    node = load_schema()
+    for part in dotted.split("."):
+        node = node["properties"][part]
+    return copy.deepcopy(node["default"])
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict:
@@ -126,3 +147,27 @@ def config_from_args(args) -> dict:
 
 def run_dir(cfg: Mapping[str, Any]) -> Path:
     return Path(cfg["results_dir"]) / cfg["run_name"]
+
+
+# ----------------------------------------------------------------------------- per-stage keys
+@functools.lru_cache(maxsize=None)
+def _declared_keys(module: str) -> tuple[str, ...]:
+    path = REPO / (module.replace(".", "/") + ".py")
+    tree = ast.parse(path.read_text(), str(path))
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == "CONFIG_KEYS" for t in targets):
+            return tuple(ast.literal_eval(node.value))
+    raise ConfigError(f"{path}: declares no CONFIG_KEYS")
+
+
+def stage_keys(module: str, **fields: str) -> tuple[str, ...]:
+    """The config keys stage ``module`` (e.g. ``"seas.train"``) reads: its ``CONFIG_KEYS`` tuple.
+
+    Dotted keys (``"model.resolution"``) or whole sections (``"generator"``); a ``{model}`` field is filled from
+    ``fields`` (``stage_keys("downstream.train", model="lfd")``). Read from the module's source without importing
+    it (the Snakefile stays fast to parse: no torch); tests/test_config_keys.py checks it equals the imported
+    attribute and that the stage reads nothing else. The rules pass these keys' values as ``params: cfg``.
+    """
+    keys = _declared_keys(module)
+    return tuple(k.format(**fields) for k in keys) if fields else keys

@@ -44,6 +44,7 @@ from PIL import Image
 
 from .data import eight_bit_image, image_size, open_image
 from .errors import DataError
+from .pairs import IMAGE_SUFFIXES
 from .runtime import atomic_dir, cli, setup_logging
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ __all__ = [
 ]
 
 MAP_NAME = "convert_map.csv"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 

@@ -32,10 +32,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
+from .pairs import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("dataset.root", "split")
+
 IMAGE_POLICIES = ("shorter_side_center_crop", "resize")
 SPLIT_VERSION = 1
 
@@ -107,7 +111,7 @@ def selected_products(cfg: Mapping) -> list[str]:
     """The products a config asks for (``dataset.products``), checked against the tree."""
     root = cfg["dataset"]["root"]
     found = discover_products(root)
-    want = cfg["dataset"].get("products", "all")
+    want = cfg["dataset"]["products"]
     if want == "all":
         return found
     missing = [p for p in want if p not in found]
@@ -290,9 +294,9 @@ def augmentation_for(cfg: Mapping, product: str) -> tuple[bool, bool]:
     Logged, so that augmenting a product whose orientation *is* the defect (metal_nut flip,
     transistor misplaced) is visible, not silent.
     """
-    aug = cfg.get("augmentation", {})
-    over = aug.get("per_product", {}).get(product, {})
-    rot, flip = bool(over.get("rotate90", aug.get("rotate90", True))), bool(over.get("flip", aug.get("flip", True)))
+    aug = cfg["augmentation"]
+    over = aug["per_product"].get(product, {})
+    rot, flip = bool(over.get("rotate90", aug["rotate90"])), bool(over.get("flip", aug["flip"]))
     log.info("augmentation for %s: rotate90=%s flip=%s%s", product, rot, flip, " (per-product override)" if over else "")
     return rot, flip
 
@@ -448,8 +452,10 @@ def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_no
 
 
 def split_from_config(cfg: Mapping, product: str) -> Split:
-    if product not in selected_products(cfg):
-        raise DataError(f"product {product!r} is not among the configured products ({', '.join(selected_products(cfg))})")
+    # not checked against dataset.products: the split of a product does not depend on which others are selected
+    found = discover_products(cfg["dataset"]["root"])
+    if product not in found:
+        raise DataError(f"product {product!r} not found under {cfg['dataset']['root']} (available: {', '.join(found)})")
     return build_split(cfg["dataset"]["root"], product, cfg["split"]["shots"], cfg["split"]["num_normal_images"])
 
 

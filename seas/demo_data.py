@@ -38,10 +38,15 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .config import config_from_args, schema_default
 from .errors import ConfigError, DataError
 from .runtime import atomic_dir, cli, derive_seed, setup_logging
 
 log = logging.getLogger(__name__)
+
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("dataset.demo",)
 
 __all__ = [
     "PRODUCTS",
@@ -396,7 +401,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, type=Path, help="output dataset root (e.g. resources/demo_data)")
     p.add_argument("--config", type=Path, help="run config YAML (reads dataset.demo)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, repeatable (e.g. dataset.demo.image_size=64)")
     p.add_argument("--seed", type=int, help="dataset seed (default 0)")
     p.add_argument("--image-size", type=int, help="image side in pixels (default 128, minimum 32)")
@@ -412,14 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see ``--help``)."""
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
-    params = {"seed": 0, "image_size": 128, "num_train_good": 24, "num_test_good": 6, "num_per_type": 9}
     if args.config is not None:
-        from .config import load_config, parse_override
-
-        cfg = load_config(args.config, dict(parse_override(o) for o in args.overrides))
-        params.update({k: cfg["dataset"]["demo"][k] for k in _PARAMS if k in cfg["dataset"]["demo"]})
-    elif args.overrides:
+        demo = config_from_args(args)["dataset"]["demo"]
+        params = {k: demo[k] for k in _PARAMS}
+    elif args.set:
         raise ConfigError("--set needs --config")
+    else:
+        params = {k: schema_default(f"dataset.demo.{k}") for k in _PARAMS}
     params.update({k: getattr(args, k) for k in _PARAMS if getattr(args, k) is not None})
     generate_demo_dataset(args.out, **params)
     return 0

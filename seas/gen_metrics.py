@@ -33,9 +33,14 @@ import numpy as np
 
 from .config import add_config_arguments, config_from_args
 from .errors import CheckpointError, DataError
+from .pairs import IMAGES, image_files, list_types
 from .runtime import atomic_write_text, cli, derive_seed, get_device, setup_logging
 
 log = logging.getLogger("seas.gen_metrics")
+
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "gen_metrics")
 
 __all__ = ["assign_clusters", "cluster_members", "ic_lpips_from_clusters", "ic_lpips_from_matrices",
            "build_lpips", "lpips_distances", "distances_to_references", "mean_pairwise_distance", "ic_lpips",
@@ -44,7 +49,6 @@ __all__ = ["assign_clusters", "cluster_members", "ic_lpips_from_clusters", "ic_l
 
 LPIPS_LINEAR_FILE = "vgg.pth"
 VGG16_FILE = "vgg16-397923af.pth"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 # ----------------------------------------------------------------------------- IC-LPIPS maths (pure)
@@ -237,8 +241,6 @@ def inception_score(images_uint8, weights_path: str | Path, device, splits: int 
 
 
 # ----------------------------------------------------------------------------- images
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
 
 
 def _load(paths: Sequence, size: int, policy: str = "resize"):
@@ -256,7 +258,7 @@ def _to_pm1(x_uint8):
 
 
 def type_folders(pairs_dir: Path) -> list[str]:
-    return sorted(d.name for d in pairs_dir.iterdir() if d.is_dir() and d.name != "good" and (d / "images").is_dir())
+    return list_types(pairs_dir, anomalous_only=True)
 
 
 def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) -> dict:
@@ -296,12 +298,12 @@ def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) ->
                                       "(torch-fidelity's pt_inception-2015-12-05 weights file)")
             inc_label = str(inc_path)
         for t in types:
-            paths = _list_images(pairs_dir / t / "images")
+            paths = image_files(pairs_dir / t / IMAGES)
             if len(paths) < 2:
                 raise DataError(f"{pairs_dir / t / 'images'}: {len(paths)} images; the metrics need at least 2")
             gen = _load(paths, size)
             refs = _load([d["image"] for d in split.train_anomalies[t]], size,
-                         cfg["dataset"].get("image_policy", "shorter_side_center_crop"))
+                         cfg["dataset"]["image_policy"])
             is_mean, is_std = inception_score(gen, inc_path, device)
             score, per, sizes = ic_lpips(lp, _to_pm1(gen), _to_pm1(refs), gm["cluster_cap"])
             result["per_type"][t] = {"is": is_mean, "is_std": is_std, "ic_lpips": score, "n_images": len(paths),

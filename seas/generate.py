@@ -24,15 +24,13 @@ Output: ``images/NNNNNN.png`` (RGB) and ``masks/NNNNNN.png`` (L, 0/255), same na
 ``manifest.csv`` last (its presence marks a complete folder): index, files, seed, reference and every parameter,
 so any pair can be regenerated (:func:`regenerate`). Batches are aligned to multiples of
 ``generation.batch_size``; an interrupted run resumes at the batch holding the first missing index.
-``.params.json`` records the parameters of the folder; a rerun with other parameters (e.g. a changed config that
-made Snakemake rerun the rule) logs a warning and starts over; a folder not written by seas.generate is refused
-(``--overwrite`` deletes it first).
+``.params.json`` records the parameters of the folder (seas.resume's policy, see :func:`generate`): a finished
+folder is regenerated when the workflow reruns the job, an interrupted one continued with the same parameters and
+refused with other ones; a folder not written by seas.generate is refused (``--restart`` deletes it first).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import shutil
@@ -44,21 +42,28 @@ import numpy as np
 import torch
 
 from . import rmp as rmp_mod
+from .checkpoint import load_generator
 from .config import add_config_arguments, config_from_args
 from .data import Split, image_to_tensor, load_image
 from .errors import DataError
+from .pairs import GOOD, IMAGES, MANIFEST, MANIFEST_COLUMNS, MASKS, pair_name, pair_paths, read_manifest, write_manifest
+from .resume import add_resume_arguments, check_fingerprint
 from .runtime import atomic_save_image, atomic_write_text, autocast_dtype, cli, derive_seed, get_device, setup_logging
 
 log = logging.getLogger("seas.generate")
+
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "model.resolution", "model.mixed_precision", "generation",
+               "rmp.bn_train_mode_at_inference")
 
 __all__ = ["GOOD", "init_noise_coefficients", "noise_reference", "make_dpm_scheduler", "denoise_batch",
            "to_uint8_images", "threshold_masks", "GenContext", "prepare", "generate_indices", "first_missing",
            "generate", "regenerate", "read_manifest", "main"]
 
-GOOD = "good"
-MANIFEST = "manifest.csv"
 PARAMS = ".params.json"
-MANIFEST_FIELDS = ["index", "image", "mask", "seed", "reference", "type", "prompt", "guidance_scale",
+_COMPLETE = "complete"  # set in PARAMS once the folder is finished
+MANIFEST_FIELDS = [*MANIFEST_COLUMNS, "prompt", "guidance_scale",
                    "num_inference_steps", "mask_threshold", "mask_steps", "init_schedule_steps", "scale_init_latent",
                    "timestep_spacing", "num_reference_images", "resolution", "batch_size", "batch_start", "generator", "rmp"]
 
@@ -160,7 +165,7 @@ def _params(cfg: Mapping, anomaly_type: str, generator_dir, rmp_dir) -> dict:
         "mask_steps": g["mask_steps"], "init_schedule_steps": g["init_schedule_steps"],
         "scale_init_latent": g["scale_init_latent"], "num_reference_images": g["num_reference_images"],
         "timestep_spacing": g["timestep_spacing"],
-        "resolution": cfg["model"]["resolution"], "image_policy": cfg["dataset"].get("image_policy"),
+        "resolution": cfg["model"]["resolution"], "image_policy": cfg["dataset"]["image_policy"],
         "batch_size": g["batch_size"], "generator": str(generator_dir),
         "rmp": str(rmp_dir) if rmp_dir is not None and anomaly_type != GOOD else "",
         "bn_train_mode_at_inference": cfg["rmp"]["bn_train_mode_at_inference"],
@@ -193,14 +198,12 @@ class GenContext:
 def prepare(cfg: Mapping, split: Split, generator_dir, rmp_dir, anomaly_type: str, device=None,
             params: Mapping | None = None) -> GenContext:
     """Load the generator (+ RMP), encode the reference images and the prompts."""
-    from .train_rmp import load_generator_bundle, normal_prompt_of, prompt_embeddings
-
     device = device or get_device(cfg)
     params = dict(params or _params(cfg, anomaly_type, generator_dir, rmp_dir))
-    bundle = load_generator_bundle(generator_dir, device)
+    bundle = load_generator(generator_dir, device=device)  # frozen: eval mode, no gradients
     tm = bundle.token_map
     if anomaly_type == GOOD:
-        prompt, rmp = normal_prompt_of(tm), None
+        prompt, rmp = bundle.prompt(GOOD), None
     else:
         if anomaly_type not in tm.anomaly_types:
             raise DataError(f"--type {anomaly_type}: generator {generator_dir} knows only {', '.join(tm.anomaly_types)}")
@@ -220,8 +223,8 @@ def prepare(cfg: Mapping, split: Split, generator_dir, rmp_dir, anomaly_type: st
         z = torch.cat([vae.encode(imgs[i:i + 1]).latent_dist.mean for i in range(len(refs))])
         if params["scale_init_latent"]:
             z = z * vae.config.scaling_factor
-    cond = prompt_embeddings(bundle, [prompt], device)
-    uncond = prompt_embeddings(bundle, [""], device)
+    with torch.no_grad():
+        cond, uncond = bundle.encode([prompt]), bundle.encode([""])
     coefs = init_noise_coefficients(bundle.noise_scheduler.config, params["init_schedule_steps"])
     return GenContext(split.product, anomaly_type, params, prompt, refs, z, coefs, cond, uncond, bundle, rmp, device,
                       autocast_dtype(cfg, device))
@@ -250,18 +253,14 @@ def generate_indices(ctx: GenContext, indices: Sequence[int]) -> tuple[np.ndarra
 
 
 # ----------------------------------------------------------------------------- files
-def _name(index: int) -> str:
-    return f"{index:06d}.png"
-
-
 def _complete(out: Path, index: int) -> bool:
-    return (out / "images" / _name(index)).is_file() and (out / "masks" / _name(index)).is_file()
+    return all(p.is_file() for p in pair_paths(out, index))
 
 
 def _clear(out: Path) -> None:
     """Remove what seas.generate wrote in ``out`` (manifest first, so the folder never looks complete)."""
     (out / MANIFEST).unlink(missing_ok=True)
-    for sub in ("images", "masks"):
+    for sub in (IMAGES, MASKS):
         shutil.rmtree(out / sub, ignore_errors=True)
     (out / PARAMS).unlink(missing_ok=True)
 
@@ -269,7 +268,7 @@ def _clear(out: Path) -> None:
 def _prune_beyond(out: Path, count: int) -> None:
     """Delete pairs with index >= count (left by an earlier run with a larger count): the folder = the manifest."""
     extra = 0
-    for sub in ("images", "masks"):
+    for sub in (IMAGES, MASKS):
         for p in (out / sub).glob("*.png"):
             if p.stem.isdigit() and int(p.stem) >= count:
                 p.unlink()
@@ -280,7 +279,7 @@ def _prune_beyond(out: Path, count: int) -> None:
 
 def _remove_stale_tmp(out: Path) -> None:
     """Delete temporary files an interrupted atomic write may have left (``.NAME.tmpPID``)."""
-    for sub in ("images", "masks"):
+    for sub in (IMAGES, MASKS):
         for p in (out / sub).glob(".*.tmp*") if (out / sub).is_dir() else []:
             p.unlink(missing_ok=True)
 
@@ -305,7 +304,7 @@ def _manifest_rows(ctx_params: Mapping, count: int, product: str, prompt: str, r
     bs = ctx_params["batch_size"]
     for j in range(count):
         rows.append({
-            "index": j, "image": f"images/{_name(j)}", "mask": f"masks/{_name(j)}",
+            "index": j, "image": f"{IMAGES}/{pair_name(j)}", "mask": f"{MASKS}/{pair_name(j)}",
             "seed": derive_seed(ctx_params["seed"], product, ctx_params["type"], j),
             "reference": references[j % len(references)], "type": ctx_params["type"], "prompt": prompt,
             **{k: ctx_params[k] for k in ("guidance_scale", "num_inference_steps", "mask_threshold", "mask_steps",
@@ -317,25 +316,20 @@ def _manifest_rows(ctx_params: Mapping, count: int, product: str, prompt: str, r
     return rows
 
 
-def read_manifest(out) -> list[dict]:
-    path = Path(out) / MANIFEST
-    if not path.is_file():
-        raise DataError(f"{path}: no manifest (generation incomplete?)")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _count_for(cfg: Mapping, anomaly_type: str) -> int:
-    g = cfg["generation"]
-    if anomaly_type == GOOD:
-        return g["num_normal_images"] or g["num_images_per_type"]
-    return g["num_images_per_type"]
+    return cfg["generation"]["num_images_per_type"]
 
 
-def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str, out, *, overwrite: bool = False,
-             max_batches: int | None = None, count: int | None = None) -> Path | None:
-    """Generate (or finish) ``out``. ``max_batches`` stops after that many batches in this call and returns None
-    (used to test resumption)."""
+def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str, out, *, restart: bool = False,
+             stop_after: int | None = None, count: int | None = None) -> Path | None:
+    """Generate (or finish) ``out``. ``stop_after`` stops after that many batches in this call and returns None
+    (used to test resumption).
+
+    Resume policy (seas.resume): ``.params.json`` is the folder's state. A folder of a *finished* run (marked
+    ``complete``) is kept when its parameters and manifest match, else generated anew (the workflow reran the job:
+    a changed parameter or a retrained generator); an *interrupted* run is continued with the same parameters and
+    refused with other ones (``restart`` deletes the folder first).
+    """
     from tqdm import tqdm
 
     out = Path(out)
@@ -343,19 +337,21 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
     count = count or _count_for(cfg, anomaly_type)
     params = _params(cfg, anomaly_type, generator_dir, rmp_dir)
     ppath = out / PARAMS
-    if overwrite and out.exists():
+    if restart and out.exists():
         shutil.rmtree(out)
     if ppath.is_file():
         old = json.loads(ppath.read_text())
-        diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
-        if diff:
-            log.warning("%s: holds pairs generated with other parameters (%s); starting over", out, ", ".join(diff))
+        if old.pop(_COMPLETE, False):
+            if (old == json.loads(json.dumps(params)) and (out / MANIFEST).is_file()
+                    and first_missing(out, count) == count and len(read_manifest(out)) == count):
+                log.info("%s: complete (%d pairs), nothing to do", out, count)
+                return out
+            log.info("%s: replacing the pairs of a finished run", out)
             _clear(out)
+        else:
+            check_fingerprint(ppath, old, params)  # an interrupted run: continue it, never mix two settings
     elif out.exists() and any(out.iterdir()):
-        raise DataError(f"{out}: exists without {PARAMS}; not a folder of seas.generate (use --overwrite)")
-    if (out / MANIFEST).is_file() and first_missing(out, count) == count and len(read_manifest(out)) == count:
-        log.info("%s: complete (%d pairs), nothing to do", out, count)
-        return out
+        raise DataError(f"{out}: exists without {PARAMS}; not a folder of seas.generate (use --restart)")
     ctx = prepare(cfg, split, generator_dir, rmp_dir, anomaly_type, params=params)  # fails before writing anything
     atomic_write_text(ppath, json.dumps(params, indent=1, sort_keys=True))
     (out / MANIFEST).unlink(missing_ok=True)
@@ -369,7 +365,7 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
                  " (resuming)" if start else "")
     for n_done, b0 in enumerate(tqdm(batches, desc=f"generate {split.product}/{anomaly_type}", unit="batch",
                                      leave=False)):
-        if max_batches is not None and n_done >= max_batches:
+        if stop_after is not None and n_done >= stop_after:
             return None
         idx = list(range(b0, min(b0 + bs, count)))
         if all(_complete(out, j) for j in idx):
@@ -378,15 +374,13 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
         for k, j in enumerate(idx):
             if _complete(out, j):
                 continue
-            atomic_save_image(_png(imgs[k]), out / "images" / _name(j))
-            atomic_save_image(_png(masks[k]), out / "masks" / _name(j))
+            img_path, mask_path = pair_paths(out, j)
+            atomic_save_image(_png(imgs[k]), img_path)
+            atomic_save_image(_png(masks[k]), mask_path)
     _prune_beyond(out, count)
     rows = _manifest_rows(params, count, split.product, ctx.prompt, ctx.references)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / MANIFEST, buf.getvalue())
+    atomic_write_text(ppath, json.dumps({**params, _COMPLETE: True}, indent=1, sort_keys=True))
+    write_manifest(out, rows, extra_columns=MANIFEST_FIELDS[len(MANIFEST_COLUMNS):])  # last: marks the folder done
     log.info("%s: %d pairs + %s", out, count, MANIFEST)
     return out
 
@@ -402,6 +396,7 @@ def regenerate(cfg: Mapping, split_path, out, index: int, *, alone: bool = False
     rows = read_manifest(out)
     row = rows[int(index)]
     params = json.loads((out / PARAMS).read_text())
+    params.pop(_COMPLETE, None)
     split = Split.load(split_path)
     ctx = prepare(cfg, split, params["generator"], params["rmp"] or None, params["type"], params=params)
     if int(row["seed"]) != ctx.seed(index) or row["reference"] != ctx.references[ctx.reference_index(index)]:
@@ -430,8 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", required=True, help="anomaly type, or 'good' for normal images (prompt 'a <ob>')")
     p.add_argument("--out", required=True, help="output folder methods/seas/<product>/<type>")
     p.add_argument("--count", type=int, default=None,
-                   help="number of pairs (default generation.num_images_per_type; good: generation.num_normal_images)")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing output folder first")
+                   help="number of pairs (default generation.num_images_per_type)")
+    add_resume_arguments(p, "batches")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -440,8 +435,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
-    generate(cfg, args.split, args.generator, args.rmp, args.type, args.out, overwrite=args.overwrite,
-             count=args.count)
+    generate(cfg, args.split, args.generator, args.rmp, args.type, args.out, restart=args.restart,
+             stop_after=args.stop_after, count=args.count)
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 
 from .errors import SeasError
+from .resume import StaleStateError, restart_command
 
 log = logging.getLogger("seas")
 
@@ -26,7 +27,7 @@ log = logging.getLogger("seas")
 def get_device(cfg: Mapping | None = None):
     import torch
 
-    want = (cfg or {}).get("device", "auto")
+    want = cfg["device"] if cfg is not None else "auto"
     if want == "cuda" and not torch.cuda.is_available():
         raise SeasError("config device: 'cuda' was asked for but torch sees no CUDA device")
     if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
@@ -38,9 +39,9 @@ def autocast_dtype(cfg: Mapping | None, device):
     """The autocast dtype for ``model.mixed_precision``: bf16 on CUDA for `auto`, None (fp32) on CPU."""
     import torch
 
-    mp = ((cfg or {}).get("model") or {}).get("mixed_precision", "auto")
     if getattr(device, "type", str(device)) != "cuda":
         return None
+    mp = cfg["model"]["mixed_precision"] if cfg is not None else "auto"
     return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "no": None}[mp]
 
 
@@ -228,6 +229,8 @@ def cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] |
             return int(main(argv) or 0)
         except SeasError as e:
             print(f"error: {e}", file=sys.stderr)
+            if isinstance(e, StaleStateError):  # the one resume policy: say how to start over
+                print(f"to start over: {restart_command(main.__module__, argv)}", file=sys.stderr)
             return 2
         except OSError as e:
             message = io_error_message(e)

@@ -22,9 +22,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from .errors import CheckpointError
+from .config import config_from_args
+from .errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
+
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("seed", "model.resolution")
 
 TINY_MARKER = "seas_tiny.json"
 BPE_MERGES = 49152 - 256 - 2  # CLIP's BPE uses the first 48,894 merges of the 16e6 vocabulary file
@@ -171,11 +176,21 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m seas.tiny_sd", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (diffusers layout)")
-    ap.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
-    ap.add_argument("--sample-size", type=int, default=64, help="image side the VAE config declares (default 64)")
+    ap.add_argument("--config", default=None, help="run configuration: seed and model.resolution (the workflow)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (with --config)")
+    ap.add_argument("--seed", type=int, default=None, help="weight initialisation seed (default: seed, or 0)")
+    ap.add_argument("--sample-size", type=int, default=None,
+                    help="image side the VAE config declares (default: model.resolution, or 64)")
     args = ap.parse_args(argv)
     setup_logging()
-    write_tiny_sd(args.out, seed=args.seed, sample_size=args.sample_size)
+    seed, size = 0, 64
+    if args.config is not None:
+        cfg = config_from_args(args)
+        seed, size = cfg["seed"], cfg["model"]["resolution"]
+    elif args.set:
+        raise ConfigError("--set needs --config")
+    write_tiny_sd(args.out, seed=seed if args.seed is None else args.seed,
+                  sample_size=size if args.sample_size is None else args.sample_size)
     return 0
 
 

@@ -11,8 +11,9 @@ down-path layers at ``generator.da_resolutions``. Trains the whole U-Net (``lr_u
 embeddings of the text encoder (``lr_embeddings``; every other text-encoder weight is restored bit-exactly after
 each step), AdamW, constant learning rate. bf16 autocast on CUDA, fp32 on CPU.
 
-Resumable: the training state (U-Net, embeddings, optimizer, step, RNG states, log) is saved every
-``generator.checkpoint_every`` steps in ``<out>.work/``; re-running the same command continues from it. The
+Resumable (seas.resume: one policy for every stage): the training state (U-Net, embeddings, optimizer, step, RNG
+states, log) is saved every ``generator.checkpoint_every`` steps in ``<out>.work/``; re-running the same command
+continues from it; a state of other settings is refused (``--restart`` starts over). The
 finished generator is written atomically to ``<out>/`` (see seas.checkpoint) and the work folder removed.
 """
 from __future__ import annotations
@@ -30,11 +31,16 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .errors import CheckpointError, ConfigError, DataError, SeasError
+from .errors import ConfigError, DataError, SeasError
 from .losses import da_loss, eps_mse, na_loss
 from .prompt import TokenMap, register_tokens, tokenize
+from .resume import StaleStateError, add_resume_arguments, check_fingerprint, discard, work_dir
 
 log = logging.getLogger(__name__)
+
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "augmentation", "model", "generator")
 
 __all__ = ["TrainData", "Batch", "load_train_data", "sample_batch", "forward_backward", "FrozenRows",
            "setup_training", "GeneratorTrainer", "train_generator", "main"]
@@ -283,14 +289,16 @@ def setup_training(unet, vae, text_encoder, new_token_ids: Sequence[int], g: Map
 class GeneratorTrainer:
     """Holds models, optimizer and RNGs of one product's generator training; resumable."""
 
-    def __init__(self, cfg: Mapping[str, Any], split, out_dir, *, device=None) -> None:
+    def __init__(self, cfg: Mapping[str, Any], split, out_dir, *, device=None, restart: bool = False) -> None:
         from .attention import AttentionStore, install_capture, restore_default_processors
         from .data import augmentation_for
         from .runtime import autocast_dtype, derive_seed, get_device
         from .sd import load_sd
 
         self.cfg, self.split, self.out_dir = cfg, split, Path(out_dir)
-        self.work_dir = self.out_dir.with_name(self.out_dir.name + ".work")
+        self.work_dir = work_dir(self.out_dir)
+        if restart:
+            discard(self.work_dir)
         self.g = g = cfg["generator"]
         self.device = torch.device(device) if device is not None else get_device(cfg)
         self.amp_dtype = autocast_dtype(cfg, self.device)
@@ -306,7 +314,7 @@ class GeneratorTrainer:
         self.rotate90, self.flip = augmentation_for(cfg, self.product)
 
         m = cfg["model"]
-        sd = load_sd(m["pretrained"], m.get("revision"), device=self.device, dtype=torch.float32)
+        sd = load_sd(m["pretrained"], m["revision"], device=self.device, dtype=torch.float32)
         self.sd = sd
         self.tokenizer, self.text_encoder, self.vae, self.unet = sd.tokenizer, sd.text_encoder, sd.vae, sd.unet
         self.noise_scheduler = sd.noise_scheduler
@@ -395,9 +403,7 @@ class GeneratorTrainer:
         if not (state / "state.json").is_file():
             return False
         meta = json.loads((state / "state.json").read_text())
-        if meta.get("fingerprint") != json.loads(json.dumps(self.fingerprint())):
-            raise CheckpointError(f"{state}: the interrupted run was started with a different configuration or "
-                                  f"split; delete {self.work_dir} to start over")
+        check_fingerprint(state, meta.get("fingerprint"), self.fingerprint())
         try:
             self.unet.load_state_dict(load_file(str(state / "unet.safetensors"), device=str(self.device)))
             emb = load_file(str(state / "embeddings.safetensors"), device=str(self.device))
@@ -411,7 +417,7 @@ class GeneratorTrainer:
                                                       weights_only=True))
             rng = torch.load(state / "rng.pt", weights_only=True)
         except (OSError, KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"cannot resume from {state}: {e}; delete {self.work_dir} to start over") from e
+            raise StaleStateError(f"cannot resume from {state}: {e}") from e
         self.data_gen.set_state(rng["data"])
         self.noise_gen.set_state(rng["noise"])
         torch.set_rng_state(rng["torch"])
@@ -457,8 +463,8 @@ class GeneratorTrainer:
         self.step += 1
         return totals
 
-    def run(self, max_steps: int | None = None, progress: bool = True) -> Path | None:
-        """Train to the end (-> the checkpoint folder) or for at most ``max_steps`` more steps (-> None)."""
+    def run(self, stop_after: int | None = None, progress: bool = True) -> Path | None:
+        """Train to the end (-> the checkpoint folder) or for at most ``stop_after`` more steps (-> None)."""
         from tqdm.auto import tqdm
 
         from .checkpoint import save_generator
@@ -472,7 +478,7 @@ class GeneratorTrainer:
                  self.total_steps, self.g["gradient_accumulation"], self.n_abnormal, self.n_normal,
                  self.token_map.prompt(self.split.anomaly_types[0]), self.token_map.normal_prompt(),
                  self.device, self.amp_dtype, len(self.captured_layers))
-        stop = self.total_steps if max_steps is None else min(self.total_steps, self.step + int(max_steps))
+        stop = self.total_steps if stop_after is None else min(self.total_steps, self.step + int(stop_after))
         every, log_every = int(self.g["checkpoint_every"]), int(self.g["log_every"])
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"generator {self.product}", disable=not progress,
                    dynamic_ncols=True)
@@ -494,7 +500,7 @@ class GeneratorTrainer:
             return None
         m = self.cfg["model"]
         out = save_generator(self.out_dir, self.unet, self.text_encoder, self.tokenizer, self.token_map,
-                             m["pretrained"], revision=m.get("revision"), tiny=bool(self.sd.is_tiny or m.get("tiny")),
+                             m["pretrained"], revision=m["revision"], tiny=bool(self.sd.is_tiny or m["tiny"]),
                              train_full_embedding=self.train_full, train_log_csv=self.log_csv(),
                              extra={"steps": self.total_steps, "generator_config": dict(self.g),
                                     "captured_layers": self.captured_layers, "resolution": m["resolution"]})
@@ -502,21 +508,22 @@ class GeneratorTrainer:
         return out
 
 
-def train_generator(cfg: Mapping[str, Any], split, out_dir, *, max_steps: int | None = None, device=None,
-                    progress: bool = True, force: bool = False) -> Path | None:
-    """Train (or resume) the generator of ``split.product``; see :class:`GeneratorTrainer`.
+def train_generator(cfg: Mapping[str, Any], split, out_dir, *, stop_after: int | None = None, device=None,
+                    progress: bool = True, restart: bool = False) -> Path | None:
+    """Train (or resume, seas.resume) the generator of ``split.product``; see :class:`GeneratorTrainer`.
 
-    A complete checkpoint already at ``out_dir`` is kept (returned) unless ``force``.
+    A complete checkpoint already at ``out_dir`` is kept (returned) unless ``restart``.
     """
     from .checkpoint import TOKENS_JSON
     from .data import Split
 
     if not isinstance(split, Split):
         split = Split.load(split)
-    if not force and (Path(out_dir) / TOKENS_JSON).is_file():
-        log.info("%s already holds a trained generator; keeping it (force to retrain)", out_dir)
+    if not restart and (Path(out_dir) / TOKENS_JSON).is_file():
+        log.info("%s already holds a trained generator; keeping it (--restart to retrain)", out_dir)
         return Path(out_dir)
-    return GeneratorTrainer(cfg, split, out_dir, device=device).run(max_steps=max_steps, progress=progress)
+    return GeneratorTrainer(cfg, split, out_dir, device=device, restart=restart).run(stop_after=stop_after,
+                                                                                      progress=progress)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -533,9 +540,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--anomaly-type", default=None, metavar="TYPE",
                     help="train on this anomaly type only (generator.scope: type, the 'w/o Mixed' ablation); "
                          "default: all types of the product")
-    ap.add_argument("--max-steps", type=int, default=None,
-                    help="stop after this many more steps, leaving a resumable state in <out>.work/")
-    ap.add_argument("--force", action="store_true", help="retrain even if --out already holds a checkpoint")
+    add_resume_arguments(ap, "steps")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -545,8 +550,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     split = Split.load(args.split)
     if args.anomaly_type is not None:
         split = split.restricted([args.anomaly_type])
-    out = train_generator(cfg, split, args.out, max_steps=args.max_steps,
-                          progress=not args.no_progress, force=args.force)
+    out = train_generator(cfg, split, args.out, stop_after=args.stop_after,
+                          progress=not args.no_progress, restart=args.restart)
     if out is None:
         log.info("stopped before the end; re-run the same command to resume")
     return 0

@@ -14,8 +14,8 @@ Switches: ``rmp.coarse_supervision``, ``rmp.coarse_target``, ``rmp.normal_superv
 ``rmp.progressive``, ``rmp.vae_features``. Steps: ``rmp.steps_per_type`` x the generator's anomaly types (all
 types of the product, or one with ``generator.scope: type``).
 
-Resumable: every ``rmp.checkpoint_every`` steps the branch and optimizer go to ``<out>.work/ckpt/`` (replaced in one
-rename); a rerun continues from there. Every step's randomness is derived from (seed, product, step), so a resumed
+Resumable (seas.resume): every ``rmp.checkpoint_every`` steps the branch and optimizer go to ``<out>.work/ckpt/``
+(replaced in one rename); a rerun continues from there, one of other settings is refused (``--restart``). Every step's randomness is derived from (seed, product, step), so a resumed
 run draws the same batches as an uninterrupted one. On success ``<out>/rmp.safetensors`` + ``rmp.json`` appear
 and ``<out>.work/`` is removed.
 """
@@ -35,40 +35,26 @@ import torch.nn.functional as F
 
 from . import rmp as rmp_mod
 from .config import add_config_arguments, config_from_args
+from .checkpoint import load_generator
 from .data import Split, augmentation_for, image_to_tensor, load_image, load_mask, mask_to_tensor
 from .latents import training_set_cache
 from .errors import CheckpointError, DataError
+from .pairs import GOOD
+from .resume import add_resume_arguments, check_fingerprint, discard, work_dir
 from .runtime import (atomic_dir, atomic_write_text, autocast_dtype, cli, derive_seed, get_device,
                       save_safetensors_atomic, setup_logging)
 
 log = logging.getLogger("seas.train_rmp")
 
-__all__ = ["TrainData", "load_train_data", "sample_batch", "coarse_target", "rmp_loss", "train_rmp", "main",
-           "load_generator_bundle", "normal_prompt_of"]
+#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
+#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "augmentation", "model.resolution", "model.mixed_precision",
+               "rmp.steps_per_type", "rmp.batch_abnormal", "rmp.batch_normal", "rmp.gradient_accumulation", "rmp.lr",
+               "rmp.focal_gamma", "rmp.mrm", "rmp.progressive", "rmp.coarse_supervision", "rmp.coarse_target",
+               "rmp.normal_supervision", "rmp.vae_features", "rmp.reduce_channels", "rmp.num_heads", "rmp.head_dim",
+               "rmp.num_layers", "rmp.norm_num_groups", "rmp.checkpoint_every", "rmp.log_every")  # not rmp.bn_train_mode_at_inference: generation reads it
 
-
-# ----------------------------------------------------------------------------- generator access
-def load_generator_bundle(generator_dir, device, dtype=torch.float32):
-    """The frozen fine-tuned generator (seas.checkpoint.load_generator), every part in eval mode, no grads."""
-    from .checkpoint import load_generator
-
-    bundle = load_generator(generator_dir, device=device, dtype=dtype)
-    for m in (bundle.text_encoder, bundle.unet, bundle.vae):
-        m.requires_grad_(False)
-        m.eval()
-    return bundle
-
-
-def normal_prompt_of(token_map) -> str:
-    p = token_map.normal_prompt
-    return p() if callable(p) else p
-
-
-@torch.no_grad()
-def prompt_embeddings(bundle, prompts: Sequence[str], device) -> torch.Tensor:
-    from .prompt import encode_prompts
-
-    return encode_prompts(bundle.tokenizer, bundle.text_encoder, list(prompts), device=device)
+__all__ = ["TrainData", "load_train_data", "sample_batch", "coarse_target", "rmp_loss", "train_rmp", "main"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -83,7 +69,7 @@ class TrainData:
 def load_train_data(split: Split, cfg: Mapping) -> TrainData:
     """All training anomalies (with masks) and normal images of the split, at the model resolution."""
     size = cfg["model"]["resolution"]
-    policy = cfg["dataset"].get("image_policy", "shorter_side_center_crop")
+    policy = cfg["dataset"]["image_policy"]
     anomalies = []
     for image, mask, t in split.train_pairs():
         anomalies.append((image_to_tensor(load_image(image, size, policy)), mask_to_tensor(load_mask(mask, size, policy)), t))
@@ -188,17 +174,21 @@ def batch_features(bundle, latents, keys, cond: torch.Tensor, n_abnormal: int, v
 
 
 # ----------------------------------------------------------------------------- checkpoints
+def _rmp_settings(cfg: Mapping) -> dict:
+    """The ``rmp`` keys this stage reads (CONFIG_KEYS; not the generation-time ones)."""
+    return {k[len("rmp."):]: cfg["rmp"][k[len("rmp."):]] for k in CONFIG_KEYS if k.startswith("rmp.")}
+
+
 def _fingerprint(cfg: Mapping, generator_dir: Path, split: Split, total: int) -> dict:
-    return {"rmp": dict(cfg["rmp"]), "generator": str(Path(generator_dir).resolve()), "product": split.product,
+    return {"rmp": _rmp_settings(cfg), "generator": str(Path(generator_dir).resolve()), "product": split.product,
             "seed": cfg["seed"], "resolution": cfg["model"]["resolution"], "total_steps": total}
 
 
-_VOLATILE = ("checkpoint_every", "log_every", "bn_train_mode_at_inference")  # not read by training
+_VOLATILE = ("checkpoint_every", "log_every")  # may change between an interrupted run and its resumption
 
 
-def _same_run(a: Mapping, b: Mapping) -> bool:
-    strip = lambda d: {**d, "rmp": {k: v for k, v in d["rmp"].items() if k not in _VOLATILE}}  # noqa: E731
-    return strip(a) == strip(b)
+def _stable(fp: Mapping) -> dict:
+    return {**fp, "rmp": {k: v for k, v in fp.get("rmp", {}).items() if k not in _VOLATILE}}
 
 
 def _save_work(work: Path, model, opt, step: int, fp: dict, history: list) -> None:
@@ -215,9 +205,7 @@ def _load_work(work: Path, model, opt, fp: dict, device) -> tuple[int, list]:
     from safetensors.torch import load_file
 
     state = json.loads((ck / "state.json").read_text())
-    if not _same_run(state.get("fingerprint", {}), fp):
-        log.warning("%s: checkpoint of a different configuration; starting over", ck)
-        return 0, []
+    check_fingerprint(ck, _stable(state.get("fingerprint", {})), _stable(fp))
     model.load_state_dict(load_file(str(ck / "rmp.safetensors"), device=str(device)))
     opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
     log.info("resuming RMP training from step %d (%s)", state["step"], ck)
@@ -225,9 +213,11 @@ def _load_work(work: Path, model, opt, fp: dict, device) -> tuple[int, list]:
 
 
 # ----------------------------------------------------------------------------- training
-def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | None = None) -> Path | None:
-    """Train (or resume) and write ``out/``. ``max_steps`` stops early after that many steps in this call
-    (checkpointing first) and returns None: used to test resumption."""
+def train_rmp(cfg: Mapping, split_path, generator_dir, out, stop_after: int | None = None,
+              restart: bool = False) -> Path | None:
+    """Train (or resume, seas.resume) and write ``out/``. ``stop_after`` stops early after that many steps in this
+    call (checkpointing first) and returns None: used to test resumption. ``restart`` discards an interrupted
+    run's state."""
     from tqdm import tqdm
 
     out, generator_dir = Path(out), Path(generator_dir)
@@ -235,7 +225,7 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | Non
     r = cfg["rmp"]
     device = get_device(cfg)
     amp = autocast_dtype(cfg, device)
-    bundle = load_generator_bundle(generator_dir, device)
+    bundle = load_generator(generator_dir, device=device)  # frozen: eval mode, no gradients
     arch = rmp_mod.arch_from_configs(bundle.unet.config, bundle.vae.config, r)
     types = list(bundle.token_map.anomaly_types)
     missing = [t for t in types if t not in split.anomaly_types]
@@ -250,16 +240,18 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | Non
     model = rmp_mod.RefinedMaskPredictor(arch).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"])
-    work = out.with_name(out.name + ".work")
+    work = work_dir(out)
+    if restart:
+        discard(work)
     step, history = _load_work(work, model, opt, fp, device)
 
     data = load_train_data(split, cfg)
     cache = training_set_cache(bundle.vae, [img for img, _, _ in data.anomalies], data.normals, device, amp)
     prompts = {t: bundle.token_map.prompt(t) for t in split.anomaly_types}
-    emb = {t: prompt_embeddings(bundle, [p], device) for t, p in prompts.items()}
+    emb = {t: bundle.encode([p]) for t, p in prompts.items()}
     n_norm = r["batch_normal"] if r["normal_supervision"] else 0
     if n_norm:
-        emb["good"] = prompt_embeddings(bundle, [normal_prompt_of(bundle.token_map)], device)
+        emb["good"] = bundle.encode([bundle.prompt(GOOD)])
 
     done_here = 0
     accum = int(r["gradient_accumulation"])
@@ -291,14 +283,14 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, max_steps: int | Non
             log.info("step %d/%d %s", step, total, " ".join(f"{k}={v:.4f}" for k, v in rec.items() if k != "step"))
         if step % r["checkpoint_every"] == 0 and step < total:
             _save_work(work, model, opt, step, fp, history)
-        if max_steps is not None and done_here >= max_steps and step < total:
+        if stop_after is not None and done_here >= stop_after and step < total:
             _save_work(work, model, opt, step, fp, history)
             bar.close()
             return None
     bar.close()
     extra = {"product": split.product, "steps": total, "generator": str(generator_dir), "history": history,
              "train_seconds_this_call": round(time.time() - t0, 1),
-             "rmp_config": {k: v for k, v in r.items()}}
+             "rmp_config": _rmp_settings(cfg)}
     with atomic_dir(out) as tmp:
         rmp_mod.save_rmp(model, tmp, extra=extra)
     shutil.rmtree(work, ignore_errors=True)
@@ -317,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", required=True, help="split manifest split/<product>.json")
     p.add_argument("--generator", required=True, help="generator checkpoint folder generator/<product>")
     p.add_argument("--out", required=True, help="output folder rmp/<product> (rmp.safetensors + rmp.json)")
+    add_resume_arguments(p, "steps")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -325,7 +318,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
-    train_rmp(cfg, args.split, args.generator, args.out)
+    train_rmp(cfg, args.split, args.generator, args.out, stop_after=args.stop_after, restart=args.restart)
     return 0
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 from downstream.baselines import (
     METHODS, cutpaste_pair, draem_pair, fractal_noise, generate_baseline, main, perlin_mask, perlin_noise, real_pair,
 )
-from downstream.pairs import iter_pairs, read_manifest
+from seas.pairs import iter_pairs, read_manifest
 from seas.data import Split, load_mask
 from seas.errors import DataError
 

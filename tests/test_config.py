@@ -40,6 +40,10 @@ def test_defaults_filled():
     ({**MINIMAL, "generation": {"mask_threshold": 0}}, r"generation.mask_threshold: 0 is less than or equal to the minimum of 0"),
     ({**MINIMAL, "generation": {"mask_threshold": 1}}, r"generation.mask_threshold: 1 is greater than or equal to the maximum of 1"),
     ({**MINIMAL, "generation": {"mask_threshold": 1.0}}, r"generation.mask_threshold: 1.0 is greater than or equal"),
+    # semantic checks at parse time (issue 12.6): before any stage runs, `snakemake -n` included
+    ({**MINIMAL, "rmp": {"num_heads": 5}}, r"rmp.num_heads x rmp.head_dim = 5 x 24 must equal"),
+    ({**MINIMAL, "downstream": {"train": {"lfd": {"lr": 1e-3, "min_lr": 1e-2}}}}, r"downstream.train.lfd: min_lr"),
+    ({**MINIMAL, "downstream": {"train": {"upernet": {"batch_size": 1}}}}, r"downstream.train.upernet.batch_size"),
 ])
 def test_errors_name_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):

@@ -93,7 +93,7 @@ def test_pairs_resume_and_regeneration(setup, tmp_path):
     normals = Split.load(sp).train_normals[:10]
     whole = generate(cfg, sp, gen, rmp, "scratch", tmp_path / "seas" / "weave" / "scratch")
     rows = read_manifest(whole)
-    from downstream.pairs import iter_pairs  # the shared layout reader accepts the folder (sizes checked)
+    from seas.pairs import iter_pairs  # the shared layout reader accepts the folder (sizes checked)
 
     assert len(iter_pairs(tmp_path / "seas", ["weave"])) == 5
     assert [int(r["index"]) for r in rows] == list(range(5))
@@ -107,7 +107,7 @@ def test_pairs_resume_and_regeneration(setup, tmp_path):
 
     # interruption after the first batch (indices 0, 1), plus a half-written leftover and an image without mask
     part = tmp_path / "part"
-    assert generate(cfg, sp, gen, rmp, "scratch", part, max_batches=1) is None
+    assert generate(cfg, sp, gen, rmp, "scratch", part, stop_after=1) is None
     assert not (part / "manifest.csv").exists() and first_missing(part, 5) == 2
     (part / "images" / ".000002.png.tmp999").write_bytes(b"\x89PNG half")
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(part / "images" / "000003.png")
@@ -143,15 +143,22 @@ def test_pairs_resume_and_regeneration(setup, tmp_path):
     alien = tmp_path / "alien"
     alien.mkdir()
     (alien / "x.txt").write_text("x")
-    with pytest.raises(DataError, match="overwrite"):
+    with pytest.raises(DataError, match="restart"):
         generate(cfg, sp, gen, rmp, "scratch", alien)
+    # an interrupted folder is continued with its own parameters only (seas.resume's one policy)
+    from seas.resume import StaleStateError
+
+    assert generate(cfg, sp, gen, rmp, "scratch", tmp_path / "int", stop_after=1) is None
+    with pytest.raises(StaleStateError, match="guidance_scale"):
+        generate(cfg2, sp, gen, rmp, "scratch", tmp_path / "int")
+    assert generate(cfg2, sp, gen, rmp, "scratch", tmp_path / "int", restart=True) == tmp_path / "int"
 
 
 def test_normal_images_have_empty_masks(make_cfg, split_path, generator_ckpt, tmp_path):
     from seas.generate import generate, read_manifest
 
-    cfg = make_cfg({**GEN, "generation.num_normal_images": 2, "generation.num_inference_steps": 2})
-    out = generate(cfg, split_path("weave"), generator_ckpt, None, "good", tmp_path / "good")
+    cfg = make_cfg({**GEN, "generation.num_inference_steps": 2})
+    out = generate(cfg, split_path("weave"), generator_ckpt, None, "good", tmp_path / "good", count=2)
     rows = read_manifest(out)
     assert len(rows) == 2 and rows[0]["prompt"] == "a <ob>" and rows[0]["rmp"] == ""
     for j in range(2):

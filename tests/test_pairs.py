@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from downstream.pairs import MANIFEST, Pair, count_pairs, iter_pairs, read_manifest, save_pair, write_manifest
+from seas.pairs import MANIFEST, Pair, count_pairs, iter_pairs, read_manifest, save_pair, write_manifest
 from seas.errors import DataError
 
 

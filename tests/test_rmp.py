@@ -255,7 +255,7 @@ def test_train_rmp_resumes_to_the_same_weights(make_cfg, split_path, generator_c
     assert whole is not None and not (tmp_path / "rmp_whole.work").exists()
 
     out = tmp_path / "rmp_resumed"
-    assert train_rmp(cfg, sp, gen, out, max_steps=3) is None  # "interrupted" after 3 of 4 steps
+    assert train_rmp(cfg, sp, gen, out, stop_after=3) is None  # "interrupted" after 3 of 4 steps
     assert (tmp_path / "rmp_resumed.work" / "ckpt" / "state.json").is_file() and not out.exists()
     assert train_rmp(cfg, sp, gen, out) == out
     assert not (tmp_path / "rmp_resumed.work").exists()

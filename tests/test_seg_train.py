@@ -14,7 +14,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from downstream.baselines import generate_baseline
 from downstream.data import SegTestDataset, SegTrainDataset, denormalize_image
 from downstream.models import MODEL_FILE, TRAIN_JSON, load_trained
-from downstream.train import SeededBatchSampler, main, poly_lr, train_segmentation, work_dir_for
+from downstream.train import SeededBatchSampler, main, poly_lr, train_segmentation
+from seas.resume import work_dir
 from seas.data import Split, load_image
 from seas.errors import ConfigError, DataError
 
@@ -118,9 +119,9 @@ def test_resume_matches_uninterrupted_run(demo_setup, tmp_path):
     a = train_segmentation(cfg, "lfd", pairs_root, splits, tmp_path / "a", progress=False)
     out = tmp_path / "b"
     assert train_segmentation(cfg, "lfd", pairs_root, splits, out, progress=False, stop_after=4) == {}
-    assert (work_dir_for(out) / "state.pt").is_file() and not out.exists()
+    assert (work_dir(out) / "state.pt").is_file() and not out.exists()
     b = train_segmentation(cfg, "lfd", pairs_root, splits, out, progress=False)
-    assert not work_dir_for(out).exists() and (out / MODEL_FILE).is_file()
+    assert not work_dir(out).exists() and (out / MODEL_FILE).is_file()
     assert a["final_loss"] == pytest.approx(b["final_loss"], rel=1e-5)
     ma, mb = load_trained(tmp_path / "a", cfg), load_trained(out, cfg)
     for (k, va), vb in zip(ma.state_dict().items(), mb.state_dict().values()):
@@ -160,3 +161,23 @@ def test_models_beat_constant_predictor(name, iters, batch, lr, demo_setup, tmp_
               f"pixel AUROC {auroc:.3f} (const 0.5), AP {ap:.3f} (const {frac:.3f}), {time.perf_counter() - t0:.1f} s")
     assert info["final_loss"] < 0.5 * info["first_loss"]
     assert auroc > 0.7 and ap > 3 * frac
+
+
+def test_resume_policy_cli(demo_setup, tmp_path, capsys):
+    """seas.resume's one policy, through a CLI: a state of other settings is refused with the exact command that
+    starts over (the same command + --restart), which then succeeds."""
+    import yaml
+
+    cfg, splits, pairs_root = demo_setup
+    cfg = make_cfg_with(cfg, train={"lfd": {"iterations": 4, "batch_size": 2}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    args = ["--config", str(path), "--model", "lfd", "--pairs-root", str(pairs_root), "--splits", *map(str, splits),
+            "--out", str(tmp_path / "o")]
+    assert main(args + ["--stop-after", "2"]) == 0 and work_dir(tmp_path / "o").is_dir()
+    assert main(args + ["--set", "downstream.train.lfd.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr" in err and "to start over: python -m downstream.train --config" in err
+    assert err.rstrip().endswith("--set downstream.train.lfd.lr=0.5 --restart")
+    assert main(args + ["--set", "downstream.train.lfd.lr=0.5", "--restart"]) == 0
+    assert (tmp_path / "o" / MODEL_FILE).is_file() and not work_dir(tmp_path / "o").exists()

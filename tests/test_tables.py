@@ -12,6 +12,7 @@ from downstream.evaluate import write_scores
 from downstream.metrics import METRIC_COLUMNS
 from seas.config import validate_config
 from seas.errors import DataError
+from seas.pairs import method_dir, method_label
 
 MODELS = ["bisenetv2", "lfd"]
 METHODS = ["seas", "cutpaste", "external:/data/other/anomalydiffusion/"]
@@ -48,7 +49,7 @@ def run_dir(tmp_path):
                              "n_images": 5, "n_anomalous": 3, "n_regions": 4, "n_pixels": 320, "pixel_mode": "exact"})
             mean = {"product": "mean", **{c: sum(r[c] for r in rows) / 2 for c in METRIC_COLUMNS},
                     "n_images": 10, "n_anomalous": 6, "n_regions": 8, "n_pixels": 640, "pixel_mode": "exact"}
-            folder = run / "segmentation" / model / tables.method_dir(method)
+            folder = run / "segmentation" / model / method_dir(method)
             write_scores(rows + [mean], folder / "scores.csv")
             if model == "lfd":
                 (folder / "train.json").write_text(json.dumps({"model": "lfd", "backbone_init": "random-init"}))
@@ -56,16 +57,16 @@ def run_dir(tmp_path):
         for j, p in enumerate(PRODUCTS):
             d = {"product": p, "method": method, "is": 1.0 + i + j / 2, "ic_lpips": 0.1 * (i + 1) + 0.01 * j,
                  "per_type": {}, "n_images": 4, "inception": "random", "lpips": "/w/lpips/vgg.pth"}
-            out = run / "gen_metrics" / tables.method_dir(method) / f"{p}.json"
+            out = run / "gen_metrics" / method_dir(method) / f"{p}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(d))
     return run
 
 
 def test_method_names():
-    assert tables.method_label("external:/data/x/pairs/") == "external:pairs"
-    assert tables.method_dir("external:/data/x/pairs") == "external-pairs"
-    assert tables.method_label("seas") == tables.method_dir("seas") == "seas"
+    assert method_label("external:/data/x/pairs/") == "external:pairs"
+    assert method_dir("external:/data/x/pairs") == "external-pairs"
+    assert method_label("seas") == method_dir("seas") == "seas"
 
 
 def test_segmentation_and_detection_tables(tmp_path, run_dir):
@@ -95,7 +96,7 @@ def test_segmentation_and_detection_tables(tmp_path, run_dir):
 def test_per_product_tables(tmp_path, run_dir):
     t = tables.build_tables(_cfg(tmp_path), run_dir)
     pp = t["segmentation_per_product.csv"]
-    names = [f"{m}/{tables.method_label(x)}" for m in MODELS for x in METHODS]
+    names = [f"{m}/{method_label(x)}" for m in MODELS for x in METHODS]
     assert list(pp.columns) == ["dataset", "generator_model", "product", "metric"] + names
     assert list(pp["product"].unique()) == PRODUCTS + ["mean"]
     assert len(pp) == 3 * 5  # (2 products + mean) x 5 segmentation metrics

@@ -80,7 +80,7 @@ def test_interrupted_run_resumes_bit_identically_and_checkpoint_loads(make_cfg, 
     cfg = make_cfg({"generator.steps_per_type": 2, "generator.checkpoint_every": 2, "generator.log_every": 1})
     split = Split.load(split_path("weave"))
     out_a, out_b = tmp_path / "a" / "weave", tmp_path / "b" / "weave"
-    assert train_generator(cfg, split, out_a, max_steps=3, progress=False) is None  # "interrupted" at 3 of 4
+    assert train_generator(cfg, split, out_a, stop_after=3, progress=False) is None  # "interrupted" at 3 of 4
     work = out_a.with_name("weave.work")
     assert (work / "state" / "state.json").is_file() and not out_a.exists()
     assert train_generator(cfg, split, out_a, progress=False) == out_a            # resumes 3 -> 4

@@ -9,7 +9,7 @@ if IS_DEMO:
         output:
             directory(ROOT),
         params:
-            cfg=cfg_params("dataset.demo"),
+            cfg=stage_params("seas.demo_data"),
             config=RESOLVED_CONFIG,
         log:
             f"{RUN}/logs/demo_data.log",
@@ -32,9 +32,8 @@ if TINY:
         output:
             directory(PRETRAINED),
         params:
-            cfg=cfg_params("seed", "model.resolution"),
-            seed=CFG["seed"],
-            size=CFG["model"]["resolution"],
+            cfg=stage_params("seas.tiny_sd"),
+            config=RESOLVED_CONFIG,
         log:
             f"{RUN}/logs/tiny_sd.log",
         benchmark:
@@ -46,7 +45,7 @@ if TINY:
         conda:
             "../../envs/seas.yaml"
         shell:
-            "{JOBENV} {PY} -m seas.tiny_sd --out {output:q} --seed {params.seed} --sample-size {params.size} > {log:q} 2>&1"
+            "{JOBENV} {PY} -m seas.tiny_sd --config {params.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule split:
@@ -56,7 +55,7 @@ rule split:
     output:
         f"{RUN}/split/{{product}}.json",
     params:
-        cfg=cfg_params("dataset.root", "split"),
+        cfg=stage_params("seas.data"),
         config=RESOLVED_CONFIG,
     log:
         f"{RUN}/logs/split/{{product}}.log",

@@ -20,19 +20,12 @@ from PIL import Image, ImageDraw
 
 from seas.data import load_image, load_mask
 from seas.errors import DataError
+from seas.pairs import IMAGES, MASKS, image_files, list_types  # the pairs layout (the job's PYTHONPATH has the repo)
 from seas.runtime import atomic_save_image, cli
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 class GridError(DataError):
     pass
-
-
-def _images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def collect_pairs(product_dir: str | Path, per_type: int) -> dict[str, list[tuple[Path, Path | None]]]:
@@ -41,12 +34,12 @@ def collect_pairs(product_dir: str | Path, per_type: int) -> dict[str, list[tupl
     if not product_dir.is_dir():
         raise GridError(f"{product_dir}: no such pairs folder")
     out: dict[str, list[tuple[Path, Path | None]]] = {}
-    for tdir in sorted(p for p in product_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        imgs = _images(tdir / "images")
+    for t in list_types(product_dir):
+        imgs = image_files(product_dir / t / IMAGES)
         if not imgs:
             continue
-        masks = {p.stem: p for p in _images(tdir / "masks")}
-        out[tdir.name] = [(p, masks.get(p.stem)) for p in imgs[:per_type]]
+        masks = {p.stem: p for p in image_files(product_dir / t / MASKS)}
+        out[t] = [(p, masks.get(p.stem)) for p in imgs[:per_type]]
     if not out:
         raise GridError(f"{product_dir}: no <type>/images/* found")
     return out

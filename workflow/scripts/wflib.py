@@ -10,9 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-BUILTIN_METHODS = ("seas", "real", "cutpaste", "draem")
-BASELINE_METHODS = ("real", "cutpaste", "draem")
-EXTERNAL_PREFIX = "external:"
+from seas.pairs import BASELINE_METHODS, method_dir  # the method names live with the pairs layout
 
 
 class WorkflowConfigError(ValueError):
@@ -20,29 +18,11 @@ class WorkflowConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------- methods
-def is_external(method: str) -> bool:
-    return method.startswith(EXTERNAL_PREFIX)
-
-
-def external_path(method: str) -> str:
-    return method[len(EXTERNAL_PREFIX):]
-
-
-def method_id(method: str) -> str:
-    """Folder / wildcard name of a method: built-ins keep their name, ``external:<path>`` -> ``external-<basename>``."""
-    if not is_external(method):
-        return method
-    base = Path(external_path(method)).name  # the same name as downstream.tables.method_dir
-    if not base:
-        raise WorkflowConfigError(f"downstream.methods: {method!r} has no folder name")
-    return f"external-{base}"
-
-
 def method_table(methods: Iterable[str]) -> dict[str, str]:
     """``{method_id: method spec}`` in config order; two externals with the same basename are an error."""
     table: dict[str, str] = {}
     for m in methods:
-        mid = method_id(m)
+        mid = method_dir(m)
         if mid in table:
             raise WorkflowConfigError(
                 f"downstream.methods: {table[mid]!r} and {m!r} both map to the folder name {mid!r}; "
@@ -144,7 +124,7 @@ def generate_minutes(cfg: Mapping[str, Any]) -> int:
     """Paper: 720 ms per image (A100, 25 steps); x2 margin, +10 min."""
     g = cfg["generation"]
     scale = (cfg["model"]["resolution"] / 512) ** 2 * g["num_inference_steps"] / 25
-    n = g["num_images_per_type"] + g["num_normal_images"]
+    n = g["num_images_per_type"]
     return int(10 + 2 * n * 0.72 * scale / 60) + 1
 
 
@@ -152,8 +132,7 @@ SEG_SECONDS_PER_ITER = {"bisenetv2": 0.15, "upernet": 0.45, "lfd": 0.1}  # GPU, 
 
 
 def seg_train_minutes(cfg: Mapping[str, Any], model: str) -> int:
-    t = cfg["downstream"]["train"].get(model, {})
-    iters = t.get("iterations", 20000)
-    bs = t.get("batch_size", 8)
+    t = cfg["downstream"]["train"][model]
+    iters, bs = t["iterations"], t["batch_size"]
     scale = (cfg["downstream"]["image_size"] / 256) ** 2 * bs / 8
     return int(20 + 1.5 * iters * SEG_SECONDS_PER_ITER.get(model, 0.5) * scale / 60) + 1

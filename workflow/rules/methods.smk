@@ -1,9 +1,9 @@
-# SeaS, per product (or per anomaly type, generator.scope: type -- the {group} wildcard, see generator_group):
-# fine-tune the generator -> train the RMP branch -> generate per anomaly type,
-# then IS / IC-LPIPS of every generated method.
-# Outputs are the cached artifacts. Long stages resume from their own work folders (generator/<P>.work/,
-# rmp/<P>.work/, the images already written of a type folder) after a crash; a folder is complete only once
-# its CLI has renamed it into place (generator/, rmp/) or written manifest.csv last (generation).
+# Methods: the SeaS stages per product (or per anomaly type, generator.scope: type -- the {group} wildcard, see
+# generator_group in common.smk): fine-tune the generator -> train the RMP branch -> generate per anomaly type;
+# and the built-in baselines (real / cutpaste / draem) per product.
+# Outputs are the cached artifacts. Long stages resume from their own work state (seas.resume: generator/<P>/<G>.work/,
+# rmp/<P>/<G>.work/, the images already written of a type folder) after a crash; a folder is complete only once
+# its CLI has renamed it into place (generator/, rmp/, baselines) or written manifest.csv last (generation).
 
 
 rule train_generator:
@@ -14,7 +14,7 @@ rule train_generator:
     output:
         directory(f"{RUN}/generator/{{product}}/{{group}}"),
     params:
-        cfg=cfg_params("seed", "dataset.image_policy", "augmentation", "model", "generator"),
+        cfg=stage_params("seas.train"),
         config=RESOLVED_CONFIG,
         types=group_type_args,
     log:
@@ -41,7 +41,7 @@ rule train_rmp:
     output:
         directory(f"{RUN}/rmp/{{product}}/{{group}}"),
     params:
-        cfg=cfg_params("seed", "dataset.image_policy", "augmentation", "model", "rmp"),
+        cfg=stage_params("seas.train_rmp"),
         config=RESOLVED_CONFIG,
     log:
         f"{RUN}/logs/train_rmp/{{product}}/{{group}}.log",
@@ -68,7 +68,7 @@ rule generate:
     output:
         f"{RUN}/methods/seas/{{product}}/{{atype}}/manifest.csv",
     params:
-        cfg=cfg_params("seed", "dataset.image_policy", "model", "generation"),
+        cfg=stage_params("seas.generate"),
         config=RESOLVED_CONFIG,
         outdir=lambda wc, output: str(Path(output[0]).parent),
     log:
@@ -87,29 +87,27 @@ rule generate:
         " --generator {input.generator:q} --rmp {input.rmp:q} --type {wildcards.atype:q} --out {params.outdir:q} > {log:q} 2>&1"
 
 
-rule gen_metrics:
-    """IS (torch-fidelity) and IC-LPIPS of one method's pairs of one product."""
+rule baselines:
+    """Built-in comparison pairs (real / cutpaste / draem) for every anomaly type of one product."""
     input:
         split=f"{RUN}/split/{{product}}.json",
-        pairs=lambda wc: pairs_of_product(wc.method, wc.product),
     output:
-        f"{RUN}/gen_metrics/{{method}}/{{product}}.json",
+        directory(f"{RUN}/methods/{{method}}/{{product}}"),
+    wildcard_constraints:
+        method="|".join(BASELINE_METHODS),
     params:
-        cfg=cfg_params("seed", "dataset.image_policy", "gen_metrics"),
+        cfg=stage_params("downstream.baselines"),
         config=RESOLVED_CONFIG,
-        pairs=lambda wc: f"{pairs_root(wc.method)}/{wc.product}",
-        method=lambda wc: wc.method,
     log:
-        f"{RUN}/logs/gen_metrics/{{method}}/{{product}}.log",
+        f"{RUN}/logs/baselines/{{method}}/{{product}}.log",
     benchmark:
-        f"{RUN}/benchmarks/gen_metrics/{{method}}/{{product}}.tsv"
-    threads: 2
+        f"{RUN}/benchmarks/baselines/{{method}}/{{product}}.tsv"
+    threads: 1
     resources:
-        gpu=GPUS,
-        mem_mb=16000,
+        mem_mb=4000,
         runtime=60,
     conda:
-        "../../envs/seas.yaml"
+        "../../envs/base.yaml"
     shell:
-        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m seas.gen_metrics --config {params.config:q} --split {input.split:q}"
-        " --pairs {params.pairs:q} --method {params.method:q} --out {output:q} > {log:q} 2>&1"
+        "{JOBENV} OMP_NUM_THREADS={threads} {PY} -m downstream.baselines --config {params.config:q} --method {wildcards.method:q}"
+        " --split {input.split:q} --out {output:q} > {log:q} 2>&1"

@@ -1,4 +1,6 @@
-"""The generated-pairs layout shared by every method (SeaS, the built-in baselines, external folders).
+"""The generated-pairs layout shared by every method (SeaS, the built-in baselines, external folders): the one
+module its producers (seas.generate, downstream.baselines) and its readers (downstream.data, seas.gen_metrics,
+workflow/scripts/sample_grid.py, the Snakefile through wflib) import.
 
     <method_root>/<product>/<type>/images/000000.png
     <method_root>/<product>/<type>/masks/000000.png     (same stem; 0/255 single channel, same size)
@@ -8,8 +10,10 @@
 folders (``external:<path>``: AnomalyDiffusion / DFMGAN outputs, the authors' released pairs) may omit it;
 ``images/`` + ``masks/`` suffice there. A type folder named ``good`` holds normal images (all-zero masks).
 
-Readers: :func:`iter_pairs` (a validated list of :class:`Pair`), :func:`read_manifest`.
-Writers: :func:`pair_paths`, :func:`save_pair`, :func:`write_manifest`.
+Readers: :func:`iter_pairs` (a validated list of :class:`Pair`), :func:`read_manifest`, :func:`list_types`,
+:func:`image_files`. Writers: :func:`pair_paths`, :func:`save_pair`, :func:`write_manifest`.
+Method names: :data:`BUILTIN_METHODS`, :func:`method_dir` (the folder / wildcard of a method's outputs),
+:func:`method_label` (its table label).
 """
 from __future__ import annotations
 
@@ -21,20 +25,76 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from seas.errors import DataError
-from seas.runtime import atomic_save_image, atomic_write_text
+from .errors import ConfigError, DataError
+from .runtime import atomic_save_image, atomic_write_text
 
 __all__ = [
-    "Pair", "MANIFEST", "IMAGE_SUFFIXES", "MANIFEST_COLUMNS",
-    "pair_paths", "save_pair", "write_manifest", "read_manifest", "list_types", "iter_pairs", "count_pairs",
+    "Pair", "MANIFEST", "IMAGE_SUFFIXES", "MANIFEST_COLUMNS", "GOOD", "IMAGES", "MASKS", "pair_name", "is_image_file",
+    "image_files", "pair_paths", "save_pair", "write_manifest", "read_manifest", "list_types", "iter_pairs",
+    "count_pairs", "BUILTIN_METHODS", "BASELINE_METHODS", "EXTERNAL_PREFIX", "is_external", "external_path",
+    "method_dir", "method_label",
 ]
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.csv"
+#: image files of a dataset tree or a pairs folder (case-insensitive suffix)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: the leading columns of every manifest; methods append their own parameters after these
 MANIFEST_COLUMNS = ("index", "image", "mask", "seed", "reference", "type")
+#: the type folder of normal images (all-zero masks)
+GOOD = "good"
+IMAGES, MASKS = "images", "masks"
+
+# ----------------------------------------------------------------------------- methods
+BUILTIN_METHODS = ("seas", "real", "cutpaste", "draem")
+BASELINE_METHODS = ("real", "cutpaste", "draem")
+EXTERNAL_PREFIX = "external:"
+
+
+def is_external(method: str) -> bool:
+    return method.startswith(EXTERNAL_PREFIX)
+
+
+def external_path(method: str) -> str:
+    return method[len(EXTERNAL_PREFIX):]
+
+
+def _external_base(method: str) -> str:
+    base = Path(external_path(method).rstrip("/\\")).name
+    if not base:
+        raise ConfigError(f"downstream.methods: {method!r} has no folder name")
+    return base
+
+
+def method_dir(method: str) -> str:
+    """Folder (and workflow wildcard) name of a method's outputs: built-ins keep their name,
+    ``external:/data/ad/pairs`` -> ``external-pairs``."""
+    return f"external-{_external_base(method)}" if is_external(method) else method
+
+
+def method_label(method: str) -> str:
+    """Table label: ``external:/data/ad/pairs`` -> ``external:pairs``; other methods unchanged."""
+    return f"external:{_external_base(method)}" if is_external(method) else method
+
+
+# ----------------------------------------------------------------------------- files
+def is_image_file(path: Path) -> bool:
+    """An image by its suffix (hidden files, e.g. atomic-write temporaries, are not)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Sorted image files of a folder ([] if it does not exist)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if is_image_file(p) and p.is_file())
+
+
+def pair_name(index: int) -> str:
+    """File name of pair ``index`` in ``images/`` and ``masks/``."""
+    return f"{int(index):06d}.png"
 
 
 class Pair(NamedTuple):
@@ -50,8 +110,8 @@ class Pair(NamedTuple):
 def pair_paths(type_dir: str | Path, index: int) -> tuple[Path, Path]:
     """``(images/NNNNNN.png, masks/NNNNNN.png)`` inside ``type_dir``."""
     type_dir = Path(type_dir)
-    name = f"{int(index):06d}.png"
-    return type_dir / "images" / name, type_dir / "masks" / name
+    name = pair_name(index)
+    return type_dir / IMAGES / name, type_dir / MASKS / name
 
 
 def save_pair(type_dir: str | Path, index: int, image, mask) -> tuple[Path, Path]:
@@ -121,18 +181,18 @@ def read_manifest(type_dir: str | Path) -> list[dict]:
     return rows
 
 
-def list_types(product_dir: str | Path) -> list[str]:
-    """Sorted type folders of a product folder (any sub-folder that has ``images/``)."""
+def list_types(product_dir: str | Path, *, anomalous_only: bool = False) -> list[str]:
+    """Sorted type folders of a product folder (any sub-folder that has ``images/``; not ``good`` with
+    ``anomalous_only``)."""
     product_dir = Path(product_dir)
-    return sorted(d.name for d in product_dir.iterdir() if d.is_dir() and (d / "images").is_dir())
+    return sorted(d.name for d in product_dir.iterdir()
+                  if d.is_dir() and not d.name.startswith(".") and (d / IMAGES).is_dir()
+                  and not (anomalous_only and d.name == GOOD))
 
 
 def _images_in(folder: Path) -> dict[str, Path]:
     """Image files by stem; hidden files (``.DS_Store``, macOS ``._*`` resource forks, temporary files) skipped."""
-    if not folder.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(folder.iterdir())
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()}
+    return {p.stem: p for p in image_files(folder)}
 
 
 def _type_pairs(type_dir: Path, product: str, type_name: str) -> list[Pair]:

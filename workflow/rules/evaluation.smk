@@ -1,38 +1,34 @@
-# Downstream: baseline pair generators per product; one segmentation model per (model, method) for all
-# products of the dataset, trained on that method's pairs + the normal training images; evaluation on the
-# held-out real anomalies + good images.
+# Evaluation: IS / IC-LPIPS of every generated method; one segmentation model per (model, method) for all products
+# of the dataset, trained on that method's pairs + the normal training images, scored on the held-out real
+# anomalies + good images; the tables (the paper's comparisons, as CSV).
 
 
-rule baselines:
-    """Built-in comparison pairs (real / cutpaste / draem) for every anomaly type of one product."""
+rule gen_metrics:
+    """IS (torch-fidelity) and IC-LPIPS of one method's pairs of one product."""
     input:
         split=f"{RUN}/split/{{product}}.json",
+        pairs=lambda wc: pairs_of_product(wc.method, wc.product),
     output:
-        directory(f"{RUN}/methods/{{method}}/{{product}}"),
-    wildcard_constraints:
-        method="|".join(wflib.BASELINE_METHODS),
+        f"{RUN}/gen_metrics/{{method}}/{{product}}.json",
     params:
-        cfg=cfg_params("seed", "dataset.image_policy", "augmentation", "downstream.image_size",
-                       "downstream.num_baseline_images_per_type"),
+        cfg=stage_params("seas.gen_metrics"),
         config=RESOLVED_CONFIG,
+        pairs=lambda wc: f"{pairs_root(wc.method)}/{wc.product}",
+        method=lambda wc: wc.method,
     log:
-        f"{RUN}/logs/baselines/{{method}}/{{product}}.log",
+        f"{RUN}/logs/gen_metrics/{{method}}/{{product}}.log",
     benchmark:
-        f"{RUN}/benchmarks/baselines/{{method}}/{{product}}.tsv"
-    threads: 1
+        f"{RUN}/benchmarks/gen_metrics/{{method}}/{{product}}.tsv"
+    threads: 2
     resources:
-        mem_mb=4000,
+        gpu=GPUS,
+        mem_mb=16000,
         runtime=60,
     conda:
-        "../../envs/base.yaml"
+        "../../envs/seas.yaml"
     shell:
-        "{JOBENV} OMP_NUM_THREADS={threads} {PY} -m downstream.baselines --config {params.config:q} --method {wildcards.method:q}"
-        " --split {input.split:q} --out {output:q} > {log:q} 2>&1"
-
-
-def _train_seg_cfg(wildcards):
-    return cfg_params("seed", "dataset.image_policy", "downstream.image_size", "downstream.include_real_anomalies",
-                      "downstream.pretrained_backbones", f"downstream.train.{wildcards.model}")
+        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m seas.gen_metrics --config {params.config:q} --split {input.split:q}"
+        " --pairs {params.pairs:q} --method {params.method:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule train_seg:
@@ -44,7 +40,7 @@ rule train_seg:
         model=f"{RUN}/segmentation/{{model}}/{{method}}/model.safetensors",
         info=f"{RUN}/segmentation/{{model}}/{{method}}/train.json",
     params:
-        cfg=_train_seg_cfg,
+        cfg=lambda wc: stage_params("downstream.train", model=wc.model),
         config=RESOLVED_CONFIG,
         pairs_root=lambda wc: pairs_root(wc.method),
         outdir=lambda wc, output: str(Path(output[0]).parent),
@@ -73,8 +69,7 @@ rule evaluate:
     output:
         f"{RUN}/segmentation/{{model}}/{{method}}/scores.csv",
     params:
-        cfg=cfg_params("dataset.image_policy", "downstream.image_size", "downstream.iou_threshold",
-                       "downstream.evaluation"),
+        cfg=stage_params("downstream.evaluate"),
         config=RESOLVED_CONFIG,
         ckpt=lambda wc, input: str(Path(input.model).parent),
     log:
@@ -91,3 +86,36 @@ rule evaluate:
     shell:
         "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m downstream.evaluate --config {params.config:q} --model {wildcards.model:q}"
         " --checkpoint {params.ckpt:q} --splits {input.splits:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule tables:
+    """Collect every score into <results_dir>/tables/*.csv (labelled with dataset and generator model)."""
+    input:
+        _table_inputs,
+    output:
+        [
+            report(
+                f"{TABLES}/{name}.csv",
+                category="Tables",
+                caption="../report/tables.rst",
+                labels={"table": name},
+            )
+            for name in TABLE_NAMES
+        ],
+    params:
+        cfg=stage_params("downstream.tables"),
+        config=RESOLVED_CONFIG,
+        run_dir=RUN,
+        out_dir=TABLES,
+        gen_methods=" ".join(shlex.quote(METHODS[m]) for m in generated_method_ids()),
+    log:
+        f"{RUN}/logs/tables.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/base.yaml"
+    shell:
+        "{JOBENV} {PY} -m downstream.tables --config {params.config:q} --run-dir {params.run_dir:q} --out-dir {params.out_dir:q}"
+        " --gen-methods {params.gen_methods} > {log:q} 2>&1"

@@ -1,0 +1,91 @@
+"""Per-stage config keys (issue 12, item 1): each stage module declares ``CONFIG_KEYS`` (the rule's ``params: cfg``,
+Snakemake's params rerun trigger); running each stage's CLI entry point on a config that records its reads must
+read nothing outside that declaration."""
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import yaml
+
+import seas.config
+from helpers import RecordingConfig, allowed
+from seas.config import STAGES, stage_keys
+
+# (module, argv builder) in pipeline order; every stage writes into the shared folder `w`
+def _argv(w, c):
+    s, gen, rmp, pairs = str(w / "run" / "split" / "weave.json"), str(w / "gen"), str(w / "rmp"), w / "methods"
+    cfg = ["--config", str(c)]
+    return [
+        ("seas.demo_data", [*cfg, "--out", str(w / "demo")]),
+        ("seas.tiny_sd", [*cfg, "--out", str(w / "tiny")]),
+        ("seas.data", ["split", *cfg, "--product", "weave", "--out", s]),
+        ("seas.train", [*cfg, "--split", s, "--anomaly-type", "scratch", "--out", gen, "--no-progress"]),
+        ("seas.train_rmp", [*cfg, "--split", s, "--generator", gen, "--out", rmp]),
+        ("seas.generate", [*cfg, "--split", s, "--generator", gen, "--rmp", rmp, "--type", "scratch",
+                           "--out", str(pairs / "seas" / "weave" / "scratch")]),
+        ("downstream.baselines", [*cfg, "--method", "cutpaste", "--split", s, "--out", str(pairs / "cutpaste" / "weave")]),
+        ("seas.gen_metrics", [*cfg, "--split", s, "--pairs", str(pairs / "seas" / "weave"), "--method", "seas",
+                              "--out", str(w / "run" / "gen_metrics" / "seas" / "weave.json")]),
+        ("downstream.train", [*cfg, "--model", "lfd", "--pairs-root", str(pairs / "seas"), "--splits", s,
+                              "--out", str(w / "run" / "segmentation" / "lfd" / "seas")]),
+        ("downstream.evaluate", [*cfg, "--model", "lfd", "--checkpoint", str(w / "run" / "segmentation" / "lfd" / "seas"),
+                                 "--splits", s, "--out", str(w / "run" / "segmentation" / "lfd" / "seas" / "scores.csv")]),
+        ("downstream.tables", [*cfg, "--run-dir", str(w / "run"), "--out-dir", str(w / "tables")]),
+    ]
+
+
+def test_every_stage_reads_only_its_declared_keys(make_cfg, tmp_path, monkeypatch):
+    cfg = make_cfg({"dataset.products": ["weave"], "downstream.models": ["lfd"], "downstream.methods": ["seas"],
+                    "generator.steps_per_type": 1, "generator.batch_abnormal": 1, "generator.batch_normal": 1,
+                    "rmp": {"steps_per_type": 1, "batch_abnormal": 1, "batch_normal": 1, "gradient_accumulation": 1,
+                            "reduce_channels": [16, 8], "num_heads": 1, "head_dim": 24, "norm_num_groups": 8,
+                            "num_layers": 1},
+                    "generation.num_images_per_type": 2, "generation.mask_steps": 1, "generation.num_inference_steps": 2,
+                    "dataset.demo": {"image_size": 32, "num_train_good": 3, "num_test_good": 1, "num_per_type": 3},
+                    "downstream.train.lfd": {"iterations": 2, "batch_size": 2, "num_workers": 0},
+                    "downstream.evaluation.num_workers": 0})
+    c = tmp_path / "config.yaml"
+    c.write_text(yaml.safe_dump(cfg))
+    reads: set[str] = set()
+    orig = seas.config.load_config
+    monkeypatch.setattr(seas.config, "load_config", lambda *a, **k: RecordingConfig(orig(*a, **k), reads))
+    stages = _argv(tmp_path / "w", c)
+    assert sorted(m for m, _ in stages) == sorted(STAGES)
+    failures = {}
+    for module, argv in stages:
+        reads.clear()
+        mod = importlib.import_module(module)
+        assert mod.main(argv) == 0, module
+        declared = stage_keys(module, model="lfd")
+        outside = sorted(r for r in reads if not allowed(r, declared))
+        if outside:
+            failures[module] = outside
+    assert not failures, f"reads outside CONFIG_KEYS: {json.dumps(failures, indent=1)}"
+
+
+@pytest.mark.parametrize("module", STAGES)
+def test_declarations_name_schema_keys_and_match_the_module(module):
+    """stage_keys (read from the source, no import: the Snakefile parses fast) == the module's CONFIG_KEYS, and
+    every key exists in the schema."""
+    mod = importlib.import_module(module)
+    assert stage_keys(module) == tuple(mod.CONFIG_KEYS)
+    schema = seas.config.load_schema()
+    for key in stage_keys(module, model="lfd"):
+        node = schema
+        for part in key.split("."):
+            props = node.get("properties") or {}
+            if "$ref" in node:
+                node = schema["definitions"][node["$ref"].split("/")[-1]]
+                props = node["properties"]
+            assert part in props, f"{module}: {key} is not a schema key"
+            node = props[part]
+
+
+def test_rerun_triggers_of_the_review():
+    """The two wrong hand-kept lists the review found: a generation-time RMP switch no longer retrains the RMP, and
+    segmentation training is rerun when its autocast precision changes."""
+    assert "rmp.bn_train_mode_at_inference" in stage_keys("seas.generate")
+    assert not allowed("rmp.bn_train_mode_at_inference", stage_keys("seas.train_rmp"))
+    assert "model.mixed_precision" in stage_keys("downstream.train", model="lfd")
