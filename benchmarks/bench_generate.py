@@ -15,7 +15,8 @@ Precision (``--precision``): ``fp16`` / ``bf16`` cast the models (the usual infe
 fp32 weights under bf16 autocast (the pipeline's ``model.mixed_precision: auto`` on CUDA), ``fp32``. Default: fp16 on
 CUDA, fp32 on CPU. Prints one JSON object (and writes it to ``--out`` if given).
 
-The per-component split (``component_s``: U-Net, VAE decoder, RMP) times each component's calls (with a CUDA
+The per-component split (``component_s``: U-Net, VAE decoder, RMP; CPU-seconds on a CPU, wall seconds on a GPU)
+times each component's calls (with a CUDA
 synchronize around each on GPU, so run it separately from the ms/image figure there: ``--split-only``).
 ``--full-feature-decodes`` decodes the RMP's VAE features with full decodes (the code before the truncated
 decode) for a before/after comparison in one script: same masks and images, more VAE time.
@@ -103,18 +104,19 @@ def main(argv=None) -> int:
     uncond = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g).to(device, wdtype)
 
     comp = {"unet": 0.0, "vae": 0.0, "rmp": 0.0}
+    clock = time.perf_counter if device.type == "cuda" else time.process_time  # CPU-seconds on a shared CPU
 
     def timed(name, fn):
         def wrapper(*a, **kw):
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0 = clock()
             try:
                 return fn(*a, **kw)
             finally:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                comp[name] += time.perf_counter() - t0
+                comp[name] += clock() - t0
         return wrapper
 
     if not args.no_split:
@@ -142,19 +144,21 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         one_batch()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     med = statistics.median(times)
     result = {
         "benchmark": "generate", "shape": args.shape, "resolution": res, "batch_size": b, "steps": args.steps,
         "mask_steps": args.mask_steps, "guidance_scale": args.guidance_scale, "precision": prec,
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "ms_per_image": round(1000 * med / b, 2), "s_per_batch": [round(t, 4) for t in times],
+        "cpu_s_per_batch": [round(c, 3) for c in cpu],
         "params": n_params, "torch": torch.__version__,
         "peak_memory_gib": round((torch.cuda.max_memory_allocated() if device.type == "cuda" else
                                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30, 2),
@@ -162,7 +166,7 @@ def main(argv=None) -> int:
         "full_feature_decodes": args.full_feature_decodes,
     }
     if not args.no_split:
-        total = sum(times)
+        total = sum(times) if device.type == "cuda" else sum(cpu)
         result["component_s"] = {k: round(v, 3) for k, v in comp.items()}
         result["component_share"] = {k: round(v / total, 3) for k, v in comp.items()}
     print(json.dumps(result))
