@@ -29,7 +29,7 @@ rule tables:
         ],
     params:
         cfg=cfg_params("dataset.name", "model.pretrained", "model.tiny", "downstream.models", "downstream.methods",
-                       "gen_metrics.enabled"),
+                       "gen_metrics.enabled", "split.shots", "split.rule"),
         config=RESOLVED_CONFIG,
         run_dir=RUN,
         out_dir=TABLES,
