@@ -19,7 +19,8 @@ Reads ``<run>/segmentation/<model>/<method dir>/scores.csv`` (downstream.evaluat
 ``segmentation_per_product.csv``  Tab. 13-18: dataset, generator_model, protocol, product, metric, then one column per
 ``detection_per_product.csv``     ``<model>/<method>``; rows product x metric, products' ``mean`` last.
 
-``cost.csv``                      Tab. 6/7, measured: see downstream.cost.
+``cost.csv``, ``cost_per_job.csv`` Tab. 6/7, measured on this run (Snakemake benchmark files + the stage CLIs'
+                                  run_record.json): see downstream.cost.
 
 ``protocol`` (every table) names the evaluation protocol: ``seas-unified`` (one segmentation model per dataset,
 trained on a method's pairs of every product, tested on each product's held-out 2/3 of the real anomalies + its
@@ -270,10 +271,23 @@ def per_product_table(cfg: Mapping, loaded: dict, models, methods, columns):
     return pd.DataFrame(rows, columns=BASE_COLUMNS + ["product", "metric"] + names)
 
 
+def _products_types(run_dir: Path) -> dict[str, list[str]]:
+    """``{product: anomaly types}`` from the run's split manifests (the cost table's expected jobs)."""
+    out = {}
+    for p in _products(run_dir):
+        f = run_dir / "split" / f"{p}.json"
+        try:
+            out[p] = list(json.loads(f.read_text()).get("anomaly_types", []))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{f} is not valid JSON: {e}") from None
+    return out
+
+
 def build_tables(cfg: Mapping, run_dir: str | Path, *, generation: bool | None = None,
-                 gen_methods: Sequence[str] | None = None, with_pro: bool | None = None) -> dict:
+                 gen_methods: Sequence[str] | None = None, with_pro: bool | None = None, cost: bool = True) -> dict:
     """All tables as DataFrames keyed by file name. ``generation`` defaults to ``gen_metrics.enabled``;
-    ``gen_methods`` to every configured method; ``with_pro`` to ``dataset.name == visa``."""
+    ``gen_methods`` to every configured method; ``with_pro`` to ``dataset.name == visa``; ``cost``: cost.csv and
+    cost_per_job.csv from the run's benchmark files and run records (downstream.cost)."""
     run_dir = Path(run_dir)
     d = cfg["downstream"]
     models, methods = list(d["models"]), list(d["methods"])
@@ -292,6 +306,11 @@ def build_tables(cfg: Mapping, run_dir: str | Path, *, generation: bool | None =
     if generation:
         gm = list(gen_methods) if gen_methods is not None else methods
         tables["generation.csv"] = generation_table(cfg, run_dir, gm, _products(run_dir))
+    if cost:
+        from .cost import cost_tables
+
+        tables["cost.csv"], tables["cost_per_job.csv"] = cost_tables(cfg, run_dir, _products_types(run_dir),
+                                                                     _base(cfg, run_dir))
     return tables
 
 
@@ -313,7 +332,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m downstream.tables",
         description="Collect a run's scores.csv and gen_metrics JSON files into the paper's tables "
                     "(generation.csv, segmentation.csv, detection.csv, *_per_product.csv) for the configured "
-                    "downstream.models x downstream.methods. Metrics in percent.",
+                    "downstream.models x downstream.methods, and its benchmark files + run records into "
+                    "cost.csv / cost_per_job.csv. Metrics in percent.",
     )
     add_config_arguments(p)
     p.add_argument("--run-dir", required=True, help="results/<run_name>")

@@ -221,7 +221,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     setup_logging()
     cfg = config_from_args(args)
-    train_segmentation(cfg, args.model, args.pairs_root, args.splits, args.out, method=args.method)
+    info = train_segmentation(cfg, args.model, args.pairs_root, args.splits, args.out, method=args.method)
+    if info:  # what this stage cost (tables/cost.csv)
+        from seas.runtime import RUN_RECORD, run_record
+        run_record(Path(args.out) / RUN_RECORD, stage="segmentation", steps=info["iterations"],
+                   images=info["iterations"] * info["batch_size"])
     return 0
 
 

@@ -328,7 +328,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
-    train_rmp(cfg, args.split, args.generator, args.out)
+    out = train_rmp(cfg, args.split, args.generator, args.out)
+    if out is not None:  # what this stage cost (tables/cost.csv)
+        from .runtime import RUN_RECORD, run_record
+        run_record(Path(out) / RUN_RECORD, stage="rmp",
+                   steps=json.loads((Path(out) / "rmp.json").read_text()).get("steps"))
     return 0
 
 

@@ -166,8 +166,12 @@ def test_cli_writes_every_table(tmp_path, run_dir, capsys):
     assert tables.main(["--config", str(cfg_path), "--run-dir", str(run_dir), "--out-dir", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["generation.csv", "segmentation.csv", "detection.csv", "segmentation_per_product.csv",
-         "detection_per_product.csv"])
+         "detection_per_product.csv", "cost.csv", "cost_per_job.csv"])
     assert len(pd.read_csv(out / "segmentation.csv")) == 9
+    # no benchmark file in this fabricated run: every stage row says "not measured", no number is invented
+    c = pd.read_csv(out / "cost.csv")
+    assert set(c.source) == {"not measured"} and c.seconds_total.isna().all()
+    assert set(c.protocol) == {"seas-unified (split floor 1/3)"}
     # a missing input is an error message + exit 2
     assert tables.main(["--config", str(cfg_path), "--run-dir", str(tmp_path / "nope"), "--out-dir", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err

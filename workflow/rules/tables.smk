@@ -1,6 +1,7 @@
 # Tables (the paper's comparisons, as CSV) and the report's sample grids.
 
-TABLE_NAMES = ["segmentation", "detection", "segmentation_per_product", "detection_per_product"]
+TABLE_NAMES = ["segmentation", "detection", "segmentation_per_product", "detection_per_product", "cost",
+               "cost_per_job"]
 if CFG["gen_metrics"]["enabled"]:
     TABLE_NAMES.insert(0, "generation")
 
@@ -13,10 +14,20 @@ def _table_inputs(wildcards=None):
     return all_splits() + scores + gen
 
 
+def _cost_inputs(wildcards=None):
+    """The benchmark files of every job the cost table reads (downstream.cost.expected_jobs): the table is rebuilt
+    when a stage reruns. (The stage CLIs' run_record.json files live inside those jobs' outputs.)"""
+    from downstream.cost import benchmark_files
+
+    return benchmark_files(CFG, {p: types_of(p) for p in products()}, RUN)
+
+
 rule tables:
-    """Collect every score into <results_dir>/tables/*.csv (labelled with dataset and generator model)."""
+    """Collect every score into <results_dir>/tables/*.csv (labelled with dataset, generator model and protocol),
+    and the jobs' benchmark files into cost.csv (measured cost of this run)."""
     input:
         _table_inputs,
+        benchmarks=_cost_inputs,
     output:
         [
             report(
@@ -29,7 +40,8 @@ rule tables:
         ],
     params:
         cfg=cfg_params("dataset.name", "model.pretrained", "model.tiny", "downstream.models", "downstream.methods",
-                       "gen_metrics.enabled", "split.shots", "split.rule"),
+                       "gen_metrics.enabled", "split.shots", "split.rule", "generator.scope",
+                       "resources.gpus_per_job"),
         config=RESOLVED_CONFIG,
         run_dir=RUN,
         out_dir=TABLES,
