@@ -227,6 +227,9 @@ def cost_tables(cfg: Mapping, run_dir: str | Path, products_types: Mapping[str, 
                      "machine": run_machine, "source": MEASURED if total else NOT_MEASURED})
     cost = pd.DataFrame([{**base, **r} for r in rows], columns=list(base) + COST_COLUMNS)
     per_job = pd.DataFrame(job_rows, columns=list(base) + JOB_COLUMNS)
+    for df, cols in ((cost, ("jobs", "measured_jobs", "steps", "images")), (per_job, ("steps", "images"))):
+        for c in cols:  # counts stay integers in the CSV (a missing one is an empty cell, not a float column)
+            df[c] = pd.array([None if v is None or pd.isna(v) else int(v) for v in df[c]], dtype="Int64")
     return cost, per_job
 
 

@@ -145,6 +145,8 @@ def test_cost_table_columns_and_csv_precision(tmp_path):
     assert set(c.protocol) == {"seas-unified (split floor 1/3)"}
     out = tables.write_tables({"cost.csv": c}, tmp_path / "t")[0]
     back = pd.read_csv(out)
+    lines = out.read_text().splitlines()
+    assert ",generator,,2,2,500.0,100.0,250.0,250.0,,4000,," in lines[1]  # counts are integers, not 4000.0
     assert back.loc[back.stage == "total", "gpu_hours"].iloc[0] == pytest.approx(c.gpu_hours.iloc[-1], rel=1e-9)
 
 
