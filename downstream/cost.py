@@ -207,7 +207,8 @@ def cost_tables(cfg: Mapping, run_dir: str | Path, products_types: Mapping[str, 
                          "group": j.keys.get("group", ""), "type": j.keys.get("type", ""),
                          "model": j.keys.get("model", ""), "method": j.keys.get("method", ""),
                          "seconds": b["s"] if b else None, "max_rss_mb": b["max_rss"] if b else None,
-                         "device": (rec or {}).get("device", ""), "gpu_peak_memory_mb": (rec or {}).get("gpu_peak_memory_mb"),
+                         "device": (rec or {}).get("device", ""),
+                         "gpu_peak_memory_mb": (rec or {}).get("gpu_peak_memory_mb"),
                          "steps": (rec or {}).get("steps"), "images": _images(rec), "benchmark": j.benchmark})
 
     rows = []

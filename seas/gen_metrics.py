@@ -24,7 +24,8 @@ Per anomaly type folder ``<pairs>/<type>/images/`` (``good`` is skipped), images
   Weights: ``gen_metrics.lpips_weights_dir`` holding ``vgg.pth`` (LPIPS linear layers) and
   ``vgg16-397923af.pth`` (torchvision's ImageNet VGG-16); null = randomly initialised network (``"lpips": "random"``).
 
-The product's ``is`` / ``ic_lpips`` / ``kid`` are the means over its anomaly types; ``per_type`` holds each type's values.
+The product's ``is`` / ``ic_lpips`` / ``kid`` are the means over its anomaly types; ``per_type`` holds each
+type's values.
 The clustering maths is in pure functions (:func:`assign_clusters`, :func:`cluster_members`,
 :func:`ic_lpips_from_clusters`, :func:`ic_lpips_from_matrices`).
 """
@@ -387,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m seas.gen_metrics",
         description="IS and KID (torch-fidelity; KID against the real anomalies of each type) and IC-LPIPS "
-                    "(lpips VGG) of one product's generated images, per anomaly type and averaged. Weights from gen_metrics.inception_weights / lpips_weights_dir; null = "
+                    "(lpips VGG) of one product's generated images, per anomaly type and averaged. Weights from "
+                    "gen_metrics.inception_weights / lpips_weights_dir; null = "
                     "random networks, labelled 'random' in the output.",
     )
     add_config_arguments(p)
