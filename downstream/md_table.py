@@ -1,5 +1,10 @@
 """Print a CSV (e.g. results/tables/segmentation.csv) as a GitHub Markdown table, numbers rounded.
 
+Numbers are rounded to ``--digits`` decimals (2, like the paper); a non-zero number that would round to 0 (a KID
+of 0.0012) keeps ``--digits`` significant digits instead. Label cells (``n/a (no Inception weights)``,
+``not computed``) are printed as they are and do not stop a column from being right-aligned as numeric.
+The CSVs themselves keep full precision.
+
     python -m downstream.md_table results/tables/segmentation.csv [--digits 2] [--columns model method pixel_auroc]
 """
 from __future__ import annotations
@@ -31,12 +36,21 @@ def _cell(text: str, digits: int) -> str:
         return "n/a"
     if v.is_integer() and "." not in text and "e" not in text.lower():
         return str(int(v))
+    if v != 0 and abs(v) < 0.5 * 10 ** -digits:
+        return f"{v:.{max(digits, 1)}g}"
     return f"{v:.{digits}f}"
 
 
+def _label(text: str) -> bool:
+    """A cell standing in for a number: empty, ``n/a ...`` or ``not computed`` / ``not recorded``."""
+    return text == "" or text.startswith("n/a") or text.startswith("not ")
+
+
 def to_markdown(header: Sequence[str], rows: Sequence[Sequence[str]], digits: int = 2) -> str:
-    """GitHub Markdown table; columns whose every non-empty cell is a number are right-aligned."""
-    numeric = [all(_number(r[i]) is not None for r in rows if r[i] != "") and any(r[i] != "" for r in rows)
+    """GitHub Markdown table; columns whose every cell is a number (or a label such as ``n/a (...)``, with at
+    least one number) are right-aligned."""
+    numeric = [all(_number(r[i]) is not None for r in rows if not _label(r[i]))
+               and any(_number(r[i]) is not None for r in rows)
                for i in range(len(header))]
     lines = ["| " + " | ".join(h.replace("|", "\\|") for h in header) + " |",
              "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]

@@ -6,17 +6,28 @@ Reads ``<run>/segmentation/<model>/<method dir>/scores.csv`` (downstream.evaluat
 ``train.json`` beside it (its ``backbone_init`` field), ``<run>/gen_metrics/<method dir>/<product>.json``
 (seas.gen_metrics) and the product list from ``<run>/split/*.json``. Writes:
 
-``generation.csv``                Tab. 1: dataset, generator_model, method, product, is, ic_lpips, inception_weights,
-                                  lpips_weights; one row per method x product + a ``mean`` row per method.
-``segmentation.csv``              Tab. 2: dataset, generator_model, model, backbone_init, method, pixel_auroc,
+``generation.csv``                Tab. 1: dataset, generator_model, protocol, method, product, is, ic_lpips, kid,
+                                  inception_weights, lpips_weights; one row per method x product + a ``mean`` row
+                                  per method. ``is``/``kid`` read ``n/a (no Inception weights)`` and ``ic_lpips``
+                                  ``n/a (no LPIPS weights)`` when computed with random networks (weights not
+                                  configured): plumbing, never a number to report.
+``segmentation.csv``              Tab. 2: dataset, generator_model, protocol, model, backbone_init, method, pixel_auroc,
                                   pixel_ap, pixel_f1max, pixel_iou_best, pixel_iou_fixed (+ pixel_pro for VisA);
                                   one row per model x method (the products' mean) + ``model = average`` rows
                                   (mean over models, per method, like Tab. 2's "average").
 ``detection.csv``                 Tab. 3: the same rows with image_auroc, image_ap, image_f1max.
-``segmentation_per_product.csv``  Tab. 13-18: dataset, generator_model, product, metric, then one column per
+``segmentation_per_product.csv``  Tab. 13-18: dataset, generator_model, protocol, product, metric, then one column per
 ``detection_per_product.csv``     ``<model>/<method>``; rows product x metric, products' ``mean`` last.
 
-Metrics are in percent (downstream.metrics.SCALE); IS and IC-LPIPS as computed. ``generator_model`` names the
+``cost.csv``, ``cost_per_job.csv`` Tab. 6/7, measured on this run (Snakemake benchmark files + the stage CLIs'
+                                  run_record.json): see downstream.cost.
+
+``protocol`` (every table) names the evaluation protocol: ``seas-unified`` (one segmentation model per dataset,
+trained on a method's pairs of every product, tested on each product's held-out 2/3 of the real anomalies + its
+good test images) with the split rule, e.g. ``seas-unified (split floor 1/3)`` (:func:`protocol_label`).
+
+Metrics are in percent (downstream.metrics.SCALE); IS, IC-LPIPS and KID as computed (CSV: full precision;
+``python -m downstream.md_table`` rounds to 2 decimals like the paper). ``generator_model`` names the
 diffusion model behind the ``seas`` method of this run — ``tiny-random (not SD v1-4)`` for the tiny random
 model (``model.tiny`` or a ``seas_tiny.json`` marker in the model folder), else ``model.pretrained``.
 Method ``external:<path>`` is labelled ``external:<basename>`` and lives in the folder ``external-<basename>``
@@ -46,10 +57,10 @@ log = logging.getLogger(__name__)
 #: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
 #: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
 CONFIG_KEYS = ("dataset.name", "model.pretrained", "model.tiny", "downstream.models", "downstream.methods",
-               "gen_metrics.enabled")
+               "gen_metrics.enabled", "split.shots", "split.rule", "generator.scope", "resources.gpus_per_job")
 
-__all__ = ["TINY_LABEL", "AVERAGE", "SEG_COLUMNS", "DET_COLUMNS", "generator_label",
-           "build_tables", "write_tables", "main"]
+__all__ = ["TINY_LABEL", "AVERAGE", "SEG_COLUMNS", "DET_COLUMNS", "NA_INCEPTION", "NA_LPIPS", "NOT_COMPUTED",
+           "PROTOCOL", "generator_label", "protocol_label", "build_tables", "write_tables", "main"]
 
 TINY_LABEL = "tiny-random (not SD v1-4)"
 TINY_MARKER = "seas_tiny.json"
@@ -59,6 +70,10 @@ PRO_COLUMN = "pixel_pro"
 DET_COLUMNS = list(IMAGE_COLUMNS)
 NOT_RECORDED = "not recorded"
 PRO_DATASETS = ("visa",)
+NA_INCEPTION = "n/a (no Inception weights)"
+NA_LPIPS = "n/a (no LPIPS weights)"
+NOT_COMPUTED = "not computed"
+PROTOCOL = "seas-unified"
 
 
 
@@ -67,6 +82,24 @@ def generator_label(cfg: Mapping) -> str:
     if m["tiny"] or (Path(m["pretrained"]) / TINY_MARKER).is_file():
         return TINY_LABEL
     return str(m["pretrained"])
+
+
+def protocol_label(cfg: Mapping, run_dir: str | Path | None = None) -> str:
+    """``seas-unified (split floor 1/3)`` (or ``(split 2-shot)`` for an integer split.shots). The run's split
+    manifests, where they record ``shots``/``rule``, must agree with the config (else: rerun the split)."""
+    shots, rule = cfg["split"]["shots"], cfg["split"]["rule"]
+    if run_dir is not None and (Path(run_dir) / "split").is_dir():
+        for f in sorted((Path(run_dir) / "split").glob("*.json")):
+            try:
+                d = json.loads(f.read_text())
+            except json.JSONDecodeError as e:
+                raise DataError(f"{f} is not valid JSON: {e}") from None
+            got = (d.get("shots", shots), d.get("rule", "floor") if "shots" in d else rule)
+            if got != (shots, rule) and not (isinstance(shots, int) and got[0] == shots):
+                raise DataError(f"split manifest {f} was built with shots={got[0]!r} rule={got[1]!r} but the config "
+                                f"says shots={shots!r} rule={rule!r}; rebuild the split (python -m seas.data split)")
+    split = f"{rule} 1/3" if shots == "1/3" else f"{shots}-shot"
+    return f"{PROTOCOL} (split {split})"
 
 
 def _check_unique(methods: Sequence[str]) -> None:
@@ -124,26 +157,51 @@ def _mean(values) -> float:
     return float(np.mean([float(v) for v in values])) if len(values) else math.nan
 
 
+def _mean_or_label(values):
+    """Mean of numbers; a row holding a label (n/a ..., not computed) makes the mean that label."""
+    labels = sorted({v for v in values if isinstance(v, str)})
+    return " / ".join(labels) if labels else _mean(values)
+
+
+def _gen_values(d: Mapping) -> dict:
+    """IS / IC-LPIPS / KID cells of one gen_metrics JSON: numbers only with real weights."""
+    random_inception = _weights_label(d.get("inception")) == "random"
+    kid = d.get("kid")
+    return {"is": NA_INCEPTION if random_inception else float(d["is"]),
+            "ic_lpips": NA_LPIPS if _weights_label(d.get("lpips")) == "random" else float(d["ic_lpips"]),
+            "kid": NOT_COMPUTED if kid is None else NA_INCEPTION if random_inception else float(kid)}
+
+
 # ----------------------------------------------------------------------------- tables
+BASE_COLUMNS = ["dataset", "generator_model", "protocol"]
+GEN_COLUMNS = ["is", "ic_lpips", "kid"]
+
+
+def _base(cfg: Mapping, run_dir: Path | None) -> dict:
+    """The columns every table starts with."""
+    return {"dataset": cfg["dataset"]["name"], "generator_model": generator_label(cfg),
+            "protocol": protocol_label(cfg, run_dir)}
+
+
 def generation_table(cfg: Mapping, run_dir: Path, methods: Sequence[str], products: Sequence[str]):
     import pandas as pd
 
-    base = {"dataset": cfg["dataset"]["name"], "generator_model": generator_label(cfg)}
+    base = _base(cfg, run_dir)
     rows = []
     for m in methods:
         per = []
         for p in products:
             d = _read_json(run_dir / "gen_metrics" / method_dir(m) / f"{p}.json")
-            per.append({**base, "method": method_label(m), "product": p, "is": float(d["is"]),
-                        "ic_lpips": float(d["ic_lpips"]), "inception_weights": _weights_label(d.get("inception")),
+            per.append({**base, "method": method_label(m), "product": p, **_gen_values(d),
+                        "inception_weights": _weights_label(d.get("inception")),
                         "lpips_weights": _weights_label(d.get("lpips"))})
         rows += per
         rows.append({**base, "method": method_label(m), "product": MEAN_ROW,
-                     "is": _mean([r["is"] for r in per]), "ic_lpips": _mean([r["ic_lpips"] for r in per]),
+                     **{k: _mean_or_label([r[k] for r in per]) for k in GEN_COLUMNS},
                      "inception_weights": "+".join(sorted({r["inception_weights"] for r in per})),
                      "lpips_weights": "+".join(sorted({r["lpips_weights"] for r in per}))})
-    return pd.DataFrame(rows, columns=["dataset", "generator_model", "method", "product", "is", "ic_lpips",
-                                       "inception_weights", "lpips_weights"])
+    return pd.DataFrame(rows, columns=BASE_COLUMNS + ["method", "product"] + GEN_COLUMNS
+                        + ["inception_weights", "lpips_weights"])
 
 
 def _load_scores(run_dir: Path, models: Sequence[str], methods: Sequence[str]) -> dict:
@@ -159,14 +217,14 @@ def _load_scores(run_dir: Path, models: Sequence[str], methods: Sequence[str]) -
                 raise DataError(f"{folder / 'scores.csv'} covers products {sorted(prods)}, "
                                 f"other score files cover {sorted(products)}")
             scores[model, m] = {"rows": {r["product"]: r for r in rows}, "backbone_init": _backbone_init(folder)}
-    return {"scores": scores, "products": sorted(products or [])}
+    return {"scores": scores, "products": sorted(products or []), "run_dir": run_dir}
 
 
 def summary_table(cfg: Mapping, loaded: dict, models, methods, columns):
     """Tab. 2 / Tab. 3 layout: the products' mean per model x method, then the average over models."""
     import pandas as pd
 
-    base = {"dataset": cfg["dataset"]["name"], "generator_model": generator_label(cfg)}
+    base = _base(cfg, loaded.get("run_dir"))
     rows = []
     for model in models:
         for m in methods:
@@ -179,14 +237,14 @@ def summary_table(cfg: Mapping, loaded: dict, models, methods, columns):
         inits = sorted({f"{r['model']}={r['backbone_init']}" for r in mine})
         rows.append({**base, "model": AVERAGE, "backbone_init": ";".join(inits), "method": method_label(m),
                      **{c: _mean([r[c] for r in mine]) for c in columns}})
-    return pd.DataFrame(rows, columns=["dataset", "generator_model", "model", "backbone_init", "method"] + list(columns))
+    return pd.DataFrame(rows, columns=BASE_COLUMNS + ["model", "backbone_init", "method"] + list(columns))
 
 
 def per_product_table(cfg: Mapping, loaded: dict, models, methods, columns):
     """Tab. 13-18 layout: rows product x metric, one column per ``<model>/<method>``."""
     import pandas as pd
 
-    base = {"dataset": cfg["dataset"]["name"], "generator_model": generator_label(cfg)}
+    base = _base(cfg, loaded.get("run_dir"))
     keys = [(model, m) for model in models for m in methods]
     names = [f"{model}/{method_label(m)}" for model, m in keys]
     rows = []
@@ -196,13 +254,26 @@ def per_product_table(cfg: Mapping, loaded: dict, models, methods, columns):
             for (model, m), name in zip(keys, names):
                 row[name] = loaded["scores"][model, m]["rows"][product][c]
             rows.append(row)
-    return pd.DataFrame(rows, columns=["dataset", "generator_model", "product", "metric"] + names)
+    return pd.DataFrame(rows, columns=BASE_COLUMNS + ["product", "metric"] + names)
+
+
+def _products_types(run_dir: Path) -> dict[str, list[str]]:
+    """``{product: anomaly types}`` from the run's split manifests (the cost table's expected jobs)."""
+    out = {}
+    for p in _products(run_dir):
+        f = run_dir / "split" / f"{p}.json"
+        try:
+            out[p] = list(json.loads(f.read_text()).get("anomaly_types", []))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{f} is not valid JSON: {e}") from None
+    return out
 
 
 def build_tables(cfg: Mapping, run_dir: str | Path, *, generation: bool | None = None,
-                 gen_methods: Sequence[str] | None = None, with_pro: bool | None = None) -> dict:
+                 gen_methods: Sequence[str] | None = None, with_pro: bool | None = None, cost: bool = True) -> dict:
     """All tables as DataFrames keyed by file name. ``generation`` defaults to ``gen_metrics.enabled``;
-    ``gen_methods`` to every configured method; ``with_pro`` to ``dataset.name == visa``."""
+    ``gen_methods`` to every configured method; ``with_pro`` to ``dataset.name == visa``; ``cost``: cost.csv and
+    cost_per_job.csv from the run's benchmark files and run records (downstream.cost)."""
     run_dir = Path(run_dir)
     d = cfg["downstream"]
     models, methods = list(d["models"]), list(d["methods"])
@@ -221,6 +292,11 @@ def build_tables(cfg: Mapping, run_dir: str | Path, *, generation: bool | None =
     if generation:
         gm = list(gen_methods) if gen_methods is not None else methods
         tables["generation.csv"] = generation_table(cfg, run_dir, gm, _products(run_dir))
+    if cost:
+        from .cost import cost_tables
+
+        tables["cost.csv"], tables["cost_per_job.csv"] = cost_tables(cfg, run_dir, _products_types(run_dir),
+                                                                     _base(cfg, run_dir))
     return tables
 
 
@@ -242,7 +318,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m downstream.tables",
         description="Collect a run's scores.csv and gen_metrics JSON files into the paper's tables "
                     "(generation.csv, segmentation.csv, detection.csv, *_per_product.csv) for the configured "
-                    "downstream.models x downstream.methods. Metrics in percent.",
+                    "downstream.models x downstream.methods, and its benchmark files + run records into "
+                    "cost.csv / cost_per_job.csv. Metrics in percent.",
     )
     add_config_arguments(p)
     p.add_argument("--run-dir", required=True, help="results/<run_name>")

@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from seas.errors import ConfigError, SeasError
 from seas.resume import StaleStateError, add_resume_arguments, check_fingerprint, discard, work_dir
-from seas.runtime import atomic_dir, atomic_write_bytes, autocast_dtype, derive_seed, get_device, \
-    save_safetensors_atomic, seed_everything
+from seas.runtime import RUN_RECORD, atomic_dir, atomic_write_bytes, autocast_dtype, derive_seed, get_device, \
+    run_record, save_safetensors_atomic, seed_everything
 
 from .data import SegTrainDataset
 from .models import MODEL_FILE, MODEL_NAMES, TRAIN_JSON, build_model
@@ -220,8 +220,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     setup_logging()
     cfg = config_from_args(args)
-    train_segmentation(cfg, args.model, args.pairs_root, args.splits, args.out, method=args.method,
-                       stop_after=args.stop_after, restart=args.restart)
+    info = train_segmentation(cfg, args.model, args.pairs_root, args.splits, args.out, method=args.method,
+                              stop_after=args.stop_after, restart=args.restart)
+    if info:  # what this stage cost (tables/cost.csv)
+        run_record(Path(args.out) / RUN_RECORD, stage="segmentation", steps=info["iterations"],
+                   images=info["iterations"] * info["batch_size"])
     return 0
 
 

@@ -8,7 +8,8 @@ Layout (VisA and MVTec 3D AD are converted to it by ``python -m seas.convert``):
     <root>/<product>/ground_truth/<type>/<stem>_mask.png     (or <stem>.png)
 
 Split (seas-method.md): per anomaly type, the first max(floor(n/3), 1) images in file-number order
-(or H for the H-shot ablations) with their masks train the generator; the rest plus every
+(``split.rule: floor``, SeaS; ``ceil``: ceil(n/3), DualAnoDiff's code; or H for the H-shot ablations)
+with their masks train the generator; the rest plus every
 ``test/good`` image form the downstream test set; the first ``num_normal_images`` of the sorted
 ``train/good`` images are the normal training images. The split is written once as a JSON manifest
 (:meth:`Split.save`) that every later stage reads.
@@ -316,6 +317,7 @@ class Split:
     version: int = SPLIT_VERSION
     num_normal_images: int = 0
     notes: list[str] = field(default_factory=list)
+    rule: str = "floor"  # how "1/3" is rounded (SPLIT_RULES); manifests written before the key existed: floor
 
     # -- persistence
     def to_json(self) -> str:
@@ -361,10 +363,16 @@ class Split:
         return [(d["image"], d["mask"], t) for t in types for d in self.train_anomalies[t]]
 
 
-def shots_for(n: int, shots: str | int) -> int:
-    """Training anomalies out of ``n`` for a type: max(floor(n/3), 1) for "1/3", else H."""
+SPLIT_RULES = ("floor", "ceil")
+
+
+def shots_for(n: int, shots: str | int, rule: str = "floor") -> int:
+    """Training anomalies out of ``n`` for a type. "1/3": max(floor(n/3), 1) with ``rule`` floor (SeaS), ceil(n/3)
+    with ``rule`` ceil (DualAnoDiff's code); an integer H: H (the rule does not apply)."""
+    if rule not in SPLIT_RULES:
+        raise DataError(f"split.rule: expected one of {', '.join(SPLIT_RULES)}, got {rule!r}")
     if shots == "1/3":
-        return max(n // 3, 1)
+        return max(n // 3, 1) if rule == "floor" else max(-(-n // 3), 1)
     if isinstance(shots, int) and shots >= 1:
         return shots
     raise DataError(f"split.shots: expected \"1/3\" or a positive integer, got {shots!r}")
@@ -381,7 +389,7 @@ def _check_pair(image: Path, mask: Path) -> np.ndarray:
 
 
 def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_normal: int = 60,
-                validate: bool = True) -> Split:
+                validate: bool = True, rule: str = "floor") -> Split:
     """The few-shot split of ``product``; every image is opened and every mask checked when ``validate``."""
     pdir = _product_dir(root, product)
     types = discover_types(root, product)
@@ -406,10 +414,11 @@ def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_no
             raise DataError(f"product {product!r}: anomaly-type folder {pdir / 'test' / t} is empty")
         gt_dir = pdir / "ground_truth" / t
         pairs = [(p, mask_path_for(p, gt_dir)) for p in imgs]
-        k = shots_for(len(pairs), shots)
+        k = shots_for(len(pairs), shots, rule)
         if k >= len(pairs):
             raise DataError(
                 f"product {product!r}, type {t!r}: {len(pairs)} images leave no test image with shots={shots!r}"
+                + (f" (rule {rule})" if shots == "1/3" else "")
             )
         train_anoms[t] = [{"image": str(i.resolve()), "mask": str(m.resolve())} for i, m in pairs[:k]]
         test += [{"image": str(i.resolve()), "mask": str(m.resolve()), "type": t, "label": 1} for i, m in pairs[k:]]
@@ -448,6 +457,7 @@ def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_no
         test=test,
         num_normal_images=num_normal,
         notes=notes,
+        rule=rule,
     )
 
 
@@ -456,7 +466,8 @@ def split_from_config(cfg: Mapping, product: str) -> Split:
     found = discover_products(cfg["dataset"]["root"])
     if product not in found:
         raise DataError(f"product {product!r} not found under {cfg['dataset']['root']} (available: {', '.join(found)})")
-    return build_split(cfg["dataset"]["root"], product, cfg["split"]["shots"], cfg["split"]["num_normal_images"])
+    return build_split(cfg["dataset"]["root"], product, cfg["split"]["shots"], cfg["split"]["num_normal_images"],
+                       rule=cfg["split"]["rule"])
 
 
 # ----------------------------------------------------------------------------- CLI

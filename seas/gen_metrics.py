@@ -1,4 +1,4 @@
-"""Generation metrics of one product: Inception Score (torch-fidelity) and IC-LPIPS (lpips, VGG).
+"""Generation metrics of one product: Inception Score and KID (torch-fidelity) and IC-LPIPS (lpips, VGG).
 
     python -m seas.gen_metrics --config C --split split/P.json --pairs methods/M/P --method M --out gen_metrics/M/P.json
 
@@ -8,6 +8,15 @@ Per anomaly type folder ``<pairs>/<type>/images/`` (``good`` is skipped), images
 * IS: ``torch_fidelity.calculate_metrics(isc=True)`` with the Inception weights file ``gen_metrics.inception_weights``
   (pt_inception-2015-12-05); when that key is null a Kaiming-initialised Inception of the same architecture is used
   and the output says ``"inception": "random"`` (plumbing only: never a number to report).
+* KID (``gen_metrics.kid``; reported by MAGIC, O2MAG and SeaS's README): ``torch_fidelity.calculate_metrics(kid=True)``
+  of the generated images of a type against the real anomalies of that type, in the same Inception pass as IS
+  (same weights file, same "random" caveat). The real set (``gen_metrics.kid_reference``): ``all`` (default) = the
+  type's few-shot training anomalies + its held-out test anomalies, i.e. every real anomaly of the type the dataset
+  has, as the paper compares with the product's real anomalies and a 1/3 split alone leaves 1-3 images, too few for
+  a kernel estimate; ``held_out`` = the test anomalies only (no image the generator saw); ``train`` = the training
+  anomalies only. torch-fidelity draws ``kid_subsets`` subsets of ``kid_subset_size`` images from EACH set without
+  replacement, so the subset size is :func:`kid_subset_size`: ``min(gen_metrics.kid_subset_size, n_generated,
+  n_real)`` (MVTec AD types have 5-30 real anomalies); fewer than 2 real or generated images is an error.
 * IC-LPIPS (seas-method.md, "Metrics"): every generated image joins the cluster of its nearest training anomaly image
   of that type (by LPIPS); inside each cluster the mean LPIPS over all pairs of its first ``gen_metrics.cluster_cap``
   members (140, the authors' cap); a cluster with fewer than 2 members (singleton or empty) scores 0; the score is
@@ -15,7 +24,8 @@ Per anomaly type folder ``<pairs>/<type>/images/`` (``good`` is skipped), images
   Weights: ``gen_metrics.lpips_weights_dir`` holding ``vgg.pth`` (LPIPS linear layers) and
   ``vgg16-397923af.pth`` (torchvision's ImageNet VGG-16); null = randomly initialised network (``"lpips": "random"``).
 
-The product's ``is`` / ``ic_lpips`` are the means over its anomaly types; ``per_type`` holds each type's values.
+The product's ``is`` / ``ic_lpips`` / ``kid`` are the means over its anomaly types; ``per_type`` holds each
+type's values.
 The clustering maths is in pure functions (:func:`assign_clusters`, :func:`cluster_members`,
 :func:`ic_lpips_from_clusters`, :func:`ic_lpips_from_matrices`).
 """
@@ -44,7 +54,8 @@ CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "gen_metrics")
 
 __all__ = ["assign_clusters", "cluster_members", "ic_lpips_from_clusters", "ic_lpips_from_matrices",
            "build_lpips", "lpips_distances", "distances_to_references", "mean_pairwise_distance", "ic_lpips",
-           "build_inception_weights", "inception_score", "isc_splits", "product_metrics", "main",
+           "build_inception_weights", "inception_score", "inception_metrics", "isc_splits", "kid_subset_size",
+           "kid_reference_images", "KID_REFERENCES", "product_metrics", "main",
            "LPIPS_LINEAR_FILE", "VGG16_FILE"]
 
 LPIPS_LINEAR_FILE = "vgg.pth"
@@ -225,19 +236,60 @@ def isc_splits(n: int, splits: int = 10) -> int:
     return max(1, min(splits, n // 2))
 
 
-def inception_score(images_uint8, weights_path: str | Path, device, splits: int = 10) -> tuple[float, float]:
-    """(IS mean, IS std) of uint8 images [N,3,H,W] through torch-fidelity with the given Inception weights file."""
+def kid_subset_size(n_generated: int, n_real: int, cap: int = 1000) -> int:
+    """KID subset size: torch-fidelity samples each subset WITHOUT replacement from both sets, so it must not exceed
+    the smaller one; ``cap`` is gen_metrics.kid_subset_size (1000, torch-fidelity's default). The unbiased MMD
+    estimate needs >= 2 samples per subset."""
+    k = min(int(cap), int(n_generated), int(n_real))
+    if k < 2:
+        raise DataError(f"KID needs at least 2 generated and 2 real images, got {n_generated} generated and "
+                        f"{n_real} real (see gen_metrics.kid_reference)")
+    return k
+
+
+def inception_metrics(images_uint8, weights_path: str | Path, device, splits: int = 10, real_uint8=None,
+                      kid_cap: int = 1000, kid_subsets: int = 100, seed: int = 0) -> dict:
+    """IS of uint8 images [N,3,H,W] and, with ``real_uint8``, their KID against those real images, in one
+    torch-fidelity pass with the given Inception weights file -> {is, is_std[, kid, kid_std, kid_subset_size]}."""
     import torch_fidelity
 
     n = images_uint8.shape[0]
     if n < 2:
         raise DataError(f"inception score needs at least 2 images, got {n}")
+    kid = real_uint8 is not None
+    extra = {}
+    if kid:
+        extra = {"input2": _uint8_dataset(real_uint8), "kid_subsets": int(kid_subsets), "rng_seed": int(seed) % 2**31,
+                 "kid_subset_size": kid_subset_size(n, real_uint8.shape[0], kid_cap)}
     m = torch_fidelity.calculate_metrics(
-        input1=_uint8_dataset(images_uint8), isc=True, fid=False, kid=False, prc=False, verbose=False, cache=False,
+        input1=_uint8_dataset(images_uint8), isc=True, fid=False, kid=kid, prc=False, verbose=False, cache=False,
         cuda=getattr(device, "type", str(device)) == "cuda", batch_size=min(64, n), isc_splits=isc_splits(n, splits),
         save_cpu_ram=True,  # in-memory tensors: no DataLoader worker processes
-        feature_extractor_weights_path=str(weights_path))
-    return float(m["inception_score_mean"]), float(m["inception_score_std"])
+        feature_extractor_weights_path=str(weights_path), **extra)
+    out = {"is": float(m["inception_score_mean"]), "is_std": float(m["inception_score_std"])}
+    if kid:
+        out.update(kid=float(m["kernel_inception_distance_mean"]), kid_std=float(m["kernel_inception_distance_std"]),
+                   kid_subset_size=extra["kid_subset_size"])
+    return out
+
+
+def inception_score(images_uint8, weights_path: str | Path, device, splits: int = 10) -> tuple[float, float]:
+    """(IS mean, IS std) of uint8 images [N,3,H,W] through torch-fidelity with the given Inception weights file."""
+    m = inception_metrics(images_uint8, weights_path, device, splits)
+    return m["is"], m["is_std"]
+
+
+KID_REFERENCES = ("all", "held_out", "train")
+
+
+def kid_reference_images(split, anomaly_type: str, which: str = "all") -> list[str]:
+    """The real anomaly images of one type KID compares with (gen_metrics.kid_reference): ``train`` = the few-shot
+    training anomalies, ``held_out`` = the test anomalies, ``all`` = both (every real anomaly of the type)."""
+    if which not in KID_REFERENCES:
+        raise DataError(f"gen_metrics.kid_reference: expected one of {', '.join(KID_REFERENCES)}, got {which!r}")
+    train = [d["image"] for d in split.train_anomalies.get(anomaly_type, [])]
+    held = [d["image"] for d in split.test if d["type"] == anomaly_type and int(d["label"]) == 1]
+    return {"all": train + held, "held_out": held, "train": train}[which]
 
 
 # ----------------------------------------------------------------------------- images
@@ -272,9 +324,12 @@ def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) ->
     pairs_dir = Path(pairs_dir)
     if not pairs_dir.is_dir():
         raise DataError(f"--pairs {pairs_dir}: folder not found")
-    result = {"product": split.product, "method": method, "is": None, "ic_lpips": None, "per_type": {},
+    do_kid = bool(gm["kid"])
+    kid_ref = gm["kid_reference"]
+    result = {"product": split.product, "method": method, "is": None, "ic_lpips": None, "kid": None, "per_type": {},
               "n_images": 0, "inception": None, "lpips": None, "image_size": gm["image_size"],
-              "cluster_cap": gm["cluster_cap"], "enabled": gm["enabled"]}
+              "cluster_cap": gm["cluster_cap"], "enabled": gm["enabled"],
+              "kid_reference": kid_ref if do_kid else None}
     if not gm["enabled"]:
         return result
     device = device or get_device(cfg)
@@ -304,17 +359,28 @@ def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) ->
             gen = _load(paths, size)
             refs = _load([d["image"] for d in split.train_anomalies[t]], size,
                          cfg["dataset"]["image_policy"])
-            is_mean, is_std = inception_score(gen, inc_path, device)
+            real = None
+            if do_kid:
+                real = _load(kid_reference_images(split, t, kid_ref), size,
+                             cfg["dataset"]["image_policy"])
+            inc = inception_metrics(gen, inc_path, device, real_uint8=real, kid_cap=gm["kid_subset_size"],
+                                    kid_subsets=gm["kid_subsets"], seed=derive_seed(seed, "kid", t))
             score, per, sizes = ic_lpips(lp, _to_pm1(gen), _to_pm1(refs), gm["cluster_cap"])
-            result["per_type"][t] = {"is": is_mean, "is_std": is_std, "ic_lpips": score, "n_images": len(paths),
-                                     "cluster_sizes": sizes, "cluster_ic_lpips": per}
+            result["per_type"][t] = {"is": inc["is"], "is_std": inc["is_std"], "ic_lpips": score,
+                                     "n_images": len(paths), "cluster_sizes": sizes, "cluster_ic_lpips": per}
+            if do_kid:
+                result["per_type"][t].update(kid=inc["kid"], kid_std=inc["kid_std"],
+                                             kid_subset_size=inc["kid_subset_size"], n_real=int(real.shape[0]))
             result["n_images"] += len(paths)
-            log.info("%s/%s: IS %.4f  IC-LPIPS %.4f  (%d images)", split.product, t, is_mean, score, len(paths))
-            del gen, refs
+            log.info("%s/%s: IS %.4f  IC-LPIPS %.4f%s  (%d images)", split.product, t, inc["is"], score,
+                     f"  KID {inc['kid']:.5f}" if do_kid else "", len(paths))
+            del gen, refs, real
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     result["is"] = float(np.mean([v["is"] for v in result["per_type"].values()]))
     result["ic_lpips"] = float(np.mean([v["ic_lpips"] for v in result["per_type"].values()]))
+    if do_kid:
+        result["kid"] = float(np.mean([v["kid"] for v in result["per_type"].values()]))
     result["inception"], result["lpips"] = inc_label, lp_label
     return result
 
@@ -323,8 +389,9 @@ def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) ->
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m seas.gen_metrics",
-        description="IS (torch-fidelity) and IC-LPIPS (lpips VGG) of one product's generated images, per anomaly "
-                    "type and averaged. Weights from gen_metrics.inception_weights / lpips_weights_dir; null = "
+        description="IS and KID (torch-fidelity; KID against the real anomalies of each type) and IC-LPIPS "
+                    "(lpips VGG) of one product's generated images, per anomaly type and averaged. Weights from "
+                    "gen_metrics.inception_weights / lpips_weights_dir; null = "
                     "random networks, labelled 'random' in the output.",
     )
     add_config_arguments(p)

@@ -201,6 +201,53 @@ def io_error_message(exc: OSError) -> str | None:
             f"{OUTPUT_ERRNOS[exc.errno]} (finished outputs are kept; the rerun continues from them)")
 
 
+# ----------------------------------------------------------------------------- cost records
+RUN_RECORD = "run_record.json"
+_IMPORTED = __import__("time").time()
+
+
+def _process_start() -> float:
+    """When this process started (epoch seconds): psutil's create time, else when this module was imported."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 -- no psutil / no /proc: the import time is a close lower bound
+        return _IMPORTED
+
+
+def run_record(path: str | Path, *, new_files: str | Path | None = None, **fields) -> Path:
+    """Write what a stage CLI measured to ``path`` (JSON, atomically) for tables/cost.csv; returns the path.
+
+    Records ``device`` (``torch.cuda.get_device_name`` where this process used CUDA, else ``cpu (N threads)``),
+    ``gpu_peak_memory_mb`` (``torch.cuda.max_memory_allocated``; null on the CPU), ``wall_s`` (since the process
+    started), ``started`` (ISO time) and the caller's ``fields`` (stage, steps, images, ...). ``new_files``: a folder
+    whose files written by this process are counted as ``new_files`` (a resumed generation's images of this call).
+    Called once at the very end of each stage CLI's main (seas.train, seas.train_rmp, seas.generate,
+    downstream.train); the Snakemake benchmark file of the same job holds its wall time and max RSS.
+    """
+    import datetime
+    import json
+    import time
+
+    import torch
+
+    start = _process_start()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    rec = {"device": torch.cuda.get_device_name(torch.cuda.current_device()) if cuda
+           else f"cpu ({torch.get_num_threads()} threads)",
+           "gpu_peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+           "wall_s": round(time.time() - start, 3),
+           "started": datetime.datetime.fromtimestamp(start, datetime.timezone.utc).isoformat(timespec="seconds"),
+           "torch": torch.__version__}
+    if new_files is not None:
+        folder = Path(new_files)
+        rec["new_files"] = sum(1 for f in folder.iterdir() if f.is_file() and f.stat().st_mtime >= start - 1) \
+            if folder.is_dir() else 0
+    rec.update(fields)
+    return atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True, default=str))
+
+
 # ----------------------------------------------------------------------------- CLI plumbing
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(

@@ -554,6 +554,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
                           progress=not args.no_progress, restart=args.restart)
     if out is None:
         log.info("stopped before the end; re-run the same command to resume")
+    if out is not None:  # what this stage cost (tables/cost.csv)
+        from .runtime import RUN_RECORD, run_record
+        run_record(Path(out) / RUN_RECORD, stage="generator", anomaly_types=split.anomaly_types,
+                   steps=json.loads((Path(out) / "tokens.json").read_text()).get("steps"))
     return 0
 
 

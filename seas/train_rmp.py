@@ -41,8 +41,8 @@ from .latents import training_set_cache
 from .errors import CheckpointError, DataError
 from .pairs import GOOD
 from .resume import add_resume_arguments, check_fingerprint, discard, work_dir
-from .runtime import (atomic_dir, atomic_write_text, autocast_dtype, cli, derive_seed, get_device,
-                      save_safetensors_atomic, setup_logging)
+from .runtime import (RUN_RECORD, atomic_dir, atomic_write_text, autocast_dtype, cli, derive_seed, get_device,
+                      run_record, save_safetensors_atomic, setup_logging)
 
 log = logging.getLogger("seas.train_rmp")
 
@@ -318,7 +318,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
-    train_rmp(cfg, args.split, args.generator, args.out, stop_after=args.stop_after, restart=args.restart)
+    out = train_rmp(cfg, args.split, args.generator, args.out, stop_after=args.stop_after, restart=args.restart)
+    if out is not None:  # what this stage cost (tables/cost.csv)
+        run_record(Path(out) / RUN_RECORD, stage="rmp",
+                   steps=json.loads((Path(out) / "rmp.json").read_text()).get("steps"))
     return 0
 
 

@@ -44,6 +44,38 @@ def test_shots_rule():
         shots_for(10, "half")
 
 
+def test_split_rules_floor_and_ceil_known_answers(tmp_path):
+    """split.rule: floor = max(floor(n/3), 1) (SeaS), ceil = ceil(n/3) (DualAnoDiff's code); n = 3, 4, 5."""
+    assert [shots_for(n, "1/3", "floor") for n in (3, 4, 5)] == [1, 1, 1]
+    assert [shots_for(n, "1/3", "ceil") for n in (3, 4, 5)] == [1, 2, 2]
+    assert [shots_for(n, "1/3", "ceil") for n in (1, 2, 6, 7, 83)] == [1, 1, 2, 3, 28]
+    assert shots_for(5, 2, "ceil") == shots_for(5, 2, "floor") == 2  # an integer H ignores the rule
+    with pytest.raises(DataError, match="split.rule"):
+        shots_for(5, "1/3", "round")
+    root = make_tree(tmp_path / "ds", types={"n3": 3, "n4": 4, "n5": 5})
+    expected = {"floor": {"n3": 1, "n4": 1, "n5": 1}, "ceil": {"n3": 1, "n4": 2, "n5": 2}}
+    for rule, counts in expected.items():
+        s = build_split(root, "prod", "1/3", num_normal=3, rule=rule)
+        assert {t: len(v) for t, v in s.train_anomalies.items()} == counts
+        for t, k in counts.items():  # the first k in file-number order train; the rest are held out
+            assert [Path(d["image"]).name for d in s.train_anomalies[t]] == [f"{i:03d}.png" for i in range(k)]
+            assert sum(d["type"] == t for d in s.test) == int(t[1:]) - k
+        p = s.save(tmp_path / rule / "prod.json")
+        assert json.loads(p.read_text())["rule"] == rule and Split.load(p).rule == rule
+    # a manifest written before the key existed reads as floor
+    d = json.loads(p.read_text())
+    del d["rule"]
+    p.write_text(json.dumps(d))
+    assert Split.load(p).rule == "floor"
+
+
+def test_split_rule_from_config(make_cfg, demo_root):
+    from seas.data import split_from_config
+
+    assert split_from_config(make_cfg(), "weave").rule == "floor"
+    assert split_from_config(make_cfg({"split.rule": "ceil"}), "weave").rule == "ceil"
+
+
 def test_split_protocol(tmp_path):
     root = make_tree(tmp_path / "ds")
     # file-number order, not lexicographic: 10 must come after 9

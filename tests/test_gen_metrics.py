@@ -155,6 +155,46 @@ def test_product_metrics_cli_with_random_networks(write_cfg, split_path, tmp_pat
     assert np.isfinite(t["is"]) and t["is"] >= 1.0
     assert t["is"] != 1.0  # Kaiming re-initialised Inception: not the degenerate all-equal prediction
     assert sum(t["cluster_sizes"]) == 3 and res["is"] == t["is"] and res["ic_lpips"] == t["ic_lpips"]
+    # KID against every real scratch anomaly of weave (training + held-out), subset size clamped to the 3 generated
+    from seas.data import Split
+
+    split = Split.load(split_path("weave"))
+    n_real = len(split.train_anomalies["scratch"]) + sum(d["type"] == "scratch" for d in split.test)
+    assert res["kid_reference"] == "all" and t["n_real"] == n_real and t["kid_subset_size"] == 3
+    assert np.isfinite(t["kid"]) and res["kid"] == t["kid"]
+
+
+def test_kid_subset_size_and_reference_sets(split_path):
+    from seas.data import Split
+    from seas.errors import DataError
+    from seas.gen_metrics import kid_reference_images, kid_subset_size
+
+    assert kid_subset_size(1000, 20) == 20 and kid_subset_size(5, 20) == 5 and kid_subset_size(5000, 4000) == 1000
+    assert kid_subset_size(50, 40, cap=30) == 30
+    with pytest.raises(DataError, match="KID needs at least 2"):
+        kid_subset_size(10, 1)
+    split = Split.load(split_path("weave"))
+    train = kid_reference_images(split, "stain", "train")
+    held = kid_reference_images(split, "stain", "held_out")
+    assert train == [d["image"] for d in split.train_anomalies["stain"]]
+    assert held and all(d["label"] == 1 for d in split.test if d["image"] in held)
+    assert kid_reference_images(split, "stain", "all") == train + held and not set(train) & set(held)
+    with pytest.raises(DataError, match="kid_reference"):
+        kid_reference_images(split, "stain", "everything")
+
+
+def test_kid_with_random_inception_on_small_sets(tmp_path):
+    """KID plumbing on tiny random image sets (random-init Inception): finite, subset size adapted to the sets."""
+    from seas.gen_metrics import build_inception_weights, inception_metrics
+
+    w = build_inception_weights(tmp_path / "inc.pt", seed=0)
+    g = torch.Generator().manual_seed(0)
+    gen = (torch.rand(4, 3, 32, 32, generator=g) * 255).to(torch.uint8)
+    real = (torch.rand(3, 3, 32, 32, generator=g) * 255).to(torch.uint8)
+    m = inception_metrics(gen, w, "cpu", real_uint8=real, kid_subsets=5, seed=1)
+    assert m["kid_subset_size"] == 3 and np.isfinite(m["kid"]) and np.isfinite(m["kid_std"]) and m["is"] >= 1.0
+    assert inception_metrics(gen, w, "cpu", real_uint8=real, kid_subsets=5, seed=1)["kid"] == m["kid"]  # seeded
+    assert "kid" not in inception_metrics(gen, w, "cpu")
 
 
 def test_gen_metrics_cli_help(capsys):

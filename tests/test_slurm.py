@@ -39,7 +39,7 @@ SLICE_JOBS = {"demo_data": 1, "tiny_sd": 1, "split": 1, "train_generator": 1, "t
 # stages that declare a GPU (config resources.gpus_per_job = 1 -> sbatch --gpus=1)
 GPU_STAGES = ("train_generator", "train_rmp", "generate", "train_seg")
 # what may differ between two runs of the same config: logs, timings, Snakemake's directory-output markers
-VOLATILE = re.compile(r"(^|/)(logs|benchmarks)/|(^|/)\.snakemake_timestamp$")
+VOLATILE = re.compile(r"(^|/)(logs|benchmarks)/|(^|/)\.snakemake_timestamp$|(^|/)run_record\.json$")
 # keys / CSV columns holding wall-clock durations ("seconds", "train_seconds_this_call", ...)
 WALL_CLOCK = re.compile(r"(^|_)seconds($|_)")
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: .*/slurm_logs/rule_([A-Za-z0-9_]+)/")

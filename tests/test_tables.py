@@ -55,8 +55,13 @@ def run_dir(tmp_path):
                 (folder / "train.json").write_text(json.dumps({"model": "lfd", "backbone_init": "random-init"}))
     for i, method in enumerate(METHODS):
         for j, p in enumerate(PRODUCTS):
+            # seas: real Inception weights, random LPIPS; cutpaste: the reverse, no KID recorded; external: both real
             d = {"product": p, "method": method, "is": 1.0 + i + j / 2, "ic_lpips": 0.1 * (i + 1) + 0.01 * j,
-                 "per_type": {}, "n_images": 4, "inception": "random", "lpips": "/w/lpips/vgg.pth"}
+                 "kid": 0.001 * (i + 1) + 0.0005 * j,
+                 "per_type": {}, "n_images": 4, "inception": ["/w/pt_inception.pth", "random", "/w/inc.pth"][i],
+                 "lpips": ["random", "/w/lpips/vgg.pth", "/w/lpips"][i]}
+            if i == 1:
+                del d["kid"]
             out = run / "gen_metrics" / method_dir(method) / f"{p}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(d))
@@ -72,10 +77,11 @@ def test_method_names():
 def test_segmentation_and_detection_tables(tmp_path, run_dir):
     t = tables.build_tables(_cfg(tmp_path), run_dir)
     seg, det = t["segmentation.csv"], t["detection.csv"]
-    assert list(seg.columns) == ["dataset", "generator_model", "model", "backbone_init", "method", "pixel_auroc",
-                                 "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_fixed"]
-    assert list(det.columns) == ["dataset", "generator_model", "model", "backbone_init", "method", "image_auroc",
-                                 "image_ap", "image_f1max"]
+    assert list(seg.columns) == ["dataset", "generator_model", "protocol", "model", "backbone_init", "method",
+                                 "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_fixed"]
+    assert list(det.columns) == ["dataset", "generator_model", "protocol", "model", "backbone_init", "method",
+                                 "image_auroc", "image_ap", "image_f1max"]
+    assert set(seg.protocol) == set(det.protocol) == {"seas-unified (split floor 1/3)"}
     assert len(seg) == len(MODELS) * len(METHODS) + len(METHODS)  # + one average row per method
     assert set(seg["dataset"]) == {"demo"} and set(seg["generator_model"]) == {tables.TINY_LABEL}
     assert set(seg["method"]) == {"seas", "cutpaste", "external:anomalydiffusion"}
@@ -97,7 +103,8 @@ def test_per_product_tables(tmp_path, run_dir):
     t = tables.build_tables(_cfg(tmp_path), run_dir)
     pp = t["segmentation_per_product.csv"]
     names = [f"{m}/{method_label(x)}" for m in MODELS for x in METHODS]
-    assert list(pp.columns) == ["dataset", "generator_model", "product", "metric"] + names
+    assert list(pp.columns) == ["dataset", "generator_model", "protocol", "product", "metric"] + names
+    assert set(pp.protocol) == {"seas-unified (split floor 1/3)"}
     assert list(pp["product"].unique()) == PRODUCTS + ["mean"]
     assert len(pp) == 3 * 5  # (2 products + mean) x 5 segmentation metrics
     cell = pp[(pp["product"] == "weave") & (pp.metric == "pixel_ap")]["lfd/seas"].iloc[0]
@@ -108,12 +115,26 @@ def test_per_product_tables(tmp_path, run_dir):
 
 def test_generation_table(tmp_path, run_dir):
     g = tables.build_tables(_cfg(tmp_path), run_dir)["generation.csv"]
-    assert list(g.columns) == ["dataset", "generator_model", "method", "product", "is", "ic_lpips",
+    assert list(g.columns) == ["dataset", "generator_model", "protocol", "method", "product", "is", "ic_lpips", "kid",
                                "inception_weights", "lpips_weights"]
     assert len(g) == len(METHODS) * (len(PRODUCTS) + 1)
+    # random Inception (cutpaste): IS is not a number to print; no KID in its JSON: "not computed"
     mean = g[(g.method == "cutpaste") & (g["product"] == "mean")].iloc[0]
-    assert mean["is"] == pytest.approx((2.0 + 2.5) / 2) and mean.ic_lpips == pytest.approx(0.205)
+    assert mean["is"] == tables.NA_INCEPTION and mean.ic_lpips == pytest.approx(0.205)
+    assert mean.kid == tables.NOT_COMPUTED
     assert mean.inception_weights == "random" and mean.lpips_weights == "vgg.pth"
+    # random LPIPS (seas): IC-LPIPS is n/a; IS and KID from real Inception weights are numbers
+    seas = g[g.method == "seas"].set_index("product")
+    assert set(seas.ic_lpips) == {tables.NA_LPIPS}
+    assert seas.loc["weave", "is"] == pytest.approx(1.5) and seas.loc["mean", "kid"] == pytest.approx(0.00125)
+    assert seas.loc["mean", "inception_weights"] == "pt_inception.pth" and seas.loc["mean", "lpips_weights"] == "random"
+    ext = g[(g.method == "external:anomalydiffusion") & (g["product"] == "mean")].iloc[0]
+    assert ext["is"] == pytest.approx(3.25) and ext.kid == pytest.approx(0.00325)
+    assert ext.ic_lpips == pytest.approx(0.305)
+    # the CSV keeps full precision and the n/a labels as strings
+    out = tables.write_tables({"generation.csv": g}, tmp_path / "t")[0]
+    back = pd.read_csv(out)
+    assert tables.NA_INCEPTION in set(back["is"]) and "0.00125" in out.read_text()
     # only the methods given, and none when disabled
     g2 = tables.build_tables(_cfg(tmp_path), run_dir, gen_methods=["seas"])["generation.csv"]
     assert set(g2.method) == {"seas"}
@@ -147,8 +168,12 @@ def test_cli_writes_every_table(tmp_path, run_dir, capsys):
     assert tables.main(["--config", str(cfg_path), "--run-dir", str(run_dir), "--out-dir", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["generation.csv", "segmentation.csv", "detection.csv", "segmentation_per_product.csv",
-         "detection_per_product.csv"])
+         "detection_per_product.csv", "cost.csv", "cost_per_job.csv"])
     assert len(pd.read_csv(out / "segmentation.csv")) == 9
+    # no benchmark file in this fabricated run: every stage row says "not measured", no number is invented
+    c = pd.read_csv(out / "cost.csv")
+    assert set(c.source) == {"not measured"} and c.seconds_total.isna().all()
+    assert set(c.protocol) == {"seas-unified (split floor 1/3)"}
     # a missing input is an error message + exit 2
     assert tables.main(["--config", str(cfg_path), "--run-dir", str(tmp_path / "nope"), "--out-dir", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -171,6 +196,30 @@ def test_md_table_formatting(tmp_path):
         "| lfd | a\\|b | n/a | 12 |\n")
     with pytest.raises(DataError, match="no column"):
         md_table.csv_to_markdown(f, columns=["iou"])
+    # 2 decimals like the paper; a tiny KID keeps 2 significant digits; n/a labels stay text in a numeric column
+    f.write_text(f"method,is,kid\nseas,{tables.NA_INCEPTION},0.001234\ncutpaste,2.345678,0.0\n")
+    assert md_table.csv_to_markdown(f) == (
+        "| method | is | kid |\n"
+        "|---|---:|---:|\n"
+        "| seas | n/a (no Inception weights) | 0.0012 |\n"
+        "| cutpaste | 2.35 | 0.00 |\n")
+
+
+def test_protocol_column_names_the_split_rule(tmp_path, run_dir):
+    cfg = _cfg(tmp_path)
+    assert tables.protocol_label(cfg) == "seas-unified (split floor 1/3)"
+    cfg["split"]["rule"] = "ceil"
+    t = tables.build_tables(cfg, run_dir)
+    assert all(set(df.protocol) == {"seas-unified (split ceil 1/3)"} for df in t.values())
+    cfg["split"]["shots"] = 2
+    assert tables.protocol_label(cfg) == "seas-unified (split 2-shot)"
+    # a manifest built with another rule than the config's is a stale split: named, not silently labelled
+    cfg["split"].update(shots="1/3", rule="ceil")
+    (run_dir / "split" / "weave.json").write_text(json.dumps({"shots": "1/3", "rule": "floor"}))
+    with pytest.raises(DataError, match="weave.json was built with shots='1/3' rule='floor'"):
+        tables.build_tables(cfg, run_dir)
+    cfg["split"]["rule"] = "floor"
+    assert set(tables.build_tables(cfg, run_dir)["segmentation.csv"].protocol) == {"seas-unified (split floor 1/3)"}
 
 
 def test_backbone_init_label(tmp_path):

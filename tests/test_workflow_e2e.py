@@ -114,10 +114,11 @@ def test_trimmed_demo_end_to_end(tmp_path):
     tables = tmp_path / "results" / "e2e" / "tables"  # <results_dir>/tables
     assert sorted(p.name for p in tables.glob("*.csv")) == sorted(
         ["generation.csv", "segmentation.csv", "detection.csv", "segmentation_per_product.csv",
-         "detection_per_product.csv"])
+         "detection_per_product.csv", "cost.csv", "cost_per_job.csv"])
     seg = _read_csv(tables / "segmentation.csv")
-    assert list(seg[0]) == ["dataset", "generator_model", "model", "backbone_init", "method", "pixel_auroc",
-                            "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_fixed"]
+    assert list(seg[0]) == ["dataset", "generator_model", "protocol", "model", "backbone_init", "method",
+                            "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_fixed"]
+    assert {r["protocol"] for r in seg} == {"seas-unified (split floor 1/3)"}
     assert sorted((r["model"], r["method"]) for r in seg) == sorted(
         (m, k) for m in ("lfd", "bisenetv2", "average") for k in ("seas", "cutpaste"))
     assert {r["generator_model"] for r in seg} == {"tiny-random (not SD v1-4)"} and {r["dataset"] for r in seg} == {"demo"}
@@ -128,6 +129,18 @@ def test_trimmed_demo_end_to_end(tmp_path):
     gen = _read_csv(tables / "generation.csv")
     assert sorted((r["method"], r["product"]) for r in gen) == sorted(
         (m, p) for m in ("seas", "cutpaste") for p in ("weave", "mean"))
+    # no Inception / LPIPS weights configured: the metrics ran (plumbing) but the table prints no number
+    assert {(r["is"], r["kid"], r["ic_lpips"]) for r in gen} == {
+        ("n/a (no Inception weights)", "n/a (no Inception weights)", "n/a (no LPIPS weights)")}
+    # the measured cost of this very run, from its benchmark files and run records
+    cost = {(r["stage"], r["model"]): r for r in _read_csv(tables / "cost.csv")}
+    assert {"generator", "rmp", "generation", "segmentation", "evaluation", "total"} <= {k[0] for k in cost}
+    assert {r["source"] for r in cost.values()} == {"measured"}
+    g = cost["generator", ""]
+    assert float(g["seconds_per_type"]) > 0 and g["jobs"] == g["measured_jobs"] == "1" and int(g["steps"]) > 0
+    assert g["machine"].startswith("cpu (") and g["peak_memory_kind"] == "max_rss"
+    assert float(cost["generation", ""]["ms_per_image"]) > 0 and cost["generation", ""]["images"] == "8"
+    assert float(cost["total", ""]["gpu_hours"]) > 0
     per = _read_csv(tables / "segmentation_per_product.csv")
     assert {r["product"] for r in per} == {"weave", "mean"}
     assert {"lfd/seas", "bisenetv2/cutpaste"} <= set(per[0])

@@ -169,9 +169,18 @@ def generated_method_ids():
 
 
 # ----------------------------------------------------------------------------- tables
-TABLE_NAMES = ["segmentation", "detection", "segmentation_per_product", "detection_per_product"]
+TABLE_NAMES = ["segmentation", "detection", "segmentation_per_product", "detection_per_product", "cost",
+               "cost_per_job"]
 if CFG["gen_metrics"]["enabled"]:
     TABLE_NAMES.insert(0, "generation")
+
+
+def _cost_inputs(wildcards=None):
+    """The benchmark files of every job the cost table reads (downstream.cost.expected_jobs): the table is rebuilt
+    when a stage reruns. (The stage CLIs' run_record.json files live inside those jobs' outputs.)"""
+    from downstream.cost import benchmark_files
+
+    return benchmark_files(CFG, {p: types_of(p) for p in products()}, RUN)
 
 
 def _table_inputs(wildcards=None):

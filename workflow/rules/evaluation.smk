@@ -89,9 +89,11 @@ rule evaluate:
 
 
 rule tables:
-    """Collect every score into <results_dir>/tables/*.csv (labelled with dataset and generator model)."""
+    """Collect every score into <results_dir>/tables/*.csv (labelled with dataset, generator model and protocol),
+    and the jobs' benchmark files into cost.csv (measured cost of this run)."""
     input:
         _table_inputs,
+        benchmarks=_cost_inputs,
     output:
         [
             report(
