@@ -22,9 +22,11 @@ from seas.pairs import BASELINE_METHODS, external_path, is_external  # noqa: E40
 
 # --config values: Snakemake hands nested ones over as strings; read them as YAML like the CLIs' --set
 wflib.deep_update(config, wflib.typed_overrides(dict(workflow.config_settings.config or {})))
-_SOURCE = " + ".join(str(p) for p in workflow.overwrite_configfiles) or "config.yaml"
+_SOURCE = " and ".join(str(p) for p in workflow.overwrite_configfiles) or "config.yaml"
+if workflow.config_settings.config:
+    _SOURCE = f"{_SOURCE} (with --config overrides)"
 try:
-    CFG = validate_config(config, source=_SOURCE + (" (with --config overrides)" if workflow.config_settings.config else ""))
+    CFG = validate_config(config, source=_SOURCE)
     METHODS = wflib.method_table(CFG["downstream"]["methods"])
 except (SeasError, wflib.WorkflowConfigError) as _e:
     raise WorkflowError(str(_e))
@@ -59,15 +61,17 @@ def _interpreter():
     return sys.executable
 
 
-PY = shlex.quote(_interpreter())  # a venv under a path with spaces
-# GPU rules run their command through the claim wrapper (per-GPU lock -> CUDA_VISIBLE_DEVICES;
-# a no-op under SLURM and on CPU-only machines).
-CLAIM = f"{PY} {shlex.quote(str(Path(workflow.basedir) / 'scripts' / 'gpu_claim.py'))} --gpus {GPUS} --"
-
-
-# jobs import this checkout's seas/downstream whatever their working directory or environment
-JOBENV = f"PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"
-GRID_SCRIPT = shlex.quote(str(Path(workflow.basedir) / "scripts" / "sample_grid.py"))
+# ----------------------------------------------------------------------------- the jobs' shell
+# Every shell command starts with this prefix (wflib.shell_prefix), in the shell that runs the job (on the node
+# under SLURM): strict mode, this checkout on PYTHONPATH, and the functions the rules call:
+#   seas_python ARGS          the interpreter
+#   seas_python_gpu N ARGS    the same through workflow/scripts/gpu_claim.py (N free GPUs -> CUDA_VISIBLE_DEVICES;
+#                             a no-op under SLURM and on CPU-only machines)
+#   seas_script NAME ARGS     workflow/scripts/NAME run by that interpreter
+# A prefix and not params: params are a rerun trigger, and moving the venv or the checkout must not rerun every
+# job (the code trigger compares the rules' own shell text, without the prefix).
+_PREFIX = wflib.shell_prefix(REPO, _interpreter(), Path(workflow.basedir) / "scripts")
+shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))  # shell.prefix formats its text: braces doubled
 
 
 def stage_params(module, **fields):
@@ -144,7 +148,7 @@ def generator_group(product, atype):
 def group_type_args(wildcards):
     """The CLI option restricting a generator to its group's anomaly type (nothing for `all`)."""
     g = wildcards.group
-    return "" if g == "all" else "--anomaly-type " + shlex.quote(g[len("type-"):])
+    return "" if g == "all" else f"--anomaly-type {shlex.quote(g[len('type-'):])}"
 
 
 def pairs_root(method_id):
