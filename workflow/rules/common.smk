@@ -9,8 +9,17 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
-REPO = Path(workflow.basedir).parent  # workflow.basedir: the folder of the Snakefile
-for _p in (str(REPO), str(Path(workflow.basedir) / "scripts")):
+# workflow/ from this file's folder (workflow/rules), not from workflow.basedir: that is the folder of the *main*
+# Snakefile, the deploying one's when this workflow runs as a module (snakedeploy, see README "Deploying").
+_HERE = workflow.current_basedir.get_path_or_uri(secret_free=True)
+if "://" in _HERE:
+    raise WorkflowError(
+        f"seas-bench runs from a local checkout only (its jobs import the checkout's Python packages), not from "
+        f"{_HERE}: clone the repository at the tag and point the module's snakefile at <clone>/workflow/Snakefile"
+    )
+WORKFLOW_DIR = Path(_HERE).parent
+REPO = WORKFLOW_DIR.parent
+for _p in (str(REPO), str(WORKFLOW_DIR / "scripts")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
@@ -70,7 +79,7 @@ def _interpreter():
 #   seas_script NAME ARGS     workflow/scripts/NAME run by that interpreter
 # A prefix and not params: params are a rerun trigger, and moving the venv or the checkout must not rerun every
 # job (the code trigger compares the rules' own shell text, without the prefix).
-_PREFIX = wflib.shell_prefix(REPO, _interpreter(), Path(workflow.basedir) / "scripts")
+_PREFIX = wflib.shell_prefix(REPO, _interpreter(), WORKFLOW_DIR / "scripts")
 shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))  # shell.prefix formats its text: braces doubled
 
 
