@@ -7,7 +7,7 @@ Layout (VisA and MVTec 3D AD are converted to it by ``python -m seas.convert``):
     <root>/<product>/test/<type>/*.png
     <root>/<product>/ground_truth/<type>/<stem>_mask.png     (or <stem>.png)
 
-Split (seas-method.md): per anomaly type, the first max(floor(n/3), 1) images in file-number order
+Split (docs/METHOD.md, "Split"): per anomaly type, the first max(floor(n/3), 1) images in file-number order
 (or H for the H-shot ablations) with their masks train the generator; the rest plus every
 ``test/good`` image form the downstream test set; the first ``num_normal_images`` of the sorted
 ``train/good`` images are the normal training images. The split is written once as a JSON manifest

@@ -8,7 +8,7 @@ Per anomaly type folder ``<pairs>/<type>/images/`` (``good`` is skipped), images
 * IS: ``torch_fidelity.calculate_metrics(isc=True)`` with the Inception weights file ``gen_metrics.inception_weights``
   (pt_inception-2015-12-05); when that key is null a Kaiming-initialised Inception of the same architecture is used
   and the output says ``"inception": "random"`` (plumbing only: never a number to report).
-* IC-LPIPS (seas-method.md, "Metrics"): every generated image joins the cluster of its nearest training anomaly image
+* IC-LPIPS (docs/METHOD.md, "Metrics"): every generated image joins the cluster of its nearest training anomaly image
   of that type (by LPIPS); inside each cluster the mean LPIPS over all pairs of its first ``gen_metrics.cluster_cap``
   members (140, the authors' cap); a cluster with fewer than 2 members (singleton or empty) scores 0; the score is
   the mean over the clusters (= over the training anomaly images). Images enter LPIPS in [-1, 1].

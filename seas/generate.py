@@ -4,7 +4,7 @@
         --out methods/seas/P/T
     python -m seas.generate ... --type good --out methods/seas/P/good      # normal images, prompt "a <ob>"
 
-Image j (seas-method.md, "Generation"):
+Image j (docs/METHOD.md, "Generation"):
 1. reference = normal training image ``j mod generation.num_reference_images`` of the split; its VAE latent
    (posterior mean, *not* multiplied by the VAE scaling factor unless ``generation.scale_init_latent``, as the
    authors do) is noised at the last step of the scaled-linear schedule stretched to

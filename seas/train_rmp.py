@@ -2,7 +2,7 @@
 
     python -m seas.train_rmp --config C --split split/P.json --generator generator/P --out rmp/P
 
-Each step (seas-method.md, "Refined Mask Prediction"): ``rmp.batch_abnormal`` training anomalies (any type of the
+Each step (docs/METHOD.md, "Refined Mask Prediction"): ``rmp.batch_abnormal`` training anomalies (any type of the
 product, with their masks) and ``rmp.batch_normal`` normal training images, augmented like the generator's data.
 Latents are noised at a random t per sample; one forward pass of the frozen U-Net (each image with its prompt)
 gives the up-block features and the time embedding through forward hooks; the abnormal latents are stepped once
