@@ -33,6 +33,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 from .pairs import IMAGE_SUFFIXES
+from .config import add_config_arguments, config_from_args
+from .runtime import atomic_write_text, cli, setup_logging
+# Lazy imports: torch is imported inside the functions that use it: the workflow imports this module at parse time.
 
 log = logging.getLogger(__name__)
 
@@ -322,8 +325,6 @@ class Split:
         return json.dumps(asdict(self), indent=1)
 
     def save(self, path: str | Path) -> Path:
-        from .runtime import atomic_write_text
-
         return atomic_write_text(path, self.to_json())
 
     @classmethod
@@ -461,9 +462,6 @@ def split_from_config(cfg: Mapping, product: str) -> Split:
 
 # ----------------------------------------------------------------------------- CLI
 def _main(argv: Sequence[str] | None = None) -> int:
-    from .config import add_config_arguments, config_from_args
-    from .runtime import setup_logging
-
     ap = argparse.ArgumentParser(prog="python -m seas.data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -490,8 +488,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .runtime import cli
-
     return cli(_main)(argv)
 
 

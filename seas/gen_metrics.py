@@ -35,6 +35,8 @@ from .config import add_config_arguments, config_from_args
 from .errors import CheckpointError, DataError
 from .pairs import IMAGES, image_files, list_types
 from .runtime import atomic_write_text, cli, derive_seed, get_device, setup_logging
+from .data import load_image, Split
+# Lazy imports: torch / lpips / torch-fidelity are imported inside the functions that use them (heavy; the clustering maths is pure numpy).
 
 log = logging.getLogger("seas.gen_metrics")
 
@@ -247,8 +249,6 @@ def _load(paths: Sequence, size: int, policy: str = "resize"):
     """uint8 [N,3,size,size] tensor."""
     import torch
 
-    from .data import load_image
-
     arrs = [np.asarray(load_image(p, size, policy), dtype=np.uint8) for p in paths]
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
 
@@ -264,8 +264,6 @@ def type_folders(pairs_dir: Path) -> list[str]:
 def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) -> dict:
     """Compute the metrics of one product's generated pairs -> the JSON-able result dict."""
     import torch
-
-    from .data import Split
 
     split = split if isinstance(split, Split) else Split.load(split)
     gm = cfg["gen_metrics"]

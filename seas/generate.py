@@ -40,6 +40,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from . import rmp as rmp_mod
 from .checkpoint import load_generator
@@ -49,6 +51,7 @@ from .errors import DataError
 from .pairs import GOOD, IMAGES, MANIFEST, MANIFEST_COLUMNS, MASKS, pair_name, pair_paths, read_manifest, write_manifest
 from .resume import add_resume_arguments, check_fingerprint
 from .runtime import atomic_save_image, atomic_write_text, autocast_dtype, cli, derive_seed, get_device, setup_logging
+# Lazy imports: the diffusers schedulers are imported where they are built (heavy optional import).
 
 log = logging.getLogger("seas.generate")
 
@@ -294,8 +297,6 @@ def first_missing(out: Path, count: int) -> int:
 
 def _png(arr: np.ndarray):
     """uint8 HxWx3 -> RGB image, uint8 HxW -> L image."""
-    from PIL import Image
-
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
@@ -330,8 +331,6 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
     a changed parameter or a retrained generator); an *interrupted* run is continued with the same parameters and
     refused with other ones (``restart`` deletes the folder first).
     """
-    from tqdm import tqdm
-
     out = Path(out)
     split = Split.load(split_path)
     count = count or _count_for(cfg, anomaly_type)

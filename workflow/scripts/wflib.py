@@ -10,6 +10,7 @@ import os
 import shlex
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+import yaml
 
 from seas.pairs import BASELINE_METHODS, method_dir  # the method names live with the pairs layout
 
@@ -61,8 +62,6 @@ def shell_prefix(repo: str | Path, python: str, scripts: str | Path) -> str:
 def typed_overrides(value: Any) -> Any:
     """Snakemake parses nested ``--config key={a: 1.5}`` values with YAML's BaseLoader: every leaf is a string.
     Re-read string leaves as YAML (``"1.5"`` -> 1.5, ``"true"`` -> True, ``"[lfd]"`` -> ["lfd"]), recursively."""
-    import yaml
-
     if isinstance(value, Mapping):
         return {k: typed_overrides(v) for k, v in value.items()}
     if isinstance(value, list):
