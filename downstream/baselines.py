@@ -34,11 +34,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from seas.data import Split, augmentation_for, load_image, load_mask
+from seas.data import Split, augmentation_for, load_image, load_mask, augment_pair, image_to_tensor, mask_to_tensor
 from seas.errors import DataError
-from seas.runtime import atomic_dir, derive_seed
+from seas.runtime import atomic_dir, derive_seed, setup_logging, cli
 
 from seas.pairs import BASELINE_METHODS, save_pair, write_manifest
+from seas.config import add_config_arguments, config_from_args
+# Lazy imports: torch / torchvision are imported inside the augmentation that uses them: the baselines run in the base env.
 
 __all__ = [
     "METHODS", "perlin_noise", "fractal_noise", "perlin_mask", "procedural_texture", "color_jitter",
@@ -216,8 +218,6 @@ def real_pair(image: Image.Image, mask: np.ndarray, seed: int, rotate90: bool, f
     """A real training anomaly, rotated by k·90° / flipped with ``seas.data.augment_pair`` -> (image, mask, {})."""
     import torch
 
-    from seas.data import augment_pair, image_to_tensor, mask_to_tensor
-
     g = torch.Generator().manual_seed(seed)
     img_t, mask_t = augment_pair(image_to_tensor(image), mask_to_tensor(mask), g, rotate90=rotate90, flip=flip)
     arr = ((img_t.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
@@ -281,9 +281,6 @@ def generate_baseline(cfg: Mapping, method: str, split: Split, out: str | Path,
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    from seas.config import add_config_arguments, config_from_args
-    from seas.runtime import setup_logging
-
     ap = argparse.ArgumentParser(prog="python -m downstream.baselines", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(ap)
@@ -300,8 +297,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from seas.runtime import cli
-
     return cli(_main)(argv)
 
 

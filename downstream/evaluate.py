@@ -17,13 +17,17 @@ import logging
 import math
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
+import json
 
 import numpy as np
+from tqdm import tqdm
 
 from seas.config import add_config_arguments, config_from_args
 from seas.errors import CheckpointError, DataError
 
 from .metrics import INFO_COLUMNS, METRIC_COLUMNS, ProductMetrics
+from seas.runtime import atomic_write_text, cli, get_device, setup_logging
+# Lazy imports: torch and the models (mmseg) are imported inside the functions that use them: downstream.tables imports this module in the base env.
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +83,6 @@ def evaluate_dataset(predict: Callable, dataset, *, batch_size: int = 8, num_wor
     """
     import torch
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
 
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_collate)
     acc = ProductMetrics(**(metrics or {}))
@@ -162,8 +165,6 @@ def _fmt(v) -> str:
 
 def write_scores(rows: Iterable[Mapping], path: str | Path) -> Path:
     """Write the rows (columns :data:`SCORE_COLUMNS`) atomically."""
-    from seas.runtime import atomic_write_text
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(SCORE_COLUMNS)
@@ -215,8 +216,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_model_name(checkpoint: Path, model: str) -> None:
-    import json
-
     meta = checkpoint / "train.json"
     if meta.is_file():
         try:
@@ -228,8 +227,6 @@ def _check_model_name(checkpoint: Path, model: str) -> None:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    from seas.runtime import get_device, setup_logging
-
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
@@ -254,8 +251,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from seas.runtime import cli
-
     return cli(_main)(argv)
 
 

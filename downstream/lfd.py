@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seas.errors import CheckpointError
+# Lazy imports: torchvision's resnet18 is imported where the trunks are built (heavy optional import).
 
 __all__ = ["LFD", "SelectiveFusion", "ContextAggregation", "count_parameters"]
 

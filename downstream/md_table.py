@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from seas.errors import DataError
+from seas.runtime import cli
 
 __all__ = ["to_markdown", "csv_to_markdown", "main"]
 
@@ -92,8 +93,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from seas.runtime import cli
-
     return cli(_main)(argv)
 
 

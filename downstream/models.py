@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 
 from seas.errors import CheckpointError, ConfigError
+from .lfd import LFD
+# Lazy imports: mmseg / mmengine are imported inside the builders (heavy: registering mmseg's modules takes seconds).
 
 __all__ = ["MODEL_NAMES", "SegModel", "MMSegModel", "LFDModel", "bisenetv2_config", "upernet_config",
            "build_model", "load_trained", "load_resnet50_v1c_state", "MODEL_FILE", "TRAIN_JSON"]
@@ -176,7 +178,6 @@ class LFDModel(SegModel):
 
     def __init__(self, num_classes: int = 2):
         super().__init__()
-        from .lfd import LFD
 
         self.name, self.num_classes = "lfd", num_classes
         self.net = LFD(num_classes)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from seas.config import add_config_arguments, config_from_args
 from seas.errors import ConfigError, DataError
@@ -51,6 +52,7 @@ from seas.pairs import method_dir, method_label
 
 from .evaluate import MEAN_ROW, read_scores
 from .metrics import IMAGE_COLUMNS
+from seas.runtime import atomic_write_text, cli, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +186,6 @@ def _base(cfg: Mapping, run_dir: Path | None) -> dict:
 
 
 def generation_table(cfg: Mapping, run_dir: Path, methods: Sequence[str], products: Sequence[str]):
-    import pandas as pd
-
     base = _base(cfg, run_dir)
     rows = []
     for m in methods:
@@ -222,8 +222,6 @@ def _load_scores(run_dir: Path, models: Sequence[str], methods: Sequence[str]) -
 
 def summary_table(cfg: Mapping, loaded: dict, models, methods, columns):
     """Tab. 2 / Tab. 3 layout: the products' mean per model x method, then the average over models."""
-    import pandas as pd
-
     base = _base(cfg, loaded.get("run_dir"))
     rows = []
     for model in models:
@@ -242,8 +240,6 @@ def summary_table(cfg: Mapping, loaded: dict, models, methods, columns):
 
 def per_product_table(cfg: Mapping, loaded: dict, models, methods, columns):
     """Tab. 13-18 layout: rows product x metric, one column per ``<model>/<method>``."""
-    import pandas as pd
-
     base = _base(cfg, loaded.get("run_dir"))
     keys = [(model, m) for model in models for m in methods]
     names = [f"{model}/{method_label(m)}" for model, m in keys]
@@ -301,8 +297,6 @@ def build_tables(cfg: Mapping, run_dir: str | Path, *, generation: bool | None =
 
 
 def write_tables(tables: Mapping, out_dir: str | Path) -> list[Path]:
-    from seas.runtime import atomic_write_text
-
     out_dir = Path(out_dir)
     written = []
     for name, df in tables.items():
@@ -334,8 +328,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    from seas.runtime import setup_logging
-
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
@@ -347,8 +339,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from seas.runtime import cli
-
     return cli(_main)(argv)
 
 

@@ -40,6 +40,8 @@ from seas.runtime import RUN_RECORD, atomic_dir, atomic_write_bytes, autocast_dt
 
 from .data import SegTrainDataset
 from .models import MODEL_FILE, MODEL_NAMES, TRAIN_JSON, build_model
+from seas.config import add_config_arguments, config_from_args
+from seas.runtime import cli, setup_logging
 
 __all__ = ["poly_lr", "SeededBatchSampler", "make_optimizer", "train_segmentation", "main"]
 
@@ -205,9 +207,6 @@ def train_segmentation(cfg: Mapping, model_name: str, pairs_root: str | Path, sp
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    from seas.config import add_config_arguments, config_from_args
-    from seas.runtime import setup_logging
-
     ap = argparse.ArgumentParser(prog="python -m downstream.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(ap)
@@ -229,8 +228,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from seas.runtime import cli
-
     return cli(_main)(argv)
 
 

@@ -22,6 +22,9 @@ from typing import Any, Mapping
 from .errors import CheckpointError
 from .pairs import GOOD
 from .prompt import TokenMap, encode_prompts, register_tokens, set_token_embedding_rows, token_embedding_rows
+from .runtime import atomic_dir, save_safetensors_atomic
+from .sd import load_sd, TINY_LABEL
+# Lazy imports: torch / diffusers / safetensors are imported inside the functions that use them (heavy; loaded only to read or write a generator).
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,6 @@ class GeneratorBundle:
 
     @property
     def label(self) -> str:
-        from .sd import TINY_LABEL
-
         return TINY_LABEL if self.is_tiny else str(self.base.get("pretrained"))
 
     def prompt(self, anomaly_type: str | None) -> str:
@@ -75,8 +76,6 @@ def save_generator(out_dir, unet, text_encoder, tokenizer, token_map: TokenMap, 
                    revision: str | None = None, tiny: bool = False, train_full_embedding: bool = False,
                    train_log_csv: str | None = None, extra: Mapping[str, Any] | None = None) -> Path:
     """Write the generator checkpoint to ``out_dir`` atomically (an existing one is replaced only on success)."""
-    from .runtime import atomic_dir, save_safetensors_atomic
-
     out_dir = Path(out_dir)
     if token_map.new_tokens and set(token_map.token_ids) != set(token_map.new_tokens):
         raise CheckpointError("save_generator: the token map's tokens were not registered (no token ids)")
@@ -145,8 +144,6 @@ def load_generator(ckpt_dir, device="cpu", dtype=None, base: str | None = None) 
     import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
-
-    from .sd import load_sd
 
     dtype = dtype or torch.float32
     ckpt_dir = Path(ckpt_dir)

@@ -41,6 +41,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .data import eight_bit_image, image_size, open_image
 from .errors import DataError
@@ -278,8 +279,6 @@ def _write_entry(job: tuple[Entry, Path]) -> str | None:
 
 def write_plan(entries: Iterable[Entry], dst: str | Path, workers: int = 1, overwrite: bool = False) -> Path:
     """Write ``entries`` into ``dst`` atomically (temp dir + rename), with ``convert_map.csv``."""
-    from tqdm.auto import tqdm
-
     entries = list(entries)
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():

@@ -7,7 +7,7 @@ Layout (VisA and MVTec 3D AD are converted to it by ``python -m seas.convert``):
     <root>/<product>/test/<type>/*.png
     <root>/<product>/ground_truth/<type>/<stem>_mask.png     (or <stem>.png)
 
-Split (seas-method.md): per anomaly type, the first max(floor(n/3), 1) images in file-number order
+Split (docs/METHOD.md, "Split"): per anomaly type, the first max(floor(n/3), 1) images in file-number order
 (``split.rule: floor``, SeaS; ``ceil``: ceil(n/3), DualAnoDiff's code; or H for the H-shot ablations)
 with their masks train the generator; the rest plus every
 ``test/good`` image form the downstream test set; the first ``num_normal_images`` of the sorted
@@ -34,6 +34,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 from .pairs import IMAGE_SUFFIXES
+from .config import add_config_arguments, config_from_args
+from .runtime import atomic_write_text, cli, setup_logging
+# Lazy imports: torch is imported inside the functions that use it: the workflow imports this module at parse time.
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +327,6 @@ class Split:
         return json.dumps(asdict(self), indent=1)
 
     def save(self, path: str | Path) -> Path:
-        from .runtime import atomic_write_text
-
         return atomic_write_text(path, self.to_json())
 
     @classmethod
@@ -472,9 +473,6 @@ def split_from_config(cfg: Mapping, product: str) -> Split:
 
 # ----------------------------------------------------------------------------- CLI
 def _main(argv: Sequence[str] | None = None) -> int:
-    from .config import add_config_arguments, config_from_args
-    from .runtime import setup_logging
-
     ap = argparse.ArgumentParser(prog="python -m seas.data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -501,8 +499,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .runtime import cli
-
     return cli(_main)(argv)
 
 

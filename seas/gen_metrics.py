@@ -17,7 +17,7 @@ Per anomaly type folder ``<pairs>/<type>/images/`` (``good`` is skipped), images
   anomalies only. torch-fidelity draws ``kid_subsets`` subsets of ``kid_subset_size`` images from EACH set without
   replacement, so the subset size is :func:`kid_subset_size`: ``min(gen_metrics.kid_subset_size, n_generated,
   n_real)`` (MVTec AD types have 5-30 real anomalies); fewer than 2 real or generated images is an error.
-* IC-LPIPS (seas-method.md, "Metrics"): every generated image joins the cluster of its nearest training anomaly image
+* IC-LPIPS (docs/METHOD.md, "Metrics"): every generated image joins the cluster of its nearest training anomaly image
   of that type (by LPIPS); inside each cluster the mean LPIPS over all pairs of its first ``gen_metrics.cluster_cap``
   members (140, the authors' cap); a cluster with fewer than 2 members (singleton or empty) scores 0; the score is
   the mean over the clusters (= over the training anomaly images). Images enter LPIPS in [-1, 1].
@@ -45,6 +45,8 @@ from .config import add_config_arguments, config_from_args
 from .errors import CheckpointError, DataError
 from .pairs import IMAGES, image_files, list_types
 from .runtime import atomic_write_text, cli, derive_seed, get_device, setup_logging
+from .data import load_image, Split
+# Lazy imports: torch / lpips / torch-fidelity are imported inside the functions that use them (heavy; the clustering maths is pure numpy).
 
 log = logging.getLogger("seas.gen_metrics")
 
@@ -299,8 +301,6 @@ def _load(paths: Sequence, size: int, policy: str = "resize"):
     """uint8 [N,3,size,size] tensor."""
     import torch
 
-    from .data import load_image
-
     arrs = [np.asarray(load_image(p, size, policy), dtype=np.uint8) for p in paths]
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
 
@@ -316,8 +316,6 @@ def type_folders(pairs_dir: Path) -> list[str]:
 def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) -> dict:
     """Compute the metrics of one product's generated pairs -> the JSON-able result dict."""
     import torch
-
-    from .data import Split
 
     split = split if isinstance(split, Split) else Split.load(split)
     gm = cfg["gen_metrics"]

@@ -4,7 +4,7 @@
         --out methods/seas/P/T
     python -m seas.generate ... --type good --out methods/seas/P/good      # normal images, prompt "a <ob>"
 
-Image j (seas-method.md, "Generation"):
+Image j (docs/METHOD.md, "Generation"):
 1. reference = normal training image ``j mod generation.num_reference_images`` of the split; its VAE latent
    (posterior mean, *not* multiplied by the VAE scaling factor unless ``generation.scale_init_latent``, as the
    authors do) is noised at the last step of the scaled-linear schedule stretched to
@@ -40,6 +40,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from . import rmp as rmp_mod
 from .checkpoint import load_generator
@@ -50,6 +52,7 @@ from .pairs import GOOD, IMAGES, MANIFEST, MANIFEST_COLUMNS, MASKS, pair_name, p
 from .resume import add_resume_arguments, check_fingerprint
 from .runtime import (RUN_RECORD, atomic_save_image, atomic_write_text, autocast_dtype, cli, derive_seed, get_device,
                       run_record, setup_logging)
+# Lazy imports: the diffusers schedulers are imported where they are built (heavy optional import).
 
 log = logging.getLogger("seas.generate")
 
@@ -295,8 +298,6 @@ def first_missing(out: Path, count: int) -> int:
 
 def _png(arr: np.ndarray):
     """uint8 HxWx3 -> RGB image, uint8 HxW -> L image."""
-    from PIL import Image
-
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
@@ -331,8 +332,6 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
     a changed parameter or a retrained generator); an *interrupted* run is continued with the same parameters and
     refused with other ones (``restart`` deletes the folder first).
     """
-    from tqdm import tqdm
-
     out = Path(out)
     split = Split.load(split_path)
     count = count or _count_for(cfg, anomaly_type)

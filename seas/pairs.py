@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
+from PIL import Image
 
 from .errors import ConfigError, DataError
 from .runtime import atomic_save_image, atomic_write_text
+# Lazy imports: seas.data is imported inside image_size's caller: seas.data imports this module (the pairs layout) at its top.
 
 __all__ = [
     "Pair", "MANIFEST", "IMAGE_SUFFIXES", "MANIFEST_COLUMNS", "GOOD", "IMAGES", "MASKS", "pair_name", "is_image_file",
@@ -119,8 +121,6 @@ def save_pair(type_dir: str | Path, index: int, image, mask) -> tuple[Path, Path
 
     The mask is stored as a single-channel 0/255 PNG; its size must equal the image's.
     """
-    from PIL import Image
-
     img_path, mask_path = pair_paths(type_dir, index)
     if not isinstance(mask, Image.Image):
         m = np.asarray(mask)

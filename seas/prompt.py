@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .errors import CheckpointError, ConfigError
+# Lazy imports: torch is imported inside the functions that use it (heavy; the token bookkeeping is pure Python).
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -32,6 +32,8 @@ from __future__ import annotations
 import contextlib
 from dataclasses import asdict, dataclass
 from typing import Iterator, Mapping, Sequence
+import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,8 @@ from torch import nn
 
 from .config import check_rmp_widths as check_widths
 from .errors import CheckpointError, ConfigError
+from .runtime import atomic_write_text, save_safetensors_atomic
+# Lazy imports: diffusers / safetensors are imported where the branch is built or loaded (heavy optional imports).
 
 __all__ = [
     "RMPArch",
@@ -393,11 +397,6 @@ ARCH_NAME = "rmp.json"
 
 def save_rmp(model: RefinedMaskPredictor, out_dir, extra: Mapping | None = None) -> None:
     """Write ``rmp.safetensors`` + ``rmp.json`` (architecture + ``extra`` info) into ``out_dir`` (atomic per file)."""
-    import json
-    from pathlib import Path
-
-    from .runtime import atomic_write_text, save_safetensors_atomic
-
     out_dir = Path(out_dir)
     save_safetensors_atomic(model.state_dict(), out_dir / WEIGHTS_NAME)
     info = {"arch": model.arch.to_dict(), **dict(extra or {})}
@@ -406,9 +405,6 @@ def save_rmp(model: RefinedMaskPredictor, out_dir, extra: Mapping | None = None)
 
 def load_rmp(ckpt_dir, device="cpu", dtype=torch.float32) -> RefinedMaskPredictor:
     """Rebuild the branch from ``rmp.json`` and load ``rmp.safetensors``; CheckpointError names a missing file."""
-    import json
-    from pathlib import Path
-
     from safetensors.torch import load_file
 
     ckpt_dir = Path(ckpt_dir)

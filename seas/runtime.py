@@ -14,11 +14,13 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
+import hashlib
 
 import numpy as np
 
 from .errors import SeasError
 from .resume import StaleStateError, restart_command
+# Lazy imports: torch / safetensors are imported inside the functions that use them: the workflow imports this module at parse time.
 
 log = logging.getLogger("seas")
 
@@ -55,8 +57,6 @@ def seed_everything(seed: int) -> None:
 
 def derive_seed(base: int, *parts) -> int:
     """A stable 63-bit seed from a base seed and any strings/ints (product, type, index…)."""
-    import hashlib
-
     h = hashlib.sha256(repr((int(base),) + tuple(parts)).encode()).digest()
     return int.from_bytes(h[:8], "little") & (2**63 - 1)
 

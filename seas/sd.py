@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import CheckpointError
 from .tiny_sd import TINY_MARKER
+# Lazy imports: torch / diffusers / transformers are imported inside load_sd (heavy; this module's constants are read without them).
 
 log = logging.getLogger(__name__)
 

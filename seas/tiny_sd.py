@@ -24,6 +24,8 @@ from typing import Sequence
 
 from .config import config_from_args
 from .errors import CheckpointError, ConfigError
+from .runtime import atomic_dir, cli, setup_logging
+# Lazy imports: torch / diffusers / transformers are imported inside the functions that build the model (heavy).
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +137,6 @@ def write_tiny_sd(out_dir: str | Path, seed: int = 0, sample_size: int = 64) -> 
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from .runtime import atomic_dir
-
     out_dir = Path(out_dir)
     marker = {"tiny": True, "seed": seed, "sample_size": sample_size, "version": 2,
               "note": "random weights with Stable Diffusion v1-4's structure; NOT Stable Diffusion. Results are tiny-model numbers."}
@@ -171,8 +171,6 @@ def write_tiny_sd(out_dir: str | Path, seed: int = 0, sample_size: int = 64) -> 
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    from .runtime import setup_logging
-
     ap = argparse.ArgumentParser(prog="python -m seas.tiny_sd", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (diffusers layout)")
@@ -195,8 +193,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .runtime import cli
-
     return cli(_main)(argv)
 
 

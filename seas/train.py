@@ -30,11 +30,23 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError, SeasError
 from .losses import da_loss, eps_mse, na_loss
 from .prompt import TokenMap, register_tokens, tokenize
 from .resume import StaleStateError, add_resume_arguments, check_fingerprint, discard, work_dir
+from .attention import AttentionStore, install_capture, restore_default_processors
+from .checkpoint import save_generator, TOKENS_JSON
+from .config import add_config_arguments, config_from_args
+from .data import (
+    apply_augmentation, augmentation_for, draw_augmentation, image_to_tensor, load_image, load_mask, mask_to_tensor,
+    Split,
+)
+from .latents import sample_posterior, training_set_cache
+from .runtime import atomic_dir, autocast_dtype, cli, derive_seed, get_device, seed_everything, setup_logging
+from .sd import load_sd
+# Lazy imports: safetensors is imported where a state is loaded or saved (heavy optional import).
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +71,6 @@ class TrainData:
 
 def load_train_data(split, resolution: int, policy: str = "shorter_side_center_crop") -> TrainData:
     """All training images of a split at ``resolution`` (few-shot: small enough to keep in memory)."""
-    from .data import image_to_tensor, load_image, load_mask, mask_to_tensor
-
     anomalies = []
     for image, mask, typ in split.train_pairs():
         anomalies.append((image_to_tensor(load_image(image, resolution, policy)),
@@ -90,8 +100,6 @@ class Batch:
 
 def latent_cache(data: TrainData, vae, device, amp_dtype=None):
     """The :class:`seas.latents.LatentCache` of the training images (keys ("a", i) / ("n", i))."""
-    from .latents import training_set_cache
-
     return training_set_cache(vae, [img for img, _, _ in data.anomalies], data.normals, device, amp_dtype)
 
 
@@ -126,8 +134,6 @@ def sample_batch(data: TrainData, prompts: _PromptCache, gen: torch.Generator, n
                  rotate90: bool = True, flip: bool = True, latents=None) -> Batch:
     """Draw a batch: images, augmentations (``gen``), and their VAE posteriors from ``latents`` (a LatentCache of
     ``data``, see :func:`latent_cache`; the posteriors are encoded there once per image and augmentation)."""
-    from .data import apply_augmentation, draw_augmentation
-
     if latents is None:
         raise ValueError("sample_batch: pass the LatentCache of the training data (train.latent_cache)")
     keys, masks, ids, dfp, obp, types = [], [], [], [], [], []
@@ -186,8 +192,6 @@ def forward_backward(unet, vae, text_encoder, noise_scheduler, batch: Batch, gcf
     The abnormal and normal images share one U-Net call; either half may be empty (the sequential
     ``generator.training_order`` ablations).
     """
-    from .latents import sample_posterior
-
     device = batch.latent_mean.device
     ba, b = batch.n_abnormal, batch.latent_mean.shape[0]
     use_da = bool(gcfg["da_loss"]) and store is not None and ba > 0
@@ -290,11 +294,6 @@ class GeneratorTrainer:
     """Holds models, optimizer and RNGs of one product's generator training; resumable."""
 
     def __init__(self, cfg: Mapping[str, Any], split, out_dir, *, device=None, restart: bool = False) -> None:
-        from .attention import AttentionStore, install_capture, restore_default_processors
-        from .data import augmentation_for
-        from .runtime import autocast_dtype, derive_seed, get_device
-        from .sd import load_sd
-
         self.cfg, self.split, self.out_dir = cfg, split, Path(out_dir)
         self.work_dir = work_dir(self.out_dir)
         if restart:
@@ -376,8 +375,6 @@ class GeneratorTrainer:
     # -------------------------------------------------------------- resumable state
     def save_state(self) -> Path:
         from safetensors.torch import save_file
-
-        from .runtime import atomic_dir
 
         with atomic_dir(self.work_dir / "state") as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in self.unet.state_dict().items()},
@@ -465,10 +462,6 @@ class GeneratorTrainer:
 
     def run(self, stop_after: int | None = None, progress: bool = True) -> Path | None:
         """Train to the end (-> the checkpoint folder) or for at most ``stop_after`` more steps (-> None)."""
-        from tqdm.auto import tqdm
-
-        from .checkpoint import save_generator
-
         self.try_resume()
         if self.data is None:
             m = self.cfg["model"]
@@ -514,9 +507,6 @@ def train_generator(cfg: Mapping[str, Any], split, out_dir, *, stop_after: int |
 
     A complete checkpoint already at ``out_dir`` is kept (returned) unless ``restart``.
     """
-    from .checkpoint import TOKENS_JSON
-    from .data import Split
-
     if not isinstance(split, Split):
         split = Split.load(split)
     if not restart and (Path(out_dir) / TOKENS_JSON).is_file():
@@ -528,10 +518,6 @@ def train_generator(cfg: Mapping[str, Any], split, out_dir, *, stop_after: int |
 
 # ----------------------------------------------------------------------------- CLI
 def _main(argv: Sequence[str] | None = None) -> int:
-    from .config import add_config_arguments, config_from_args
-    from .data import Split
-    from .runtime import seed_everything, setup_logging
-
     ap = argparse.ArgumentParser(prog="python -m seas.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(ap)
@@ -562,8 +548,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .runtime import cli
-
     return cli(_main)(argv)
 
 

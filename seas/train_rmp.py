@@ -2,7 +2,7 @@
 
     python -m seas.train_rmp --config C --split split/P.json --generator generator/P --out rmp/P
 
-Each step (seas-method.md, "Refined Mask Prediction"): ``rmp.batch_abnormal`` training anomalies (any type of the
+Each step (docs/METHOD.md, "Refined Mask Prediction"): ``rmp.batch_abnormal`` training anomalies (any type of the
 product, with their masks) and ``rmp.batch_normal`` normal training images, augmented like the generator's data.
 Latents are noised at a random t per sample; one forward pass of the frozen U-Net (each image with its prompt)
 gives the up-block features and the time embedding through forward hooks; the abnormal latents are stepped once
@@ -32,17 +32,21 @@ from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from . import rmp as rmp_mod
 from .config import add_config_arguments, config_from_args
 from .checkpoint import load_generator
-from .data import Split, augmentation_for, image_to_tensor, load_image, load_mask, mask_to_tensor
+from .data import (Split, apply_augmentation, augmentation_for, draw_augmentation, image_to_tensor, load_image,
+                   load_mask, mask_to_tensor)
 from .latents import training_set_cache
 from .errors import CheckpointError, DataError
 from .pairs import GOOD
 from .resume import add_resume_arguments, check_fingerprint, discard, work_dir
 from .runtime import (RUN_RECORD, atomic_dir, atomic_write_text, autocast_dtype, cli, derive_seed, get_device,
                       run_record, save_safetensors_atomic, setup_logging)
+from .losses import focal_loss
+# Lazy imports: diffusers / safetensors are imported where they are used (heavy optional imports).
 
 log = logging.getLogger("seas.train_rmp")
 
@@ -85,8 +89,6 @@ def load_train_data(split: Split, cfg: Mapping) -> TrainData:
 def sample_batch(data: TrainData, n_abnormal: int, n_normal: int, generator: torch.Generator):
     """(latent keys [A + N] of seas.latents' training-set cache, masks [A,1,H,W], types [A]), augmented: the
     abnormal images first, then ``n_normal`` normal ones."""
-    from .data import apply_augmentation, draw_augmentation
-
     ia = torch.randint(0, len(data.anomalies), (n_abnormal,), generator=generator).tolist()
     keys, masks, types = [], [], []
     for i in ia:
@@ -127,8 +129,6 @@ def rmp_loss(out, masks: torch.Tensor, *, gamma: float = 2.0, coarse_supervision
     :meth:`RefinedMaskPredictor.forward`): image-size masks of every image against its mask (normal images: the
     empty mask), and, with ``coarse_supervision``, latent-size masks against :func:`coarse_target`. Each term is a
     mean over all pixels of all images, as the authors' loss. Returns the terms and their ``total``."""
-    from .losses import focal_loss
-
     b, na = out.fine_logits.shape[0], masks.shape[0]
     full = torch.zeros((b, 1, *out.fine_logits.shape[-2:]), dtype=torch.float32, device=out.fine_logits.device)
     full[:na] = masks.float().to(full.device)
@@ -218,8 +218,6 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, stop_after: int | No
     """Train (or resume, seas.resume) and write ``out/``. ``stop_after`` stops early after that many steps in this
     call (checkpointing first) and returns None: used to test resumption. ``restart`` discards an interrupted
     run's state."""
-    from tqdm import tqdm
-
     out, generator_dir = Path(out), Path(generator_dir)
     split = Split.load(split_path)
     r = cfg["rmp"]

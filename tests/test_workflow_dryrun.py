@@ -150,7 +150,7 @@ def test_paper_sized_dag(mvtec_tree, tmp_path):
                       res.stdout).group(0)
     limit = int(re.search(r"runtime=(\d+)", block).group(1))
     assert "gpu=1," in block and 8 * 35 < limit < 8 * 35 * 2
-    assert "gpu_claim.py --gpus 1 -- " in block and " -m seas.train --config " in block
+    assert "seas_python_gpu 1 -m seas.train --config " in block  # the claim wrapper of the shell prefix (common.smk)
 
 
 @pytest.mark.parametrize("preset,shape", [("visa.yaml", {"candle": ["anomaly"], "pcb1": ["anomaly"]}),
@@ -289,6 +289,38 @@ def test_runtime_estimates_scale():
     small["model"]["resolution"] = 256
     assert wflib.generator_minutes(small, 8) < eight
     assert wflib.rmp_minutes(cfg, 1) > 25 and wflib.generate_minutes(cfg) > 12  # 1000 x 720 ms
+
+
+# ----------------------------------------------------------------------------- the jobs' shell prefix
+def test_shell_prefix_functions_run_in_bash(tmp_path):
+    """seas_python / seas_python_gpu / seas_script of wflib.shell_prefix, with a repo, an interpreter and a scripts
+    folder under paths with spaces and quotes (the prefix is not in -n's 'Shell command' lines: run it here)."""
+    repo, scripts, bindir = tmp_path / "my 'repo'", tmp_path / "scr ipts", tmp_path / "v env" / "bin"
+    for d in (repo / "pkg", scripts, bindir):
+        d.mkdir(parents=True)
+    (repo / "pkg" / "__init__.py").write_text("")
+    (repo / "pkg" / "hello.py").write_text(
+        "import os, sys\nprint('hello', sys.argv[1:], os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ['OMP_NUM_THREADS'])\n")
+    shutil.copy(REPO / "workflow" / "scripts" / "gpu_claim.py", scripts / "gpu_claim.py")
+    (scripts / "tool.py").write_text("import pkg, sys\nprint('tool', sys.argv[1:])\n")
+    python = bindir / "python"
+    python.symlink_to(sys.executable)
+    prefix = wflib.shell_prefix(repo, str(python), scripts)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SLURM_JOB_ID")}
+    env["SEAS_GPU_IDS"] = ""  # never claim a real GPU here
+
+    def bash(cmd):
+        res = subprocess.run(["bash", "-c", prefix + cmd], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        return res
+
+    assert bash("OMP_NUM_THREADS=3 seas_python -m pkg.hello 'a b'").stdout == "hello ['a b'] None 3\n"
+    res = bash("OMP_NUM_THREADS=2 seas_python_gpu 1 -m pkg.hello x")
+    assert res.stdout == "hello ['x'] None 2\n" and "[gpu_claim] no GPU visible" in res.stderr
+    assert bash("seas_script tool.py --out 'o p'").stdout == "tool ['--out', 'o p']\n"
+    # strict mode: a failing stage fails the job
+    assert subprocess.run(["bash", "-c", prefix + "false | cat; echo reached"], capture_output=True, text=True,
+                          env=env).stdout == ""
 
 
 # ----------------------------------------------------------------------------- report grid (workflow/scripts/sample_grid.py)

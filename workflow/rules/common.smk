@@ -9,8 +9,17 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
-REPO = Path(workflow.basedir).parent  # workflow.basedir: the folder of the Snakefile
-for _p in (str(REPO), str(Path(workflow.basedir) / "scripts")):
+# workflow/ from this file's folder (workflow/rules), not from workflow.basedir: that is the folder of the *main*
+# Snakefile, the deploying one's when this workflow runs as a module (snakedeploy, see README "Deploying").
+_HERE = workflow.current_basedir.get_path_or_uri(secret_free=True)
+if "://" in _HERE:
+    raise WorkflowError(
+        f"seas-bench runs from a local checkout only (its jobs import the checkout's Python packages), not from "
+        f"{_HERE}: clone the repository at the tag and point the module's snakefile at <clone>/workflow/Snakefile"
+    )
+WORKFLOW_DIR = Path(_HERE).parent
+REPO = WORKFLOW_DIR.parent
+for _p in (str(REPO), str(WORKFLOW_DIR / "scripts")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
@@ -22,9 +31,11 @@ from seas.pairs import BASELINE_METHODS, external_path, is_external  # noqa: E40
 
 # --config values: Snakemake hands nested ones over as strings; read them as YAML like the CLIs' --set
 wflib.deep_update(config, wflib.typed_overrides(dict(workflow.config_settings.config or {})))
-_SOURCE = " + ".join(str(p) for p in workflow.overwrite_configfiles) or "config.yaml"
+_SOURCE = " and ".join(str(p) for p in workflow.overwrite_configfiles) or "config.yaml"
+if workflow.config_settings.config:
+    _SOURCE = f"{_SOURCE} (with --config overrides)"
 try:
-    CFG = validate_config(config, source=_SOURCE + (" (with --config overrides)" if workflow.config_settings.config else ""))
+    CFG = validate_config(config, source=_SOURCE)
     METHODS = wflib.method_table(CFG["downstream"]["methods"])
 except (SeasError, wflib.WorkflowConfigError) as _e:
     raise WorkflowError(str(_e))
@@ -59,15 +70,17 @@ def _interpreter():
     return sys.executable
 
 
-PY = shlex.quote(_interpreter())  # a venv under a path with spaces
-# GPU rules run their command through the claim wrapper (per-GPU lock -> CUDA_VISIBLE_DEVICES;
-# a no-op under SLURM and on CPU-only machines).
-CLAIM = f"{PY} {shlex.quote(str(Path(workflow.basedir) / 'scripts' / 'gpu_claim.py'))} --gpus {GPUS} --"
-
-
-# jobs import this checkout's seas/downstream whatever their working directory or environment
-JOBENV = f"PYTHONPATH={shlex.quote(str(REPO))}${{PYTHONPATH:+:$PYTHONPATH}}"
-GRID_SCRIPT = shlex.quote(str(Path(workflow.basedir) / "scripts" / "sample_grid.py"))
+# ----------------------------------------------------------------------------- the jobs' shell
+# Every shell command starts with this prefix (wflib.shell_prefix), in the shell that runs the job (on the node
+# under SLURM): strict mode, this checkout on PYTHONPATH, and the functions the rules call:
+#   seas_python ARGS          the interpreter
+#   seas_python_gpu N ARGS    the same through workflow/scripts/gpu_claim.py (N free GPUs -> CUDA_VISIBLE_DEVICES;
+#                             a no-op under SLURM and on CPU-only machines)
+#   seas_script NAME ARGS     workflow/scripts/NAME run by that interpreter
+# A prefix and not params: params are a rerun trigger, and moving the venv or the checkout must not rerun every
+# job (the code trigger compares the rules' own shell text, without the prefix).
+_PREFIX = wflib.shell_prefix(REPO, _interpreter(), WORKFLOW_DIR / "scripts")
+shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))  # shell.prefix formats its text: braces doubled
 
 
 def stage_params(module, **fields):
@@ -144,7 +157,7 @@ def generator_group(product, atype):
 def group_type_args(wildcards):
     """The CLI option restricting a generator to its group's anomaly type (nothing for `all`)."""
     g = wildcards.group
-    return "" if g == "all" else "--anomaly-type " + shlex.quote(g[len("type-"):])
+    return "" if g == "all" else f"--anomaly-type {shlex.quote(g[len('type-'):])}"
 
 
 def pairs_root(method_id):

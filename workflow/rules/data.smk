@@ -22,7 +22,7 @@ if IS_DEMO:
         conda:
             "../../envs/base.yaml"
         shell:
-            "{JOBENV} {PY} -m seas.demo_data --config {params.config:q} --out {output:q} > {log:q} 2>&1"
+            "seas_python -m seas.demo_data --config {params.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 if TINY:
@@ -45,7 +45,7 @@ if TINY:
         conda:
             "../../envs/seas.yaml"
         shell:
-            "{JOBENV} {PY} -m seas.tiny_sd --config {params.config:q} --out {output:q} > {log:q} 2>&1"
+            "seas_python -m seas.tiny_sd --config {params.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule split:
@@ -66,4 +66,4 @@ rule split:
     conda:
         "../../envs/base.yaml"
     shell:
-        "{JOBENV} {PY} -m seas.data split --config {params.config:q} --product {wildcards.product:q} --out {output:q} > {log:q} 2>&1"
+        "seas_python -m seas.data split --config {params.config:q} --product {wildcards.product:q} --out {output:q} > {log:q} 2>&1"

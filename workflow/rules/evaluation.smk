@@ -27,7 +27,7 @@ rule gen_metrics:
     conda:
         "../../envs/seas.yaml"
     shell:
-        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m seas.gen_metrics --config {params.config:q} --split {input.split:q}"
+        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m seas.gen_metrics --config {params.config:q} --split {input.split:q}"
         " --pairs {params.pairs:q} --method {params.method:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -56,7 +56,7 @@ rule train_seg:
     conda:
         "../../envs/downstream.yaml"
     shell:
-        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m downstream.train --config {params.config:q} --model {wildcards.model:q}"
+        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m downstream.train --config {params.config:q} --model {wildcards.model:q}"
         " --pairs-root {params.pairs_root:q} --splits {input.splits:q} --method {wildcards.method:q} --out {params.outdir:q}"
         " > {log:q} 2>&1"
 
@@ -84,7 +84,7 @@ rule evaluate:
     conda:
         "../../envs/downstream.yaml"
     shell:
-        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m downstream.evaluate --config {params.config:q} --model {wildcards.model:q}"
+        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m downstream.evaluate --config {params.config:q} --model {wildcards.model:q}"
         " --checkpoint {params.ckpt:q} --splits {input.splits:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -108,7 +108,7 @@ rule tables:
         cfg=stage_params("downstream.tables"),
         config=RESOLVED_CONFIG,
         run_dir=RUN,
-        out_dir=TABLES,
+        out_dir=lambda wc, output: str(Path(output[0]).parent),
         gen_methods=" ".join(shlex.quote(METHODS[m]) for m in generated_method_ids()),
     log:
         f"{RUN}/logs/tables.log",
@@ -119,5 +119,5 @@ rule tables:
     conda:
         "../../envs/base.yaml"
     shell:
-        "{JOBENV} {PY} -m downstream.tables --config {params.config:q} --run-dir {params.run_dir:q} --out-dir {params.out_dir:q}"
+        "seas_python -m downstream.tables --config {params.config:q} --run-dir {params.run_dir:q} --out-dir {params.out_dir:q}"
         " --gen-methods {params.gen_methods} > {log:q} 2>&1"

@@ -29,7 +29,7 @@ rule train_generator:
     conda:
         "../../envs/seas.yaml"
     shell:
-        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m seas.train --config {params.config:q} --split {input.split:q}"
+        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m seas.train --config {params.config:q} --split {input.split:q}"
         " {params.types} --out {output:q} > {log:q} 2>&1"
 
 
@@ -55,7 +55,7 @@ rule train_rmp:
     conda:
         "../../envs/seas.yaml"
     shell:
-        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m seas.train_rmp --config {params.config:q} --split {input.split:q}"
+        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m seas.train_rmp --config {params.config:q} --split {input.split:q}"
         " --generator {input.generator:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -83,7 +83,7 @@ rule generate:
     conda:
         "../../envs/seas.yaml"
     shell:
-        "{JOBENV} OMP_NUM_THREADS={threads} {CLAIM} {PY} -m seas.generate --config {params.config:q} --split {input.split:q}"
+        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m seas.generate --config {params.config:q} --split {input.split:q}"
         " --generator {input.generator:q} --rmp {input.rmp:q} --type {wildcards.atype:q} --out {params.outdir:q} > {log:q} 2>&1"
 
 
@@ -109,5 +109,5 @@ rule baselines:
     conda:
         "../../envs/base.yaml"
     shell:
-        "{JOBENV} OMP_NUM_THREADS={threads} {PY} -m downstream.baselines --config {params.config:q} --method {wildcards.method:q}"
+        "OMP_NUM_THREADS={threads} seas_python -m downstream.baselines --config {params.config:q} --method {wildcards.method:q}"
         " --split {input.split:q} --out {output:q} > {log:q} 2>&1"

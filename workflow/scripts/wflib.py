@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+import yaml
 
 from seas.pairs import BASELINE_METHODS, method_dir  # the method names live with the pairs layout
 
@@ -31,12 +33,35 @@ def method_table(methods: Iterable[str]) -> dict[str, str]:
     return table
 
 
+# ----------------------------------------------------------------------------- the jobs' shell
+def shell_prefix(repo: str | Path, python: str, scripts: str | Path) -> str:
+    """The bash text every job's shell command starts with (``shell.prefix`` in rules/common.smk):
+
+    * ``set -euo pipefail`` -- Snakemake's strict mode (a prefix of our own replaces its default one);
+    * ``PYTHONPATH=<repo>:...`` -- jobs import this checkout's seas/downstream whatever their working directory;
+    * ``seas_python ARGS`` -- ``python`` (the interpreter; a path with spaces is quoted once, here);
+    * ``seas_python_gpu N ARGS`` -- the same through ``scripts/gpu_claim.py --gpus N``: N free GPUs locked ->
+      CUDA_VISIBLE_DEVICES (a no-op under SLURM, with N=0 and on machines without GPUs);
+    * ``seas_script NAME ARGS`` -- ``scripts/NAME`` run by that interpreter.
+
+    Plain text, braces single: ``shell.prefix`` formats it, so the caller doubles them.
+    """
+    return "; ".join([
+        "set -euo pipefail",
+        f"export PYTHONPATH={shlex.quote(str(repo))}${{PYTHONPATH:+:$PYTHONPATH}}",
+        f"SEAS_PYTHON={shlex.quote(str(python))}",
+        f"SEAS_SCRIPTS={shlex.quote(str(scripts))}",
+        'seas_python() { "$SEAS_PYTHON" "$@"; }',
+        'seas_python_gpu() { local n="$1"; shift; '
+        '"$SEAS_PYTHON" "$SEAS_SCRIPTS/gpu_claim.py" --gpus "$n" -- "$SEAS_PYTHON" "$@"; }',
+        'seas_script() { local s="$1"; shift; "$SEAS_PYTHON" "$SEAS_SCRIPTS/$s" "$@"; }',
+    ]) + "; "
+
+
 # ----------------------------------------------------------------------------- --config overrides
 def typed_overrides(value: Any) -> Any:
     """Snakemake parses nested ``--config key={a: 1.5}`` values with YAML's BaseLoader: every leaf is a string.
     Re-read string leaves as YAML (``"1.5"`` -> 1.5, ``"true"`` -> True, ``"[lfd]"`` -> ["lfd"]), recursively."""
-    import yaml
-
     if isinstance(value, Mapping):
         return {k: typed_overrides(v) for k, v in value.items()}
     if isinstance(value, list):
