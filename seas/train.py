@@ -44,7 +44,8 @@ from .data import (
     Split,
 )
 from .latents import sample_posterior, training_set_cache
-from .runtime import atomic_dir, autocast_dtype, cli, derive_seed, get_device, seed_everything, setup_logging
+from .runtime import (RUN_RECORD, atomic_dir, autocast_dtype, cli, derive_seed, get_device, run_record, seed_everything,
+                      setup_logging)
 from .sd import load_sd
 # Lazy imports: safetensors is imported where a state is loaded or saved (heavy optional import).
 
@@ -541,7 +542,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if out is None:
         log.info("stopped before the end; re-run the same command to resume")
     if out is not None:  # what this stage cost (tables/cost.csv)
-        from .runtime import RUN_RECORD, run_record
         run_record(Path(out) / RUN_RECORD, stage="generator", anomaly_types=split.anomaly_types,
                    steps=json.loads((Path(out) / "tokens.json").read_text()).get("steps"))
     return 0
