@@ -50,7 +50,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
-#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+#: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
 CONFIG_KEYS = ("seed", "dataset.image_policy", "augmentation", "downstream.image_size",
                "downstream.num_baseline_images_per_type")
 

@@ -32,7 +32,7 @@ from seas.runtime import atomic_write_text, cli, get_device, setup_logging
 log = logging.getLogger(__name__)
 
 #: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
-#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+#: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
 CONFIG_KEYS = ("device", "dataset.image_policy", "downstream.image_size", "downstream.iou_threshold",
                "downstream.evaluation")
 

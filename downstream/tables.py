@@ -57,7 +57,7 @@ from seas.runtime import atomic_write_text, cli, setup_logging
 log = logging.getLogger(__name__)
 
 #: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
-#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+#: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
 CONFIG_KEYS = ("dataset.name", "model.pretrained", "model.tiny", "downstream.models", "downstream.methods",
                "gen_metrics.enabled", "split.shots", "split.rule", "generator.scope", "resources.gpus_per_job")
 

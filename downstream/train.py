@@ -48,7 +48,7 @@ __all__ = ["poly_lr", "SeededBatchSampler", "make_optimizer", "train_segmentatio
 log = logging.getLogger(__name__)
 
 #: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
-#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+#: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
 CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "model.mixed_precision", "downstream.image_size",
                "downstream.include_real_anomalies", "downstream.pretrained_backbones", "downstream.train.{model}")  # {model}: --model
 

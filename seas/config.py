@@ -166,7 +166,7 @@ def stage_keys(module: str, **fields: str) -> tuple[str, ...]:
 
     Dotted keys (``"model.resolution"``) or whole sections (``"generator"``); a ``{model}`` field is filled from
     ``fields`` (``stage_keys("downstream.train", model="lfd")``). Read from the module's source without importing
-    it (the Snakefile stays fast to parse: no torch); tests/test_config_keys.py checks it equals the imported
+    it (the Snakefile stays fast to parse: no torch); tests/seas/test_config_keys.py checks it equals the imported
     attribute and that the stage reads nothing else. The rules pass these keys' values as ``params: cfg``.
     """
     keys = _declared_keys(module)

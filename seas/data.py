@@ -41,7 +41,7 @@ from .runtime import atomic_write_text, cli, setup_logging
 log = logging.getLogger(__name__)
 
 #: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
-#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+#: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
 CONFIG_KEYS = ("dataset.root", "split")
 
 IMAGE_POLICIES = ("shorter_side_center_crop", "resize")

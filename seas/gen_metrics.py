@@ -51,7 +51,7 @@ from .data import load_image, Split
 log = logging.getLogger("seas.gen_metrics")
 
 #: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
-#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+#: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
 CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "gen_metrics")
 
 __all__ = ["assign_clusters", "cluster_members", "ic_lpips_from_clusters", "ic_lpips_from_matrices",

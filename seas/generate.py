@@ -57,7 +57,7 @@ from .runtime import (RUN_RECORD, atomic_save_image, atomic_write_text, autocast
 log = logging.getLogger("seas.generate")
 
 #: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
-#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+#: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
 CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "model.resolution", "model.mixed_precision", "generation",
                "rmp.bn_train_mode_at_inference")
 

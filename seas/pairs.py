@@ -1,6 +1,6 @@
 """The generated-pairs layout shared by every method (SeaS, the built-in baselines, external folders): the one
 module its producers (seas.generate, downstream.baselines) and its readers (downstream.data, seas.gen_metrics,
-workflow/scripts/sample_grid.py, the Snakefile through wflib) import.
+downstream.sample_grid, the Snakefile through wflib) import.
 
     <method_root>/<product>/<type>/images/000000.png
     <method_root>/<product>/<type>/masks/000000.png     (same stem; 0/255 single channel, same size)

@@ -52,7 +52,7 @@ from .sd import load_sd
 log = logging.getLogger(__name__)
 
 #: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
-#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+#: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
 CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "augmentation", "model", "generator")
 
 __all__ = ["TrainData", "Batch", "load_train_data", "sample_batch", "forward_backward", "FrozenRows",

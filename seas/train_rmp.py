@@ -51,7 +51,7 @@ from .losses import focal_loss
 log = logging.getLogger("seas.train_rmp")
 
 #: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
-#: params rerun trigger (seas.config.stage_keys; tests/test_config_keys.py fails on a read outside them)
+#: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
 CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "augmentation", "model.resolution", "model.mixed_precision",
                "rmp.steps_per_type", "rmp.batch_abnormal", "rmp.batch_normal", "rmp.gradient_accumulation", "rmp.lr",
                "rmp.focal_gamma", "rmp.mrm", "rmp.progressive", "rmp.coarse_supervision", "rmp.coarse_target",

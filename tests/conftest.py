@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import set_dotted
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parent.parent
 
 # small settings for every test; stages' own tests override what they need
 TEST_RESOLUTION = 64
@@ -45,13 +46,6 @@ def tiny_sd(tiny_sd_dir):
     return load_sd(tiny_sd_dir)
 
 
-def _set(d: dict, dotted: str, value) -> None:
-    *parents, last = dotted.split(".")
-    for p in parents:
-        d = d.setdefault(p, {})
-    d[last] = value
-
-
 @pytest.fixture
 def make_cfg(demo_root, tiny_sd_dir, tmp_path):
     """``make_cfg({"generator.steps_per_type": 2}, rmp__lr=1e-3)`` -> validated config dict (results in tmp_path)."""
@@ -75,7 +69,7 @@ def make_cfg(demo_root, tiny_sd_dir, tmp_path):
     def factory(overrides: dict | None = None, **kw) -> dict:
         raw = copy.deepcopy(base)
         for k, v in {**(overrides or {}), **{k.replace("__", "."): v for k, v in kw.items()}}.items():
-            _set(raw, k, v)
+            set_dotted(raw, k, v)
         return validate_config(raw, source="<test config>")
 
     return factory

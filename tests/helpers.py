@@ -1,8 +1,30 @@
-"""Helpers shared by the test modules (import as ``from helpers import ...``; tests/ is on sys.path)."""
+"""Helpers shared by the test modules (import as ``from helpers import ...``).
+
+tests/ is on sys.path because tests/conftest.py lives there (pytest's default ``prepend`` import mode puts a
+conftest's folder first on sys.path), so the test modules in tests/seas/, tests/downstream/ and tests/workflow/
+import this module whichever of them pytest is given. Fixtures live in tests/conftest.py; plain helpers here.
+"""
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+#: the repository root (tests/helpers.py -> tests -> repo)
+REPO = Path(__file__).resolve().parent.parent
+
+#: a small Region Mask Predictor for the tiny model (overrides for the ``make_cfg`` fixture)
+SMALL_RMP = {"rmp.reduce_channels": [16, 8], "rmp.num_heads": 2, "rmp.head_dim": 12, "rmp.num_layers": 1,
+             "rmp.norm_num_groups": 8}
 
 
 class RecordingConfig(Mapping):
@@ -54,3 +76,56 @@ def set_dotted(d: dict, dotted: str, value) -> None:
     for p in parents:
         d = d.setdefault(p, {})
     d[last] = value
+
+
+# ----------------------------------------------------------------------------- Snakemake (tests/workflow)
+def snakemake_exe() -> str:
+    exe = Path(sys.executable).parent / "snakemake"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("snakemake")
+    if not found:
+        pytest.skip("snakemake is not installed")
+    return found
+
+
+def write_tree(root: Path, products: dict[str, list[str]], n_per_type: int = 3) -> Path:
+    """A tiny MVTec-layout tree (8x8 PNGs): 2 train/good, 1 test/good, ``n_per_type`` images+masks per type."""
+    img = Image.fromarray(np.full((8, 8, 3), 128, np.uint8))
+    mask = Image.fromarray(np.pad(np.full((2, 2), 255, np.uint8), 3))
+    for product, types in products.items():
+        p = root / product
+        for sub, n in (("train/good", 2), ("test/good", 1)):
+            (p / sub).mkdir(parents=True)
+            for i in range(n):
+                img.save(p / sub / f"{i:03d}.png")
+        for t in types:
+            (p / "test" / t).mkdir(parents=True)
+            (p / "ground_truth" / t).mkdir(parents=True)
+            for i in range(n_per_type):
+                img.save(p / "test" / t / f"{i:03d}.png")
+                mask.save(p / "ground_truth" / t / f"{i:03d}_mask.png")
+    return root
+
+
+def dry_run(config: Path, *extra: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
+    """``snakemake -n`` of this checkout's workflow with ``config``."""
+    cmd = [snakemake_exe(), "-n", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--configfile", str(config),
+           "--cores", "4", *extra]
+    env = {**os.environ, "SNAKEMAKE_OUTPUT_CACHE": "", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake -n failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
+    return res
+
+
+def job_counts(text: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats:' table (job, count) from a dry run's output."""
+    m = re.search(r"Job stats:\n(.*?)\n\s*\n", text + "\n\n", flags=re.S)
+    assert m, f"no job stats in output:\n{text[-3000:]}"
+    counts = {}
+    for line in m.group(1).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts

@@ -26,5 +26,5 @@ rule sample_grid:
     conda:
         "../../envs/base.yaml"
     shell:
-        "seas_script sample_grid.py --pairs {params.pairs:q} --per-type {params.per_type}"
+        "seas_python -m downstream.sample_grid --pairs {params.pairs:q} --per-type {params.per_type}"
         " --title {params.title:q} --out {output:q} > {log:q} 2>&1"

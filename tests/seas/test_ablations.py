@@ -8,8 +8,9 @@ import torch
 from seas.data import Split
 from seas.train import GeneratorTrainer, load_train_data
 
-SMALL_RMP = {"rmp.reduce_channels": [16, 8], "rmp.num_heads": 2, "rmp.head_dim": 12, "rmp.num_layers": 1,
-             "rmp.norm_num_groups": 8, "rmp.steps_per_type": 1, "rmp.batch_abnormal": 1, "rmp.batch_normal": 1,
+from helpers import SMALL_RMP as BASE_RMP
+
+SMALL_RMP = {**BASE_RMP, "rmp.steps_per_type": 1, "rmp.batch_abnormal": 1, "rmp.batch_normal": 1,
              "rmp.gradient_accumulation": 1}
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-SMALL_RMP = {"rmp.reduce_channels": [16, 8], "rmp.num_heads": 2, "rmp.head_dim": 12, "rmp.num_layers": 1,
-             "rmp.norm_num_groups": 8,
-             "rmp.steps_per_type": 1, "rmp.batch_abnormal": 1, "rmp.batch_normal": 1}
+from helpers import SMALL_RMP as BASE_RMP
+
+SMALL_RMP = {**BASE_RMP, "rmp.steps_per_type": 1, "rmp.batch_abnormal": 1, "rmp.batch_normal": 1}
 GEN = {"generation.num_images_per_type": 5, "generation.batch_size": 2, "generation.num_inference_steps": 4,
        "generation.mask_steps": 3}
 

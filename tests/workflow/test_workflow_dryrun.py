@@ -13,12 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO, dry_run, job_counts, write_tree
+
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 
 import wflib  # noqa: E402
@@ -44,34 +43,6 @@ MVTEC_AD = {
 }
 
 
-def snakemake_exe() -> str:
-    exe = Path(sys.executable).parent / "snakemake"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("snakemake")
-    if not found:
-        pytest.skip("snakemake is not installed")
-    return found
-
-
-def write_tree(root: Path, products: dict[str, list[str]], n_per_type: int = 3) -> Path:
-    img = Image.fromarray(np.full((8, 8, 3), 128, np.uint8))
-    mask = Image.fromarray(np.pad(np.full((2, 2), 255, np.uint8), 3))
-    for product, types in products.items():
-        p = root / product
-        for sub, n in (("train/good", 2), ("test/good", 1)):
-            (p / sub).mkdir(parents=True)
-            for i in range(n):
-                img.save(p / sub / f"{i:03d}.png")
-        for t in types:
-            (p / "test" / t).mkdir(parents=True)
-            (p / "ground_truth" / t).mkdir(parents=True)
-            for i in range(n_per_type):
-                img.save(p / "test" / t / f"{i:03d}.png")
-                mask.save(p / "ground_truth" / t / f"{i:03d}_mask.png")
-    return root
-
-
 def write_config(tmp_path: Path, preset: str, root: Path, **overrides) -> Path:
     cfg = yaml.safe_load((REPO / "config" / preset).read_text())
     cfg["dataset"]["root"] = str(root)
@@ -85,28 +56,6 @@ def write_config(tmp_path: Path, preset: str, root: Path, **overrides) -> Path:
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def dry_run(config: Path, *extra: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [snakemake_exe(), "-n", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--configfile", str(config),
-           "--cores", "4", *extra]
-    env = {**os.environ, "SNAKEMAKE_OUTPUT_CACHE": "", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
-    if check and res.returncode != 0:
-        raise AssertionError(f"snakemake -n failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
-    return res
-
-
-def job_counts(text: str) -> dict[str, int]:
-    """Parse Snakemake's 'Job stats:' table (job, count) from a dry run's output."""
-    m = re.search(r"Job stats:\n(.*?)\n\s*\n", text + "\n\n", flags=re.S)
-    assert m, f"no job stats in output:\n{text[-3000:]}"
-    counts = {}
-    for line in m.group(1).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 @pytest.fixture(scope="module")
@@ -321,37 +270,6 @@ def test_shell_prefix_functions_run_in_bash(tmp_path):
     # strict mode: a failing stage fails the job
     assert subprocess.run(["bash", "-c", prefix + "false | cat; echo reached"], capture_output=True, text=True,
                           env=env).stdout == ""
-
-
-# ----------------------------------------------------------------------------- report grid (workflow/scripts/sample_grid.py)
-def test_overlay_known_pixels():
-    import sample_grid
-
-    img = Image.fromarray(np.full((5, 5, 3), 100, np.uint8))
-    mask = np.zeros((5, 5), bool)
-    mask[1:4, 1:4] = True
-    out = np.asarray(sample_grid.overlay(img, mask))
-    assert tuple(out[0, 0]) == (100, 100, 100)  # outside: unchanged
-    assert tuple(out[2, 2]) == (178, 50, 50)  # interior: 50 % red tint (0.5*100 + 0.5*255 = 177.5 -> 178)
-    assert tuple(out[1, 1]) == (255, 0, 0) and tuple(out[1, 2]) == (255, 0, 0)  # boundary: pure red
-
-
-def test_sample_grid_cli(tmp_path):
-    import sample_grid
-
-    for t, n in (("crack", 3), ("good", 1)):
-        for sub in ("images", "masks"):
-            (tmp_path / "P" / t / sub).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(tmp_path / "P" / t / "images" / f"{i:06d}.png")
-            Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "P" / t / "masks" / f"{i:06d}.png")
-    pairs = sample_grid.collect_pairs(tmp_path / "P", per_type=2)
-    assert list(pairs) == ["crack", "good"] and [len(v) for v in pairs.values()] == [2, 1]
-    out = tmp_path / "grid.png"
-    assert sample_grid.main(["--pairs", str(tmp_path / "P"), "--out", str(out), "--per-type", "2", "--cell", "32"]) == 0
-    grid = Image.open(out)
-    assert grid.size == (96 + 4 * (32 + 2), 2 * (32 + 2))
-    assert sample_grid.main(["--pairs", str(tmp_path / "missing"), "--out", str(out)]) == 2
 
 
 def test_config_overrides_are_typed():

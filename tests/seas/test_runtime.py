@@ -12,7 +12,7 @@ import pytest
 
 from seas.runtime import atomic_dir, atomic_write_bytes, cli, io_error_message, output_error
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
 
 
 def _leftovers(folder: Path) -> list[str]:

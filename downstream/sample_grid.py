@@ -1,13 +1,12 @@
-#!/usr/bin/env python3
 """A PNG grid of image-mask pairs from one product folder of the generated-pairs layout (report figure).
 
-    python workflow/scripts/sample_grid.py --pairs results/demo/methods/seas/weave --out grid.png [--per-type 4]
+    python -m downstream.sample_grid --pairs results/demo/methods/seas/weave --out grid.png [--per-type 4]
 
 Layout: one row per anomaly type (sorted; a ``good`` folder too when present); per type the first
 ``--per-type`` pairs in file order, each shown as the image and, beside it, the image with the mask
 outlined in red plus the mask in the red channel (50 %). Images and masks are read by seas.data (16-bit files
 scaled by their depth, unreadable or oversized files named), the grid written by seas.runtime (atomic; a full or
-read-only disk is one error line): the rule runs it with this checkout on PYTHONPATH.
+read-only disk is one error line). Reads no run config: the rule passes the folder and the layout options.
 """
 from __future__ import annotations
 
@@ -20,8 +19,8 @@ from PIL import Image, ImageDraw
 
 from seas.data import load_image, load_mask
 from seas.errors import DataError
-from seas.pairs import IMAGES, MASKS, image_files, list_types  # the pairs layout (the job's PYTHONPATH has the repo)
-from seas.runtime import atomic_save_image, cli
+from seas.pairs import IMAGES, MASKS, image_files, list_types
+from seas.runtime import atomic_save_image, cli, setup_logging
 
 
 class GridError(DataError):
@@ -83,13 +82,16 @@ def make_grid(pairs: dict[str, list[tuple[Path, Path | None]]], cell: int = 128,
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m downstream.sample_grid", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", required=True, help="product folder: <pairs>/<type>/{images,masks}/")
     ap.add_argument("--out", required=True, help="PNG to write (atomically)")
     ap.add_argument("--per-type", type=int, default=4, help="pairs shown per anomaly type (default 4)")
     ap.add_argument("--cell", type=int, default=128, help="cell size in pixels (default 128)")
-    ap.add_argument("--title", default="")
+    ap.add_argument("--title", default="", help="text above the grid (default none)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)
+    setup_logging(args.verbose)
     grid = make_grid(collect_pairs(args.pairs, args.per_type), cell=args.cell, title=args.title)
     out = atomic_save_image(grid, args.out)
     print(f"wrote {out} ({grid.width}x{grid.height}, {len(grid.getbands())} channels)", file=sys.stderr)

@@ -1,15 +1,14 @@
 """The one config schema: defaults filled, wrong/missing/unknown keys named in the error."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
 from seas.config import load_config, validate_config
 from seas.errors import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
 MINIMAL = {"dataset": {"name": "mvtec_ad", "root": "/data/mvtec"}, "model": {"pretrained": "CompVis/stable-diffusion-v1-4"}}
 
 

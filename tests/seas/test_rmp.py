@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import SMALL_RMP
+
 # SD v1-4's U-Net / VAE configs (the keys the RMP reads), inline: no weights needed for the arithmetic
 SD14_UNET = {"block_out_channels": [320, 640, 1280, 1280],
              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
              "time_embedding_dim": None}
 SD14_VAE = {"block_out_channels": [128, 256, 512, 512]}
 
-SMALL_RMP = {"rmp.reduce_channels": [16, 8], "rmp.num_heads": 2, "rmp.head_dim": 12, "rmp.num_layers": 1,
-             "rmp.norm_num_groups": 8}
 SMALL = {"reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12, "norm_num_groups": 8}
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
 SLURM_DIR = REPO / "tests" / "slurm"
 
 sys.path.insert(0, str(SLURM_DIR))

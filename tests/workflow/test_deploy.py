@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow_dryrun import job_counts, snakemake_exe, write_tree
+from helpers import REPO, job_counts, snakemake_exe, write_tree
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _snakedeploy() -> str:

@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_workflow_dryrun import job_counts, snakemake_exe
+from helpers import REPO, job_counts, snakemake_exe
 
-REPO = Path(__file__).resolve().parent.parent
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
 SCRIPT = REPO / "workflow" / "scripts" / "gpu_claim.py"
 sys.path.insert(0, str(SCRIPT.parent))
 
