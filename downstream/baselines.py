@@ -280,7 +280,8 @@ def generate_baseline(cfg: Mapping, method: str, split: Split, out: str | Path,
     return Path(out)
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m downstream.baselines", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(ap)
@@ -288,16 +289,13 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--split", required=True, help="split manifest of the product (split/<product>.json)")
     ap.add_argument("--out", required=True, help="product folder to write (methods/<method>/<product>)")
     ap.add_argument("--num", type=int, default=None, help="pairs per type (default downstream.num_baseline_images_per_type)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     cfg = config_from_args(args)
     split = Split.load(args.split)
     generate_baseline(cfg, args.method, split, args.out, num_per_type=args.num)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli(_main)(argv)
 
 
 if __name__ == "__main__":

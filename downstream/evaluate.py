@@ -226,7 +226,8 @@ def _check_model_name(checkpoint: Path, model: str) -> None:
             raise CheckpointError(f"{checkpoint} holds a '{recorded}' model, but --model {model} was given")
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
@@ -248,10 +249,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     log.info("wrote %s (%d products): mean %s", args.out, len(rows) - 1,
              ", ".join(f"{k}={m[k]:.2f}" for k in METRIC_COLUMNS))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli(_main)(argv)
 
 
 if __name__ == "__main__":

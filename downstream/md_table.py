@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from seas.errors import DataError
-from seas.runtime import cli
+from seas.runtime import cli, setup_logging
 
 __all__ = ["to_markdown", "csv_to_markdown", "main"]
 
@@ -81,19 +81,18 @@ def csv_to_markdown(path: str | Path, digits: int = 2, columns: Sequence[str] | 
     return to_markdown(header, rows, digits)
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m downstream.md_table",
                                 description="Print a CSV table as GitHub Markdown (numbers rounded, NaN as n/a).")
     p.add_argument("csv", help="CSV file, e.g. results/tables/segmentation.csv")
     p.add_argument("--digits", type=int, default=2, help="decimals for non-integer numbers (default 2)")
     p.add_argument("--columns", nargs="+", default=None, help="only these columns, in this order")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
+    setup_logging(args.verbose)
     sys.stdout.write(csv_to_markdown(args.csv, args.digits, args.columns))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli(_main)(argv)
 
 
 if __name__ == "__main__":

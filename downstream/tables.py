@@ -327,7 +327,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
@@ -336,10 +337,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     for path in write_tables(tables, args.out_dir):
         log.info("wrote %s", path)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli(_main)(argv)
 
 
 if __name__ == "__main__":

@@ -206,7 +206,8 @@ def train_segmentation(cfg: Mapping, model_name: str, pairs_root: str | Path, sp
     return info
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m downstream.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(ap)
@@ -216,8 +217,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder (segmentation/<model>/<method>)")
     ap.add_argument("--method", default=None, help="method label for train.json (default: the pairs-root folder name)")
     add_resume_arguments(ap, "iterations")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     cfg = config_from_args(args)
     info = train_segmentation(cfg, args.model, args.pairs_root, args.splits, args.out, method=args.method,
                               stop_after=args.stop_after, restart=args.restart)
@@ -225,10 +227,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
         run_record(Path(args.out) / RUN_RECORD, stage="segmentation", steps=info["iterations"],
                    images=info["iterations"] * info["batch_size"])
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli(_main)(argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from seas.config import REPO, SCHEMA_PATH, load_schema
+from seas.runtime import cli, setup_logging
 
 README_PATH = REPO / "config" / "README.md"
 
@@ -121,12 +122,15 @@ def render(schema: dict | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
+@cli
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m seas.config_doc", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=README_PATH, help="default: config/README.md")
     ap.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 if out of date")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)
+    setup_logging(args.verbose)
     text = render()
     if args.check:
         current = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""

@@ -472,7 +472,8 @@ def split_from_config(cfg: Mapping, product: str) -> Split:
 
 
 # ----------------------------------------------------------------------------- CLI
-def _main(argv: Sequence[str] | None = None) -> int:
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m seas.data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -483,8 +484,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if name == "split":
             p.add_argument("--product", required=True)
             p.add_argument("--out", required=True, help="manifest path (JSON), written atomically")
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     cfg = config_from_args(args)
     if args.cmd == "products":
         for prod in selected_products(cfg):
@@ -496,10 +498,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     log.info("%s: %d types, %d training anomalies, %d normals, %d test images -> %s", split.product,
              len(split.anomaly_types), n_train, len(split.train_normals), len(split.test), args.out)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli(_main)(argv)
 
 
 if __name__ == "__main__":

@@ -401,7 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
@@ -409,8 +410,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     atomic_write_text(args.out, json.dumps(res, indent=1))
     return 0
 
-
-main = cli(_main)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -170,7 +170,8 @@ def write_tiny_sd(out_dir: str | Path, seed: int = 0, sample_size: int = 64) -> 
     return out_dir
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m seas.tiny_sd", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (diffusers layout)")
@@ -179,8 +180,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="weight initialisation seed (default: seed, or 0)")
     ap.add_argument("--sample-size", type=int, default=None,
                     help="image side the VAE config declares (default: model.resolution, or 64)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)
-    setup_logging()
+    setup_logging(args.verbose)
     seed, size = 0, 64
     if args.config is not None:
         cfg = config_from_args(args)
@@ -190,10 +192,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
     write_tiny_sd(args.out, seed=seed if args.seed is None else args.seed,
                   sample_size=size if args.sample_size is None else args.sample_size)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli(_main)(argv)
 
 
 if __name__ == "__main__":

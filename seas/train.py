@@ -518,7 +518,8 @@ def train_generator(cfg: Mapping[str, Any], split, out_dir, *, stop_after: int |
 
 
 # ----------------------------------------------------------------------------- CLI
-def _main(argv: Sequence[str] | None = None) -> int:
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m seas.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(ap)
@@ -545,10 +546,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
         run_record(Path(out) / RUN_RECORD, stage="generator", anomaly_types=split.anomaly_types,
                    steps=json.loads((Path(out) / "tokens.json").read_text()).get("steps"))
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli(_main)(argv)
 
 
 if __name__ == "__main__":

@@ -312,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
@@ -322,8 +323,6 @@ def _main(argv: Sequence[str] | None = None) -> int:
                    steps=json.loads((Path(out) / "rmp.json").read_text()).get("steps"))
     return 0
 
-
-main = cli(_main)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -21,6 +21,10 @@ Candidate devices: ``SEAS_GPU_IDS`` (comma list, also for tests) if set, else ``
 (only those are shared out), else the indices ``nvidia-smi -L`` lists.
 Lock folder: ``--lock-dir``, else ``SEAS_GPU_LOCK_DIR``, else ``/tmp/seas-gpu-locks`` (shared by all users of
 the machine: created mode 1777).
+
+A script, not a ``python -m`` module of the packages like every other CLI: it wraps other commands, so it must
+run before (and without) importing the project (no seas/downstream, no torch; standard library only) whatever
+the job's PYTHONPATH and environment hold.
 """
 from __future__ import annotations
 
