@@ -93,19 +93,6 @@ def test_per_type_generator_knows_only_its_type(make_cfg, split_path, tmp_path):
 
 
 # ----------------------------------------------------------------------------- RMP
-@pytest.fixture(scope="module")
-def weave_generator(tiny_sd_dir, tmp_path_factory):
-    from seas.checkpoint import save_generator
-    from seas.prompt import TokenMap, register_tokens
-    from seas.sd import load_sd
-
-    sd = load_sd(tiny_sd_dir)
-    tm = TokenMap.build("weave", ["scratch", "stain"])
-    register_tokens(tm, sd.tokenizer, sd.text_encoder)
-    return save_generator(tmp_path_factory.mktemp("gen") / "weave", sd.unet, sd.text_encoder, sd.tokenizer, tm,
-                          str(tiny_sd_dir), tiny=True)
-
-
 def _rmp_weights(make_cfg, split_path, gen, out, **over):
     from safetensors.torch import load_file
 
@@ -127,10 +114,10 @@ RMP_SWITCHES = [
 ]
 
 
-def test_rmp_switches_change_the_trained_branch(make_cfg, split_path, weave_generator, tmp_path):
-    base = _rmp_weights(make_cfg, split_path, weave_generator, tmp_path / "base")
+def test_rmp_switches_change_the_trained_branch(make_cfg, split_path, generator_ckpt, tmp_path):
+    base = _rmp_weights(make_cfg, split_path, generator_ckpt, tmp_path / "base")
     for i, switch in enumerate(RMP_SWITCHES):
-        w = _rmp_weights(make_cfg, split_path, weave_generator, tmp_path / f"sw{i}", **switch)
+        w = _rmp_weights(make_cfg, split_path, generator_ckpt, tmp_path / f"sw{i}", **switch)
         same = w.keys() == base.keys() and all(w[k].shape == base[k].shape and torch.equal(w[k], base[k])
                                                for k in w)
         assert not same, switch
@@ -161,18 +148,18 @@ GENERATION_SWITCHES = [
 ]
 
 
-def test_generation_switches_change_the_pairs(make_cfg, split_path, weave_generator, tmp_path):
+def test_generation_switches_change_the_pairs(make_cfg, split_path, generator_ckpt, tmp_path):
     from seas.generate import prepare
     from seas.rmp import anomaly_probability  # noqa: F401  (the probability the masks threshold)
     from seas.train_rmp import train_rmp
 
     cfg = make_cfg(SMALL_RMP)
-    rmp_dir = train_rmp(cfg, split_path("weave"), weave_generator, tmp_path / "rmp")
+    rmp_dir = train_rmp(cfg, split_path("weave"), generator_ckpt, tmp_path / "rmp")
     split = Split.load(split_path("weave"))
 
     def run(key=None, value=None):
         c = make_cfg({**SMALL_RMP, **({key: value} if key else {})})
-        ctx = prepare(c, split, weave_generator, rmp_dir, "scratch", device=torch.device("cpu"))
+        ctx = prepare(c, split, generator_ckpt, rmp_dir, "scratch", device=torch.device("cpu"))
         captured = {}
         from seas import generate as gen_mod
 

@@ -16,20 +16,6 @@ GEN = {"generation.num_images_per_type": 5, "generation.batch_size": 2, "generat
        "generation.mask_steps": 3}
 
 
-@pytest.fixture(scope="session")
-def generator_ckpt(tiny_sd_dir, tmp_path_factory):
-    """A generator checkpoint of 'weave' (untrained tiny model + registered tokens)."""
-    from seas.checkpoint import save_generator
-    from seas.prompt import TokenMap, register_tokens
-    from seas.sd import load_sd
-
-    sd = load_sd(tiny_sd_dir)
-    tm = TokenMap.build("weave", ["scratch", "stain"])
-    register_tokens(tm, sd.tokenizer, sd.text_encoder)
-    return save_generator(tmp_path_factory.mktemp("gen") / "weave", sd.unet, sd.text_encoder, sd.tokenizer, tm,
-                          str(tiny_sd_dir), tiny=True)
-
-
 @pytest.fixture
 def setup(make_cfg, split_path, generator_ckpt, tmp_path):
     """(cfg, split path, generator dir, rmp dir) with a 2-step-trained small RMP."""

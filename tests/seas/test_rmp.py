@@ -19,25 +19,6 @@ SD14_VAE = {"block_out_channels": [128, 256, 512, 512]}
 SMALL = {"reduce_channels": [16, 8], "num_heads": 2, "head_dim": 12, "norm_num_groups": 8}
 
 
-# ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def generator_ckpt(tiny_sd_dir, tmp_path_factory):
-    """Generator checkpoints (untrained tiny model + registered tokens) for the demo products."""
-    from seas.checkpoint import save_generator
-    from seas.prompt import TokenMap, register_tokens
-    from seas.sd import load_sd
-
-    root = tmp_path_factory.mktemp("generators")
-    out = {}
-    for product, types in (("weave", ["scratch", "stain"]),):
-        sd = load_sd(tiny_sd_dir)
-        tm = TokenMap.build(product, types)
-        register_tokens(tm, sd.tokenizer, sd.text_encoder)
-        out[product] = save_generator(root / product, sd.unet, sd.text_encoder, sd.tokenizer, tm, str(tiny_sd_dir),
-                                      tiny=True)
-    return out
-
-
 # ----------------------------------------------------------------------------- architecture arithmetic
 def test_arch_from_sd14_configs_matches_the_paper():
     from seas.rmp import arch_from_configs
@@ -250,7 +231,7 @@ def test_train_rmp_resumes_to_the_same_weights(make_cfg, split_path, generator_c
     cfg = make_cfg({**SMALL_RMP, "rmp.steps_per_type": 2, "rmp.checkpoint_every": 100, "rmp.batch_normal": 1,
                     "rmp.batch_abnormal": 1})
     sp = split_path("weave")
-    gen = generator_ckpt["weave"]
+    gen = generator_ckpt
     whole = train_rmp(cfg, sp, gen, tmp_path / "rmp_whole")
     assert whole is not None and not (tmp_path / "rmp_whole.work").exists()
 
