@@ -46,6 +46,21 @@ def tiny_sd(tiny_sd_dir):
     return load_sd(tiny_sd_dir)
 
 
+@pytest.fixture(scope="session")
+def generator_ckpt(tiny_sd_dir, tmp_path_factory):
+    """A generator checkpoint of 'weave' (the untrained tiny model + its registered tokens): RMP and generation
+    tests start from it."""
+    from seas.checkpoint import save_generator
+    from seas.prompt import TokenMap, register_tokens
+    from seas.sd import load_sd
+
+    sd = load_sd(tiny_sd_dir)
+    tm = TokenMap.build("weave", ["scratch", "stain"])
+    register_tokens(tm, sd.tokenizer, sd.text_encoder)
+    return save_generator(tmp_path_factory.mktemp("gen") / "weave", sd.unet, sd.text_encoder, sd.tokenizer, tm,
+                          str(tiny_sd_dir), tiny=True)
+
+
 @pytest.fixture
 def make_cfg(demo_root, tiny_sd_dir, tmp_path):
     """``make_cfg({"generator.steps_per_type": 2}, rmp__lr=1e-3)`` -> validated config dict (results in tmp_path)."""
