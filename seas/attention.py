@@ -5,7 +5,7 @@ resolutions a :class:`CaptureCrossAttnProcessor`; every other attention layer ge
 ``AttnProcessor2_0``. The capture processor *is* ``AttnProcessor2_0``: the layer's output is always the fused
 kernel's ordinary attention over the whole batch. While it runs, forward hooks on the layer's ``to_q`` / ``to_k``
 keep the projected queries and keys of the first ``store.rows`` images (the abnormal half), from which the map is
-computed separately (docs/METHOD.md, "DA loss"):
+computed separately (docs/METHOD.md, "Generator fine-tuning"):
 
 * ``da_map = "pixels"`` (the paper's appendix A.2 and the authors' code, the default): for each image, head and
   text position k, ``A_k = softmax over the h*w query (pixel) positions of  Q K^T * scale`` -- a distribution over

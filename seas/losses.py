@@ -167,7 +167,7 @@ def _mean_map(maps: torch.Tensor, positions, normalize: str) -> torch.Tensor:
 def da_loss(maps_by_res: Mapping[int, torch.Tensor], df_positions, ob_positions, masks, *,
             base_size: int = 64, normalize: str = "batch", ob_region: str = "eq1",
             ob_term: str = "region") -> DALoss:
-    """L_DA summed over the attention resolutions (docs/METHOD.md, "DA loss").
+    """L_DA summed over the attention resolutions (docs/METHOD.md, "Generator fine-tuning").
 
     ``maps_by_res``: {h: ``[B, h, h, T]``} attention maps of the abnormal images (averaged over heads and layers;
     seas.attention). ``df_positions`` ``[B, N]`` / ``ob_positions`` ``[B, N']``: token indices in each image's

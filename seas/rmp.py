@@ -1,6 +1,6 @@
 """Refined Mask Prediction (RMP) branch: predicts the anomaly mask of an image from frozen-generator features.
 
-Architecture (docs/METHOD.md, "RMP"; the authors' module), every input channel count read from the models' configs:
+Architecture (docs/METHOD.md, "Refined Mask Prediction"; the authors' module), every input channel count read from the models' configs:
 
 * U-Net features: outputs of ``unet.up_blocks[1]`` (SD v1-4: 1280 ch at 32x32) and ``unet.up_blocks[2]``
   (640 ch at 64x64), captured with forward hooks. The time embedding does not condition the branch.
