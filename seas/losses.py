@@ -144,7 +144,9 @@ def gather_token_maps(maps: torch.Tensor, positions) -> torch.Tensor:
     return flat.gather(2, idx).permute(0, 2, 1).reshape(b, pos.shape[1], h, w)
 
 
-_ONE_TOL = 1e-4
+#: "== 1" up to float rounding of bilinear weights (which need not sum to exactly 1 in float32): the DA loss's
+#: eq1 region and the RMP's coarse target
+ONE_TOL = 1e-4
 
 
 OB_TERMS = ("region", "background", "none")
@@ -212,7 +214,7 @@ def da_loss(maps_by_res: Mapping[int, torch.Tensor], df_positions, ob_positions,
             term2 = term2 + err.mean()
             continue
         # == 1 up to float rounding of the bilinear weights (which need not sum to exactly 1 in float32)
-        region = (m >= 1.0 - _ONE_TOL) if ob_region == "eq1" else (m > 0.0)
+        region = (m >= 1.0 - ONE_TOL) if ob_region == "eq1" else (m > 0.0)
         n = region.sum()
         if int(n) > 0:
             term2 = term2 + (err * region).sum() / n

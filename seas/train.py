@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, DataError, SeasError
+from .errors import DataError, SeasError
 from .losses import da_loss, eps_mse, na_loss
 from .prompt import TokenMap, register_tokens, tokenize
 from .resume import StaleStateError, add_resume_arguments, check_fingerprint, discard, work_dir
@@ -132,11 +132,9 @@ class _PromptCache:
 
 
 def sample_batch(data: TrainData, prompts: _PromptCache, gen: torch.Generator, n_abnormal: int, n_normal: int,
-                 rotate90: bool = True, flip: bool = True, latents=None) -> Batch:
+                 rotate90: bool = True, flip: bool = True, *, latents) -> Batch:
     """Draw a batch: images, augmentations (``gen``), and their VAE posteriors from ``latents`` (a LatentCache of
     ``data``, see :func:`latent_cache`; the posteriors are encoded there once per image and augmentation)."""
-    if latents is None:
-        raise ValueError("sample_batch: pass the LatentCache of the training data (train.latent_cache)")
     keys, masks, ids, dfp, obp, types = [], [], [], [], [], []
     for i in _pick(len(data.anomalies), n_abnormal, gen):
         _, mask, typ = data.anomalies[i]
@@ -308,9 +306,6 @@ class GeneratorTrainer:
         self.total_steps = self.phase_steps * (1 if self.order == "mixed" else 2)
         self.n_abnormal = int(g["batch_abnormal"])
         self.n_normal = int(g["batch_normal"]) if g["na_loss"] else 0
-        if self.order != "mixed" and not self.n_normal:
-            raise ConfigError(f"generator.training_order: {self.order} needs normal images (generator.na_loss true "
-                              "and generator.batch_normal > 0)")
         self.rotate90, self.flip = augmentation_for(cfg, self.product)
 
         m = cfg["model"]

@@ -45,7 +45,7 @@ from .pairs import GOOD
 from .resume import add_resume_arguments, check_fingerprint, discard, work_dir
 from .runtime import (RUN_RECORD, atomic_dir, atomic_write_text, autocast_dtype, cli, derive_seed, get_device,
                       run_record, save_safetensors_atomic, setup_logging)
-from .losses import focal_loss
+from .losses import ONE_TOL, focal_loss
 # Lazy imports: diffusers / safetensors are imported where they are used (heavy optional imports).
 
 log = logging.getLogger("seas.train_rmp")
@@ -102,7 +102,6 @@ def sample_batch(data: TrainData, n_abnormal: int, n_normal: int, generator: tor
 
 
 COARSE_TARGETS = ("bilinear", "bilinear_max")
-_ONE_TOL = 1e-4  # "== 1" up to float rounding of the bilinear weights
 
 
 def coarse_target(masks: torch.Tensor, size: Sequence[int], rule: str = "bilinear") -> torch.Tensor:
@@ -120,7 +119,7 @@ def coarse_target(masks: torch.Tensor, size: Sequence[int], rule: str = "bilinea
         peak = m.max()
         if peak > 0:
             m = m / peak
-    return (m >= 1.0 - _ONE_TOL).squeeze(1).long()
+    return (m >= 1.0 - ONE_TOL).squeeze(1).long()
 
 
 def rmp_loss(out, masks: torch.Tensor, *, gamma: float = 2.0, coarse_supervision: bool = True,
