@@ -2,14 +2,14 @@
 
 Sources, both written by the run itself (never the paper's numbers):
 
-* Snakemake's ``benchmark:`` file of every job, ``<run>/benchmarks/<rule>/<wildcards>.tsv`` (tab-separated, one
+* Snakemake's ``benchmark:`` file of every job, ``<run>/benchmarks/<rule>/<wildcards>.tsv`` (seas.layout.job_file; tab-separated, one
   row per repeat: ``s`` = wall seconds, ``max_rss`` = peak resident memory in MB, ...). The jobs expected for the
   configuration are listed by :func:`expected_jobs` (the Snakefile's tables rule takes the same files as inputs
   through :func:`benchmark_files`, so the table is rebuilt when they change).
 * the ``run_record.json`` the stage CLIs write at their end (:func:`seas.runtime.run_record`): device name, peak
   GPU memory (``torch.cuda.max_memory_allocated``; null on the CPU), steps / images processed.
-  ``generator/<P>/<group>/``, ``rmp/<P>/<group>/`` (group ``all`` or ``type-<T>``), ``methods/seas/<P>/<T>/``,
-  ``segmentation/<model>/<method>/``.
+  inside the stage folders of :class:`seas.layout.Layout` (generator, rmp, generation type folders, segmentation
+  models).
 
 ``cost.csv`` has one row per stage (``segmentation`` and ``evaluation``: per segmentation model) and a ``total`` row:
 
@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from seas.errors import DataError
+from seas.layout import Layout, group_of, job_file, seg_scopes
+from seas.pairs import BASELINE_METHODS, method_dir
 from seas.runtime import RUN_RECORD
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,6 @@ __all__ = ["COST_COLUMNS", "JOB_COLUMNS", "GPU_RULES", "Job", "expected_jobs", "
            "cost_tables"]
 
 GPU_RULES = ("train_generator", "train_rmp", "generate", "gen_metrics", "train_seg", "evaluate")
-BASELINES = ("real", "cutpaste", "draem")
 STAGE_ORDER = ("generator", "rmp", "generation", "gen_metrics", "baselines", "segmentation", "evaluation")
 COST_COLUMNS = ["stage", "model", "jobs", "measured_jobs", "seconds_total", "seconds_per_type", "seconds_per_product",
                 "seconds_per_job", "ms_per_image", "steps", "images", "peak_memory_mb", "peak_memory_kind",
@@ -80,50 +81,55 @@ class Job:
     keys: dict = field(default_factory=dict)
 
 
-def _method_dir(method: str) -> str:
-    from .tables import method_dir
-
-    return method_dir(method)
-
-
 def expected_jobs(cfg: Mapping, products_types: Mapping[str, Sequence[str]]) -> list[Job]:
     """The jobs of the configured run that have a benchmark file, in stage order. ``products_types``:
-    ``{product: [anomaly types]}`` (the Snakefile's types_of, or the split manifests)."""
+    ``{product: [anomaly types]}`` (the Snakefile's types_of, or the split manifests). Paths are relative to the
+    run directory, found through :class:`seas.layout.Layout` (the rules' paths)."""
+    lay = Layout("", cfg)
     methods = list(cfg["downstream"]["methods"])
     jobs: list[Job] = []
     if "seas" in methods:
-        scope = cfg["generator"]["scope"]
-        for stage, rule, folder in (("generator", "train_generator", "generator"), ("rmp", "train_rmp", "rmp")):
+        for stage, rule, key, folder in (("generator", "train_generator", lay.generator_key, lay.generator),
+                                         ("rmp", "train_rmp", lay.rmp_key, lay.rmp)):
             for p, types in products_types.items():
-                groups = [(f"type-{t}", 1) for t in types] if scope == "type" else [("all", len(types))]
-                for g, n in groups:
-                    jobs.append(Job(stage, rule, f"benchmarks/{rule}/{p}/{g}.tsv", f"{folder}/{p}/{g}/{RUN_RECORD}",
-                                    n, {"product": p, "group": g}))
+                groups = sorted({group_of(cfg, t) for t in types})
+                for g in groups:
+                    n = len(types) if g == "all" else 1
+                    jobs.append(Job(stage, rule, job_file("", "benchmarks", rule, k=key, product=p, group=g),
+                                    f"{folder(p, g)}/{RUN_RECORD}", n, {"product": p, "group": g}))
         for p, types in products_types.items():
             for t in types:
-                jobs.append(Job("generation", "generate", f"benchmarks/generate/{p}/{t}.tsv",
-                                f"methods/seas/{p}/{t}/{RUN_RECORD}", 1, {"product": p, "type": t}))
+                jobs.append(Job("generation", "generate",
+                                job_file("", "benchmarks", "generate", k=lay.generation_key, product=p, atype=t),
+                                str(Path(lay.generation_manifest(p, t)).parent / RUN_RECORD), 1,
+                                {"product": p, "type": t}))
     if cfg["gen_metrics"]["enabled"]:
-        for m in methods:
-            if m == "real":  # the real images: no generation metrics
-                continue
+        for m in lay.gen_metrics_methods():
             for p in products_types:
-                jobs.append(Job("gen_metrics", "gen_metrics", f"benchmarks/gen_metrics/{_method_dir(m)}/{p}.tsv",
-                                keys={"product": p, "method": m}))
+                jobs.append(Job("gen_metrics", "gen_metrics",
+                                job_file("", "benchmarks", "gen_metrics", method=method_dir(m), k=lay.gen_metrics_key(m),
+                                         product=p), keys={"product": p, "method": m}))
     for m in methods:
-        if m in BASELINES:
+        if m in BASELINE_METHODS:
             for p in products_types:
-                jobs.append(Job("baselines", "baselines", f"benchmarks/baselines/{m}/{p}.tsv",
+                jobs.append(Job("baselines", "baselines",
+                                job_file("", "benchmarks", "baselines", method=m, k=lay.baselines_key(m), product=p),
                                 keys={"product": p, "method": m}))
+    scopes = seg_scopes(cfg, list(products_types))
     for model in cfg["downstream"]["models"]:
         for m in methods:
-            md = _method_dir(m)
-            jobs.append(Job("segmentation", "train_seg", f"benchmarks/train_seg/{model}/{md}.tsv",
-                            f"segmentation/{model}/{md}/{RUN_RECORD}", keys={"model": model, "method": m}))
+            for scope in scopes:
+                jobs.append(Job("segmentation", "train_seg",
+                                job_file("", "benchmarks", "train_seg", model=model, method=method_dir(m),
+                                         k=lay.seg_key(model, m), scope=scope),
+                                f"{lay.seg_dir(model, m, scope)}/{RUN_RECORD}", keys={"model": model, "method": m}))
     for model in cfg["downstream"]["models"]:
         for m in methods:
-            jobs.append(Job("evaluation", "evaluate", f"benchmarks/evaluate/{model}/{_method_dir(m)}.tsv",
-                            keys={"model": model, "method": m}))
+            for scope in scopes:
+                jobs.append(Job("evaluation", "evaluate",
+                                job_file("", "benchmarks", "evaluate", model=model, method=method_dir(m),
+                                         k=lay.eval_key(model, m), scope=scope),
+                                keys={"model": model, "method": m}))
     return jobs
 
 

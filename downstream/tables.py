@@ -2,9 +2,10 @@
 
     python -m downstream.tables --config C --run-dir results/<run> --out-dir <results_dir>/tables
 
-Reads ``<run>/segmentation/<model>/<method dir>/scores.csv`` (downstream.evaluate), optional
-``train.json`` beside it (its ``backbone_init`` field), ``<run>/gen_metrics/<method dir>/<product>.json``
-(seas.gen_metrics) and the product list from ``<run>/split/*.json``. Writes:
+Reads, in the run's stage folders of this configuration (:class:`seas.layout.Layout`: each keyed by the config
+values its stage reads), the segmentation models' ``scores.csv`` (downstream.evaluate; one per product with
+``downstream.protocol: per_product``), ``train.json`` (its ``backbone_init`` field), the generation metrics
+``<product>.json`` (seas.gen_metrics) and the product list from the split manifests. Writes:
 
 ``generation.csv``                Tab. 1: dataset, generator_model, protocol, method, product, is, ic_lpips, kid,
                                   inception_weights, lpips_weights; one row per method x product + a ``mean`` row
@@ -24,10 +25,13 @@ Reads ``<run>/segmentation/<model>/<method dir>/scores.csv`` (downstream.evaluat
 
 ``protocol`` (every table) names the evaluation protocol: ``seas-unified`` (one segmentation model per dataset,
 trained on a method's pairs of every product, tested on each product's held-out 2/3 of the real anomalies + its
-good test images) with the split rule, e.g. ``seas-unified (split floor 1/3)`` (:func:`protocol_label`).
+good test images; ``seas-per-product`` with ``downstream.protocol: per_product``, Tab. 19) with the split rule,
+e.g. ``seas-unified (split floor 1/3)`` (:func:`protocol_label`).
 
-Metrics are in percent (downstream.metrics.SCALE); IS, IC-LPIPS and KID as computed (CSV: full precision;
-``python -m downstream.md_table`` rounds to 2 decimals like the paper). ``generator_model`` names the
+Metrics are in percent (downstream.metrics.SCALE); IS, IC-LPIPS and KID as computed; the CSVs round every number
+to 2 decimals like the paper (:func:`round_paper`; a non-zero value below 0.005, e.g. a KID, keeps 2 significant
+digits), still plain numbers. generation.csv also has the mask-defect agreement (``agreement_ap``,
+``agreement_iou`` and their ``*_random_mask`` chance baselines, percent; seas.gen_metrics) or ``not computed``. ``generator_model`` names the
 diffusion model behind the ``seas`` method of this run — ``tiny-random (not SD v1-4)`` for the tiny random
 model (``model.tiny`` or a ``seas_tiny.json`` marker in the model folder), else ``model.pretrained``.
 Method ``external:<path>`` is labelled ``external:<basename>`` and lives in the folder ``external-<basename>``
@@ -48,9 +52,10 @@ import pandas as pd
 
 from seas.config import add_config_arguments, config_from_args
 from seas.errors import ConfigError, DataError
+from seas.layout import Layout, seg_scopes
 from seas.pairs import method_dir, method_label
 
-from .evaluate import MEAN_ROW, read_scores
+from .evaluate import MEAN_ROW, add_mean_row, read_scores
 from .metrics import IMAGE_COLUMNS
 from seas.runtime import atomic_write_text, cli, setup_logging
 
@@ -58,14 +63,16 @@ log = logging.getLogger(__name__)
 
 #: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
 #: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
-CONFIG_KEYS = ("dataset.name", "model.pretrained", "model.tiny", "downstream.models", "downstream.methods",
-               "gen_metrics.enabled", "split.shots", "split.rule", "generator.scope", "resources.gpus_per_job")
+#: every section a stage folder's key depends on (the tables find the run's files through seas.layout.Layout), plus
+#: the labels' keys
+CONFIG_KEYS = ("seed", "device", "dataset", "split", "augmentation", "model", "generator", "rmp", "generation",
+               "gen_metrics", "downstream", "resources")
 
-__all__ = ["TINY_LABEL", "AVERAGE", "SEG_COLUMNS", "DET_COLUMNS", "NA_INCEPTION", "NA_LPIPS", "NOT_COMPUTED",
+__all__ = ["TINY_LABEL", "TINY_PRETRAINED_LABEL", "AVERAGE", "SEG_COLUMNS", "DET_COLUMNS", "NA_INCEPTION", "NA_LPIPS", "NOT_COMPUTED",
            "PROTOCOL", "generator_label", "protocol_label", "build_tables", "write_tables", "main"]
 
 TINY_LABEL = "tiny-random (not SD v1-4)"
-TINY_MARKER = "seas_tiny.json"
+TINY_PRETRAINED_LABEL = "tiny-pretrained"
 AVERAGE = "average"
 SEG_COLUMNS = ["pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_fixed"]
 PRO_COLUMN = "pixel_pro"
@@ -76,22 +83,30 @@ NA_INCEPTION = "n/a (no Inception weights)"
 NA_LPIPS = "n/a (no LPIPS weights)"
 NOT_COMPUTED = "not computed"
 PROTOCOL = "seas-unified"
+PROTOCOLS = {"unified": PROTOCOL, "per_product": "seas-per-product"}
+PAPER_DIGITS = 2  # written CSVs round like the paper (round_paper)
 
 
 
 def generator_label(cfg: Mapping) -> str:
+    """``tiny-pretrained`` (a tiny model built from a pretrained prior: its ``seas_tiny.json`` says
+    ``weights: pretrained``, or model.tiny_prior is set), ``tiny-random (not SD v1-4)``, else model.pretrained."""
+    from seas.tiny_sd import read_marker, tiny_label
+
     m = cfg["model"]
-    if m["tiny"] or (Path(m["pretrained"]) / TINY_MARKER).is_file():
-        return TINY_LABEL
-    return str(m["pretrained"])
+    marker = read_marker(m["pretrained"]) if Path(m["pretrained"]).is_dir() else None
+    if marker is None and m["tiny"]:
+        marker = {"weights": "pretrained" if m["tiny_prior"] else "random"}
+    return str(m["pretrained"]) if marker is None else tiny_label(marker)
 
 
 def protocol_label(cfg: Mapping, run_dir: str | Path | None = None) -> str:
     """``seas-unified (split floor 1/3)`` (or ``(split 2-shot)`` for an integer split.shots). The run's split
     manifests, where they record ``shots``/``rule``, must agree with the config (else: rerun the split)."""
     shots, rule = cfg["split"]["shots"], cfg["split"]["rule"]
-    if run_dir is not None and (Path(run_dir) / "split").is_dir():
-        for f in sorted((Path(run_dir) / "split").glob("*.json")):
+    split_dir = Path(Layout(run_dir, cfg).split_dir()) if run_dir is not None else None
+    if split_dir is not None and split_dir.is_dir():
+        for f in sorted(split_dir.glob("*.json")):
             try:
                 d = json.loads(f.read_text())
             except json.JSONDecodeError as e:
@@ -101,7 +116,7 @@ def protocol_label(cfg: Mapping, run_dir: str | Path | None = None) -> str:
                 raise DataError(f"split manifest {f} was built with shots={got[0]!r} rule={got[1]!r} but the config "
                                 f"says shots={shots!r} rule={rule!r}; rebuild the split (python -m seas.data split)")
     split = f"{rule} 1/3" if shots == "1/3" else f"{shots}-shot"
-    return f"{PROTOCOL} (split {split})"
+    return f"{PROTOCOLS[cfg['downstream']['protocol']]} (split {split})"
 
 
 def _check_unique(methods: Sequence[str]) -> None:
@@ -112,8 +127,8 @@ def _check_unique(methods: Sequence[str]) -> None:
                           "give external folders distinct names")
 
 
-def _products(run_dir: Path) -> list[str]:
-    split_dir = run_dir / "split"
+def _products(lay: Layout) -> list[str]:
+    split_dir = Path(lay.split_dir())
     products = sorted(p.stem for p in split_dir.glob("*.json")) if split_dir.is_dir() else []
     if not products:
         raise DataError(f"no split manifest in {split_dir} (the product list of the run)")
@@ -166,17 +181,24 @@ def _mean_or_label(values):
 
 
 def _gen_values(d: Mapping) -> dict:
-    """IS / IC-LPIPS / KID cells of one gen_metrics JSON: numbers only with real weights."""
+    """IS / IC-LPIPS / KID cells of one gen_metrics JSON: numbers only with real weights; the mask-defect agreement
+    (AP / IoU of the generated masks against where the image departs from its normal twin, and against a randomly
+    placed mask of the same shape) where it was computed."""
     random_inception = _weights_label(d.get("inception")) == "random"
     kid = d.get("kid")
+    agree = d.get("agreement") or {}
     return {"is": NA_INCEPTION if random_inception else float(d["is"]),
             "ic_lpips": NA_LPIPS if _weights_label(d.get("lpips")) == "random" else float(d["ic_lpips"]),
-            "kid": NOT_COMPUTED if kid is None else NA_INCEPTION if random_inception else float(kid)}
+            "kid": NOT_COMPUTED if kid is None else NA_INCEPTION if random_inception else float(kid),
+            **{col: float(agree[key]) if key in agree else NOT_COMPUTED for col, key in AGREEMENT_COLUMNS.items()}}
 
 
 # ----------------------------------------------------------------------------- tables
 BASE_COLUMNS = ["dataset", "generator_model", "protocol"]
-GEN_COLUMNS = ["is", "ic_lpips", "kid"]
+#: generation.csv column -> gen_metrics "agreement" key (seas.gen_metrics.mask_defect_agreement, percent)
+AGREEMENT_COLUMNS = {"agreement_ap": "ap", "agreement_ap_random_mask": "random_ap", "agreement_iou": "iou",
+                     "agreement_iou_random_mask": "random_iou"}
+GEN_COLUMNS = ["is", "ic_lpips", "kid", *AGREEMENT_COLUMNS]
 
 
 def _base(cfg: Mapping, run_dir: Path | None) -> dict:
@@ -187,11 +209,12 @@ def _base(cfg: Mapping, run_dir: Path | None) -> dict:
 
 def generation_table(cfg: Mapping, run_dir: Path, methods: Sequence[str], products: Sequence[str]):
     base = _base(cfg, run_dir)
+    lay = Layout(run_dir, cfg)
     rows = []
     for m in methods:
         per = []
         for p in products:
-            d = _read_json(run_dir / "gen_metrics" / method_dir(m) / f"{p}.json")
+            d = _read_json(Path(lay.gen_metrics(m, p)))
             per.append({**base, "method": method_label(m), "product": p, **_gen_values(d),
                         "inception_weights": _weights_label(d.get("inception")),
                         "lpips_weights": _weights_label(d.get("lpips"))})
@@ -204,19 +227,39 @@ def generation_table(cfg: Mapping, run_dir: Path, methods: Sequence[str], produc
                         + ["inception_weights", "lpips_weights"])
 
 
-def _load_scores(run_dir: Path, models: Sequence[str], methods: Sequence[str]) -> dict:
+def _read_model_scores(lay: Layout, model: str, method: str, products: Sequence[str]) -> tuple[list[dict], list, str]:
+    """The per-product rows + mean row of one (model, method): its one scores.csv (unified protocol) or the product
+    rows of its per-product models' files, with the mean recomputed over them (per_product protocol)."""
+    scopes = seg_scopes(lay.cfg, products)
+    if scopes == ["all"]:
+        path = Path(lay.scores(model, method))
+        return read_scores(path), [path], _backbone_init(Path(lay.seg_dir(model, method)))
+    rows, paths, inits = [], [], set()
+    for scope, product in zip(scopes, products):
+        path = Path(lay.scores(model, method, scope))
+        mine = [r for r in read_scores(path) if r["product"] == product]
+        if not mine:
+            raise DataError(f"{path} has no row for product {product!r} (the product its model was trained on)")
+        rows += mine
+        paths.append(path)
+        inits.add(_backbone_init(Path(lay.seg_dir(model, method, scope))))
+    return add_mean_row(rows), paths, ";".join(sorted(inits))
+
+
+def _load_scores(run_dir: Path, models: Sequence[str], methods: Sequence[str], cfg: Mapping) -> dict:
+    lay = Layout(run_dir, cfg)
+    all_products = _products(lay) if cfg["downstream"]["protocol"] == "per_product" else []
     scores, products = {}, None
     for model in models:
         for m in methods:
-            folder = run_dir / "segmentation" / model / method_dir(m)
-            rows = read_scores(folder / "scores.csv")
+            rows, paths, init = _read_model_scores(lay, model, m, all_products)
             prods = [r["product"] for r in rows if r["product"] != MEAN_ROW]
             if products is None:
                 products = prods
             elif sorted(prods) != sorted(products):
-                raise DataError(f"{folder / 'scores.csv'} covers products {sorted(prods)}, "
+                raise DataError(f"{', '.join(map(str, paths))} cover products {sorted(prods)}, "
                                 f"other score files cover {sorted(products)}")
-            scores[model, m] = {"rows": {r["product"]: r for r in rows}, "backbone_init": _backbone_init(folder)}
+            scores[model, m] = {"rows": {r["product"]: r for r in rows}, "backbone_init": init}
     return {"scores": scores, "products": sorted(products or []), "run_dir": run_dir}
 
 
@@ -253,11 +296,11 @@ def per_product_table(cfg: Mapping, loaded: dict, models, methods, columns):
     return pd.DataFrame(rows, columns=BASE_COLUMNS + ["product", "metric"] + names)
 
 
-def _products_types(run_dir: Path) -> dict[str, list[str]]:
+def _products_types(lay: Layout) -> dict[str, list[str]]:
     """``{product: anomaly types}`` from the run's split manifests (the cost table's expected jobs)."""
     out = {}
-    for p in _products(run_dir):
-        f = run_dir / "split" / f"{p}.json"
+    for p in _products(lay):
+        f = Path(lay.split(p))
         try:
             out[p] = list(json.loads(f.read_text()).get("anomaly_types", []))
         except json.JSONDecodeError as e:
@@ -276,7 +319,8 @@ def build_tables(cfg: Mapping, run_dir: str | Path, *, generation: bool | None =
     _check_unique(methods)
     with_pro = cfg["dataset"]["name"] in PRO_DATASETS if with_pro is None else with_pro
     seg_cols = SEG_COLUMNS + ([PRO_COLUMN] if with_pro else [])
-    loaded = _load_scores(run_dir, models, methods)
+    loaded = _load_scores(run_dir, models, methods, cfg)
+    lay = Layout(run_dir, cfg)
     tables = {
         "segmentation.csv": summary_table(cfg, loaded, models, methods, seg_cols),
         "detection.csv": summary_table(cfg, loaded, models, methods, DET_COLUMNS),
@@ -287,13 +331,32 @@ def build_tables(cfg: Mapping, run_dir: str | Path, *, generation: bool | None =
         generation = bool(cfg["gen_metrics"]["enabled"])
     if generation:
         gm = list(gen_methods) if gen_methods is not None else methods
-        tables["generation.csv"] = generation_table(cfg, run_dir, gm, _products(run_dir))
+        tables["generation.csv"] = generation_table(cfg, run_dir, gm, _products(lay))
     if cost:
         from .cost import cost_tables
 
-        tables["cost.csv"], tables["cost_per_job.csv"] = cost_tables(cfg, run_dir, _products_types(run_dir),
+        tables["cost.csv"], tables["cost_per_job.csv"] = cost_tables(cfg, run_dir, _products_types(lay),
                                                                      _base(cfg, run_dir))
     return tables
+
+
+def round_paper(value, digits: int = PAPER_DIGITS):
+    """A number rounded to ``digits`` decimals like the paper; a non-zero number that would round to 0 (a KID of
+    0.0012) keeps ``digits`` significant digits instead; anything else (a label, NaN, an integer) unchanged."""
+    if isinstance(value, bool) or not isinstance(value, (float, np.floating)) or not math.isfinite(value):
+        return value
+    if value != 0 and abs(value) < 0.5 * 10 ** -digits:
+        return float(f"{value:.{digits}g}")
+    return round(float(value), digits)
+
+
+def paper_rounding(df: pd.DataFrame, digits: int = PAPER_DIGITS) -> pd.DataFrame:
+    """Every float cell through :func:`round_paper` (cells stay plain numbers: machine-readable)."""
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype.kind == "f" or out[c].dtype == object:
+            out[c] = [round_paper(v, digits) for v in out[c]]
+    return out
 
 
 def write_tables(tables: Mapping, out_dir: str | Path) -> list[Path]:
@@ -301,7 +364,7 @@ def write_tables(tables: Mapping, out_dir: str | Path) -> list[Path]:
     written = []
     for name, df in tables.items():
         buf = io.StringIO()
-        df.round(10).to_csv(buf, index=False, lineterminator="\n")  # drop float noise (0.6000000000000001)
+        paper_rounding(df).to_csv(buf, index=False, lineterminator="\n")
         written.append(atomic_write_text(out_dir / name, buf.getvalue()))
     return written
 

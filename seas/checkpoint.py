@@ -23,7 +23,8 @@ from .errors import CheckpointError
 from .pairs import GOOD
 from .prompt import TokenMap, encode_prompts, register_tokens, set_token_embedding_rows, token_embedding_rows
 from .runtime import atomic_dir, save_safetensors_atomic
-from .sd import load_sd, TINY_LABEL
+from .sd import load_sd
+from .tiny_sd import read_marker, tiny_label
 # Lazy imports: torch / diffusers / safetensors are imported inside the functions that use them (heavy; loaded only to read or write a generator).
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ class GeneratorBundle:
 
     @property
     def label(self) -> str:
-        return TINY_LABEL if self.is_tiny else str(self.base.get("pretrained"))
+        if self.is_tiny:
+            return tiny_label({"weights": self.base.get("tiny_weights", "random")})
+        return str(self.base.get("pretrained"))
 
     def prompt(self, anomaly_type: str | None) -> str:
         """The prompt of an anomaly type, or the normal prompt for ``None``/``"good"``."""
@@ -68,8 +71,11 @@ class GeneratorBundle:
 
 def _base_info(base_source: str, revision: str | None, tiny: bool) -> dict:
     p = Path(str(base_source)).expanduser()
-    return {"pretrained": str(base_source), "resolved": str(p.resolve()) if p.is_dir() else None,
+    info = {"pretrained": str(base_source), "resolved": str(p.resolve()) if p.is_dir() else None,
             "revision": revision, "tiny": bool(tiny)}
+    if tiny:
+        info["tiny_weights"] = (read_marker(p) or {}).get("weights", "random") if p.is_dir() else "random"
+    return info
 
 
 def save_generator(out_dir, unet, text_encoder, tokenizer, token_map: TokenMap, base_source: str, *,

@@ -18,7 +18,7 @@ from jsonschema import Draft7Validator, validators
 
 from .errors import ConfigError
 
-__all__ = ["ConfigError", "load_config", "validate_config", "parse_override", "run_dir", "SCHEMA_PATH",
+__all__ = ["ConfigError", "load_config", "validate_config", "deep_update", "parse_override", "run_dir", "SCHEMA_PATH",
            "add_config_arguments", "config_from_args", "STAGES", "stage_keys"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +26,8 @@ SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 #: the stage modules the workflow's rules run (``python -m <module>``); each declares ``CONFIG_KEYS``
 STAGES = ("seas.demo_data", "seas.tiny_sd", "seas.data", "seas.train", "seas.train_rmp", "seas.generate",
-          "seas.gen_metrics", "downstream.baselines", "downstream.train", "downstream.evaluate", "downstream.tables")
+          "seas.gen_metrics", "downstream.baselines", "downstream.train", "downstream.evaluate", "downstream.tables",
+          "downstream.study")
 
 
 def _with_defaults(cls):
@@ -45,9 +46,15 @@ def _with_defaults(cls):
 _DefaultingValidator = _with_defaults(Draft7Validator)
 
 
-def load_schema() -> dict:
+@functools.lru_cache(maxsize=1)
+def _parsed_schema() -> dict:
     with open(SCHEMA_PATH) as f:
         return yaml.safe_load(f)
+
+
+def load_schema() -> dict:
+    """The schema as a fresh dict (parsed once per process: the Snakefile validates every study variant with it)."""
+    return copy.deepcopy(_parsed_schema())
 
 
 def _key(path) -> str:
@@ -70,9 +77,13 @@ def validate_config(raw: Mapping[str, Any], source: str = "<config>") -> dict:
         raise ConfigError(f"{source}: model.resolution: {res} is not a multiple of 8")
     r = cfg["rmp"]
     try:
+        check_rmp_features(r["unet_features"], r["reduce_channels"])
         check_rmp_widths(r["reduce_channels"], r["num_heads"], r["head_dim"], r["norm_num_groups"])
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    if r["mrm_variant"] != "full" and not r["mrm"]:
+        raise ConfigError(f"{source}: rmp.mrm_variant: {r['mrm_variant']} changes the Mask Refinement Modules, which "
+                          "rmp.mrm: false removes; set rmp.mrm: true or rmp.mrm_variant: full")
     for model, t in cfg["downstream"]["train"].items():
         if t["min_lr"] > t["lr"]:
             raise ConfigError(f"{source}: downstream.train.{model}: min_lr {t['min_lr']} > lr {t['lr']}")
@@ -86,6 +97,18 @@ def validate_config(raw: Mapping[str, Any], source: str = "<config>") -> dict:
     return cfg
 
 
+def check_rmp_features(unet_features, reduce_channels) -> None:
+    """ConfigError unless the U-Net blocks the RMP fuses are given coarse -> fine (strictly increasing up-block
+    indices) with one 1x1-reduction width each (paper Tab. 25)."""
+    blocks = [int(i) for i in unet_features]
+    if any(b <= a for a, b in zip(blocks, blocks[1:])):
+        raise ConfigError(f"rmp.unet_features = {blocks}: list the U-Net up-block indices in increasing order "
+                          "(coarse -> fine), each once")
+    if len(reduce_channels) != len(blocks):
+        raise ConfigError(f"rmp.reduce_channels = {list(reduce_channels)} has {len(reduce_channels)} widths for "
+                          f"{len(blocks)} U-Net features rmp.unet_features = {blocks}: give one width per feature")
+
+
 def check_rmp_widths(reduce_channels, num_heads: int, head_dim: int, norm_num_groups: int) -> None:
     """ConfigError unless heads x head_dim == sum(reduce_channels) and the GroupNorm groups divide it (the RMP's
     transformer block)."""
@@ -96,6 +119,17 @@ def check_rmp_widths(reduce_channels, num_heads: int, head_dim: int, norm_num_gr
     if dim % norm_num_groups:
         raise ConfigError(f"rmp.norm_num_groups = {norm_num_groups} must divide sum(rmp.reduce_channels) = {dim} "
                           "(the GroupNorm of the RMP's transformer block)")
+
+
+def deep_update(base: dict, new: Mapping) -> dict:
+    """Merge ``new`` into ``base`` in place (mappings merged key by key, anything else replaced by a copy): how
+    ``--config`` overrides (the Snakefile) and a study's variant overrides (seas.studies) apply."""
+    for k, v in new.items():
+        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
+            deep_update(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base
 
 
 def schema_default(dotted: str) -> Any:

@@ -95,6 +95,19 @@ def _rows(props: dict, schema: dict, prefix: str, required: list) -> Iterator[tu
             yield from _rows(node["properties"], schema, f"{prefix}{name}.", node.get("required", []))
 
 
+def _section_props(node: dict, schema: dict) -> dict:
+    """A section's keys; a mapping of named entries (``studies``) documents its entries' keys."""
+    node = _resolve(node, schema)
+    if "properties" in node:
+        return node["properties"]
+    entry = node.get("additionalProperties")
+    return _resolve(entry, schema).get("properties", {}) if isinstance(entry, dict) else {}
+
+
+def _section_prefix(name: str, node: dict, schema: dict) -> str:
+    return f"{name}." if "properties" in _resolve(node, schema) else f"{name}.<name>."
+
+
 def render(schema: dict | None = None) -> str:
     """The Markdown text of config/README.md."""
     schema = load_schema() if schema is None else schema
@@ -104,7 +117,7 @@ def render(schema: dict | None = None) -> str:
     general = [n for n, v in top.items() if _resolve(v, schema).get("type") != "object"]
     sections = [n for n in top if n not in general]
     blocks = [("General", {n: top[n] for n in general}, "", None)]
-    blocks += [(f"`{n}`", _resolve(top[n], schema).get("properties", {}), f"{n}.", n) for n in sections]
+    blocks += [(f"`{n}`", _section_props(top[n], schema), _section_prefix(n, top[n], schema), n) for n in sections]
     for title, props, prefix, section in blocks:
         out.append(f"\n## {title}\n")
         if section is not None:

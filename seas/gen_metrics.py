@@ -24,8 +24,18 @@ Per anomaly type folder ``<pairs>/<type>/images/`` (``good`` is skipped), images
   Weights: ``gen_metrics.lpips_weights_dir`` holding ``vgg.pth`` (LPIPS linear layers) and
   ``vgg16-397923af.pth`` (torchvision's ImageNet VGG-16); null = randomly initialised network (``"lpips": "random"``).
 
-The product's ``is`` / ``ic_lpips`` / ``kid`` are the means over its anomaly types; ``per_type`` holds each
-type's values.
+* Mask-defect agreement (``gen_metrics.agreement``, where a type folder has ``references/``: the normal-prompt twins of
+  ``generation.reference_images``): does the generated mask cover where the image departs from the product's normal
+  appearance? For each pair, the difference map D = mean over RGB of |image - twin| / 255 (the twin: prompt
+  ``a <ob>``, the same initial latent, seed, scheduler and guidance), at the generated resolution. ``ap``: average
+  precision of D ranking the pixels of all the type's pairs against their generated masks (pooled);
+  ``iou``: per pair whose mask is neither empty nor the whole image, IoU of the top-k pixels of D (k = the mask's
+  area: the threshold is the k-th largest difference) with the mask, averaged over those pairs (NaN without any). ``random_ap`` / ``random_iou``: the same
+  against each mask moved to a random position (a cyclic shift, seeded: same shape and area, unrelated place) --
+  the chance level the real values must clear. All in percent (:func:`mask_defect_agreement`).
+
+The product's ``is`` / ``ic_lpips`` / ``kid`` (and ``agreement``) are the means over its anomaly types;
+``per_type`` holds each type's values.
 The clustering maths is in pure functions (:func:`assign_clusters`, :func:`cluster_members`,
 :func:`ic_lpips_from_clusters`, :func:`ic_lpips_from_matrices`).
 """
@@ -40,10 +50,11 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
 from .config import add_config_arguments, config_from_args
 from .errors import CheckpointError, DataError
-from .pairs import IMAGES, image_files, list_types
+from .pairs import IMAGES, MASKS, image_files, list_types
 from .runtime import atomic_write_text, cli, derive_seed, get_device, setup_logging
 from .data import load_image, Split
 # Lazy imports: torch / lpips / torch-fidelity are imported inside the functions that use them (heavy; the clustering maths is pure numpy).
@@ -294,6 +305,84 @@ def kid_reference_images(split, anomaly_type: str, which: str = "all") -> list[s
     return {"all": train + held, "held_out": held, "train": train}[which]
 
 
+# ----------------------------------------------------------------------------- mask-defect agreement
+AGREEMENT_KEYS = ("ap", "iou", "random_ap", "random_iou")
+TWINS = "references"  # seas.generate.REFERENCES (not imported: gen_metrics does not load torch models)
+
+
+def difference_map(image, twin) -> np.ndarray:
+    """Mean over channels of |image - twin| / 255, float64 [H,W], of two uint8 [H,W,3] images."""
+    a, b = np.asarray(image, np.float64), np.asarray(twin, np.float64)
+    if a.shape != b.shape:
+        raise DataError(f"difference_map: image {a.shape} and twin {b.shape} differ in size")
+    return np.abs(a - b).mean(axis=-1) / 255.0
+
+
+def topk_iou(score, mask) -> float:
+    """IoU of the k highest-scoring pixels (k = mask area; ties broken by position) with the boolean ``mask``."""
+    m = np.asarray(mask, bool).ravel()
+    k = int(m.sum())
+    if k == 0:
+        raise DataError("topk_iou: empty mask")
+    pred = np.zeros_like(m)
+    pred[np.argsort(-np.asarray(score, np.float64).ravel(), kind="stable")[:k]] = True
+    inter = int((pred & m).sum())
+    return inter / (2 * k - inter)
+
+
+def random_shift(mask, rng: np.random.Generator) -> np.ndarray:
+    """``mask`` cyclically shifted by a random (dy, dx): same shape and area, a random place."""
+    h, w = mask.shape
+    return np.roll(mask, (int(rng.integers(h)), int(rng.integers(w))), axis=(0, 1))
+
+
+def mask_defect_agreement(diffs: Sequence, masks: Sequence, seed: int = 0) -> dict:
+    """Agreement of difference maps with generated masks (boolean [H,W] each) -> {ap, iou, random_ap, random_iou,
+    n_images, n_masked} in percent; ``random_*`` against the masks moved by :func:`random_shift` (seeded)."""
+    from sklearn.metrics import average_precision_score
+
+    if len(diffs) != len(masks) or not diffs:
+        raise DataError(f"mask_defect_agreement: {len(diffs)} difference maps for {len(masks)} masks")
+    rng = np.random.default_rng(seed)
+    shifted = [random_shift(np.asarray(m, bool), rng) for m in masks]
+    s = np.concatenate([np.asarray(d, np.float64).ravel() for d in diffs])
+
+    def ap(ms):
+        y = np.concatenate([np.asarray(m, bool).ravel() for m in ms])
+        return float(average_precision_score(y, s)) * 100 if y.any() and not y.all() else float("nan")
+
+    def partial(m):  # an empty or an all-pixel mask says nothing about where the defect is (IoU 100 by chance)
+        m = np.asarray(m, bool)
+        return m.any() and not m.all()
+
+    keep = [partial(m) for m in masks]
+
+    def iou(ms):
+        vals = [topk_iou(d, m) for d, m, k in zip(diffs, ms, keep) if k]
+        return float(np.mean(vals)) * 100 if vals else float("nan")
+
+    return {"ap": ap(masks), "iou": iou(masks), "random_ap": ap(shifted), "random_iou": iou(shifted),
+            "n_images": len(diffs), "n_masked": int(sum(bool(np.asarray(m).any()) for m in masks)),
+            "n_full": int(sum(bool(np.asarray(m).all()) for m in masks)),
+            "threshold": "top-k, k = mask area (masks neither empty nor full)"}
+
+
+def type_agreement(type_dir: Path, seed: int) -> dict | None:
+    """Mask-defect agreement of one type folder with ``references/`` twins, or None without twins."""
+    twins = Path(type_dir) / TWINS
+    if not twins.is_dir():
+        return None
+    diffs, masks = [], []
+    for img in image_files(Path(type_dir) / IMAGES):
+        twin, mask = twins / img.name, Path(type_dir) / MASKS / img.name
+        for f in (twin, mask):
+            if not f.is_file():
+                raise DataError(f"{f}: missing (the twin / mask of {img})")
+        diffs.append(difference_map(np.asarray(Image.open(img).convert("RGB")), np.asarray(Image.open(twin).convert("RGB"))))
+        masks.append(np.asarray(Image.open(mask).convert("L")) > 127)
+    return mask_defect_agreement(diffs, masks, seed)
+
+
 # ----------------------------------------------------------------------------- images
 
 
@@ -327,7 +416,7 @@ def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) ->
     result = {"product": split.product, "method": method, "is": None, "ic_lpips": None, "kid": None, "per_type": {},
               "n_images": 0, "inception": None, "lpips": None, "image_size": gm["image_size"],
               "cluster_cap": gm["cluster_cap"], "enabled": gm["enabled"],
-              "kid_reference": kid_ref if do_kid else None}
+              "kid_reference": kid_ref if do_kid else None, "agreement": None}
     if not gm["enabled"]:
         return result
     device = device or get_device(cfg)
@@ -366,6 +455,11 @@ def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) ->
             score, per, sizes = ic_lpips(lp, _to_pm1(gen), _to_pm1(refs), gm["cluster_cap"])
             result["per_type"][t] = {"is": inc["is"], "is_std": inc["is_std"], "ic_lpips": score,
                                      "n_images": len(paths), "cluster_sizes": sizes, "cluster_ic_lpips": per}
+            agree = type_agreement(pairs_dir / t, derive_seed(seed, "agreement", t)) if gm["agreement"] else None
+            if agree is not None:
+                result["per_type"][t]["agreement"] = agree
+                log.info("%s/%s: mask-defect agreement AP %.2f (random mask %.2f), IoU %.2f (random %.2f)",
+                         split.product, t, agree["ap"], agree["random_ap"], agree["iou"], agree["random_iou"])
             if do_kid:
                 result["per_type"][t].update(kid=inc["kid"], kid_std=inc["kid_std"],
                                              kid_subset_size=inc["kid_subset_size"], n_real=int(real.shape[0]))
@@ -379,6 +473,9 @@ def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) ->
     result["ic_lpips"] = float(np.mean([v["ic_lpips"] for v in result["per_type"].values()]))
     if do_kid:
         result["kid"] = float(np.mean([v["kid"] for v in result["per_type"].values()]))
+    agreements = [v["agreement"] for v in result["per_type"].values() if "agreement" in v]
+    result["agreement"] = ({k: float(np.nanmean([a[k] for a in agreements])) for k in AGREEMENT_KEYS}
+                           if agreements and len(agreements) == len(result["per_type"]) else None)
     result["inception"], result["lpips"] = inc_label, lp_label
     return result
 

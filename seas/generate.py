@@ -61,15 +61,18 @@ log = logging.getLogger("seas.generate")
 CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "model.resolution", "model.mixed_precision", "generation",
                "rmp.bn_train_mode_at_inference")
 
-__all__ = ["GOOD", "init_noise_coefficients", "noise_reference", "make_dpm_scheduler", "denoise_batch",
-           "to_uint8_images", "threshold_masks", "GenContext", "prepare", "generate_indices", "first_missing",
+__all__ = ["GOOD", "REFERENCES", "init_noise_coefficients", "noise_reference", "make_dpm_scheduler", "denoise_batch",
+           "to_uint8_images", "threshold_masks", "GenContext", "prepare", "initial_latents", "generate_indices",
+           "generate_references", "reference_path", "first_missing",
            "generate", "regenerate", "read_manifest", "main"]
 
 PARAMS = ".params.json"
+REFERENCES = "references"  # normal-prompt twins of the pairs (generation.reference_images)
 _COMPLETE = "complete"  # set in PARAMS once the folder is finished
 MANIFEST_FIELDS = [*MANIFEST_COLUMNS, "prompt", "guidance_scale",
                    "num_inference_steps", "mask_threshold", "mask_steps", "init_schedule_steps", "scale_init_latent",
-                   "timestep_spacing", "num_reference_images", "resolution", "batch_size", "batch_start", "generator", "rmp"]
+                   "timestep_spacing", "num_reference_images", "resolution", "batch_size", "batch_start", "generator", "rmp",
+                   "normal_twin"]
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -142,7 +145,7 @@ def denoise_batch(unet, vae, rmp, scheduler_config: Mapping, latents: torch.Tens
         inp = sched.scale_model_input(inp, t)
         with autocast():
             if mask_step:
-                pred, feats = rmp_mod.unet_features(unet, inp, t, ctx, take=take)
+                pred, feats = rmp_mod.unet_features(unet, inp, t, ctx, take=take, blocks=rmp.arch.unet_features)
                 vfeats = rmp_mod.vae_features(vae, x, vae_kind, n_levels)  # the pre-step latent
                 out = rmp(feats, vfeats)
             else:
@@ -173,6 +176,7 @@ def _params(cfg: Mapping, anomaly_type: str, generator_dir, rmp_dir) -> dict:
         "batch_size": g["batch_size"], "generator": str(generator_dir),
         "rmp": str(rmp_dir) if rmp_dir is not None and anomaly_type != GOOD else "",
         "bn_train_mode_at_inference": cfg["rmp"]["bn_train_mode_at_inference"],
+        "reference_images": bool(g["reference_images"]) and anomaly_type != GOOD,
     }
 
 
@@ -191,6 +195,7 @@ class GenContext:
     rmp: object
     device: torch.device
     amp_dtype: object
+    ref_cond: torch.Tensor | None = None  # the normal prompt's embedding (generation.reference_images)
 
     def seed(self, index: int) -> int:
         return derive_seed(self.params["seed"], self.product, self.anomaly_type, int(index))
@@ -229,19 +234,39 @@ def prepare(cfg: Mapping, split: Split, generator_dir, rmp_dir, anomaly_type: st
             z = z * vae.config.scaling_factor
     with torch.no_grad():
         cond, uncond = bundle.encode([prompt]), bundle.encode([""])
+        ref_cond = bundle.encode([bundle.prompt(GOOD)]) if params.get("reference_images") else None
     coefs = init_noise_coefficients(bundle.noise_scheduler.config, params["init_schedule_steps"])
     return GenContext(split.product, anomaly_type, params, prompt, refs, z, coefs, cond, uncond, bundle, rmp, device,
-                      autocast_dtype(cfg, device))
+                      autocast_dtype(cfg, device), ref_cond)
+
+
+def initial_latents(ctx: GenContext, indices: Sequence[int]) -> torch.Tensor:
+    """x_T of images ``indices``: the reference latent of each, noised with the noise of its own seed."""
+    shape = tuple(ctx.ref_latents.shape[1:])
+    eps = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(ctx.seed(j)), dtype=torch.float32)
+                       for j in indices]).to(ctx.device)
+    z = ctx.ref_latents[[ctx.reference_index(j) for j in indices]].float()
+    return noise_reference(z, eps, ctx.coefs)
+
+
+def generate_references(ctx: GenContext, indices: Sequence[int]) -> np.ndarray:
+    """The normal-prompt twins of images ``indices`` (uint8 [B,H,W,3]): the same x_T (reference latent and noise of
+    the same seed), scheduler and guidance, prompt ``a <ob>``, no RMP -- what the product looks like without the
+    anomaly tokens. gen_metrics' mask-defect agreement compares each generated image with its twin."""
+    if ctx.ref_cond is None:
+        raise DataError("generate_references: the context was prepared without generation.reference_images")
+    p, b = ctx.params, ctx.bundle
+    images, _ = denoise_batch(b.unet, b.vae, None, b.noise_scheduler.config, initial_latents(ctx, indices),
+                              ctx.ref_cond, ctx.uncond, guidance_scale=p["guidance_scale"],
+                              num_inference_steps=p["num_inference_steps"], mask_steps=p["mask_steps"],
+                              amp_dtype=ctx.amp_dtype, timestep_spacing=p["timestep_spacing"])
+    return to_uint8_images(images)
 
 
 def generate_indices(ctx: GenContext, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Generate images ``indices`` as one batch: (uint8 images [B,H,W,3], uint8 0/255 masks [B,H,W])."""
     p = ctx.params
-    shape = tuple(ctx.ref_latents.shape[1:])
-    eps = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(ctx.seed(j)), dtype=torch.float32)
-                       for j in indices]).to(ctx.device)
-    z = ctx.ref_latents[[ctx.reference_index(j) for j in indices]].float()
-    x_t = noise_reference(z, eps, ctx.coefs)
+    x_t = initial_latents(ctx, indices)
     b = ctx.bundle
     images, prob = denoise_batch(b.unet, b.vae, ctx.rmp, b.noise_scheduler.config, x_t, ctx.cond, ctx.uncond,
                                  guidance_scale=p["guidance_scale"], num_inference_steps=p["num_inference_steps"],
@@ -257,14 +282,20 @@ def generate_indices(ctx: GenContext, indices: Sequence[int]) -> tuple[np.ndarra
 
 
 # ----------------------------------------------------------------------------- files
-def _complete(out: Path, index: int) -> bool:
-    return all(p.is_file() for p in pair_paths(out, index))
+def reference_path(out: Path, index: int) -> Path:
+    """The normal-prompt twin of pair ``index`` (generation.reference_images)."""
+    return Path(out) / REFERENCES / pair_name(index)
+
+
+def _complete(out: Path, index: int, with_reference: bool = False) -> bool:
+    return all(p.is_file() for p in pair_paths(out, index)) and (
+        not with_reference or reference_path(out, index).is_file())
 
 
 def _clear(out: Path) -> None:
     """Remove what seas.generate wrote in ``out`` (manifest first, so the folder never looks complete)."""
     (out / MANIFEST).unlink(missing_ok=True)
-    for sub in (IMAGES, MASKS):
+    for sub in (IMAGES, MASKS, REFERENCES):
         shutil.rmtree(out / sub, ignore_errors=True)
     (out / PARAMS).unlink(missing_ok=True)
 
@@ -272,7 +303,7 @@ def _clear(out: Path) -> None:
 def _prune_beyond(out: Path, count: int) -> None:
     """Delete pairs with index >= count (left by an earlier run with a larger count): the folder = the manifest."""
     extra = 0
-    for sub in (IMAGES, MASKS):
+    for sub in (IMAGES, MASKS, REFERENCES):
         for p in (out / sub).glob("*.png"):
             if p.stem.isdigit() and int(p.stem) >= count:
                 p.unlink()
@@ -283,15 +314,15 @@ def _prune_beyond(out: Path, count: int) -> None:
 
 def _remove_stale_tmp(out: Path) -> None:
     """Delete temporary files an interrupted atomic write may have left (``.NAME.tmpPID``)."""
-    for sub in (IMAGES, MASKS):
+    for sub in (IMAGES, MASKS, REFERENCES):
         for p in (out / sub).glob(".*.tmp*") if (out / sub).is_dir() else []:
             p.unlink(missing_ok=True)
 
 
-def first_missing(out: Path, count: int) -> int:
-    """Smallest index < count whose image or mask is missing (``count`` when none is)."""
+def first_missing(out: Path, count: int, with_reference: bool = False) -> int:
+    """Smallest index < count whose image or mask (or normal-prompt twin) is missing (``count`` when none is)."""
     for j in range(count):
-        if not _complete(out, j):
+        if not _complete(out, j, with_reference):
             return j
     return count
 
@@ -314,6 +345,7 @@ def _manifest_rows(ctx_params: Mapping, count: int, product: str, prompt: str, r
                                           "num_reference_images",
                                           "resolution", "batch_size", "generator", "rmp")},
             "batch_start": (j // bs) * bs,
+            "normal_twin": f"{REFERENCES}/{pair_name(j)}" if ctx_params.get("reference_images") else "",
         })
     return rows
 
@@ -336,6 +368,7 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
     split = Split.load(split_path)
     count = count or _count_for(cfg, anomaly_type)
     params = _params(cfg, anomaly_type, generator_dir, rmp_dir)
+    twins = params["reference_images"]
     ppath = out / PARAMS
     if restart and out.exists():
         shutil.rmtree(out)
@@ -343,7 +376,7 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
         old = json.loads(ppath.read_text())
         if old.pop(_COMPLETE, False):
             if (old == json.loads(json.dumps(params)) and (out / MANIFEST).is_file()
-                    and first_missing(out, count) == count and len(read_manifest(out)) == count):
+                    and first_missing(out, count, twins) == count and len(read_manifest(out)) == count):
                 log.info("%s: complete (%d pairs), nothing to do", out, count)
                 return out
             log.info("%s: replacing the pairs of a finished run", out)
@@ -357,7 +390,7 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
     (out / MANIFEST).unlink(missing_ok=True)
 
     _remove_stale_tmp(out)
-    start = first_missing(out, count)
+    start = first_missing(out, count, twins)
     bs = params["batch_size"]
     batches = list(range((start // bs) * bs, count, bs))
     if start < count:
@@ -368,13 +401,16 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
         if stop_after is not None and n_done >= stop_after:
             return None
         idx = list(range(b0, min(b0 + bs, count)))
-        if all(_complete(out, j) for j in idx):
+        if all(_complete(out, j, twins) for j in idx):
             continue
         imgs, masks = generate_indices(ctx, idx)
+        normal = generate_references(ctx, idx) if twins else None
         for k, j in enumerate(idx):
-            if _complete(out, j):
+            if _complete(out, j, twins):
                 continue
             img_path, mask_path = pair_paths(out, j)
+            if normal is not None:  # first: the pair's files mark the index done
+                atomic_save_image(_png(normal[k]), reference_path(out, j))
             atomic_save_image(_png(imgs[k]), img_path)
             atomic_save_image(_png(masks[k]), mask_path)
     _prune_beyond(out, count)

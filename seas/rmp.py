@@ -3,9 +3,11 @@
 Architecture (docs/METHOD.md, "Refined Mask Prediction"; the authors' module), every input channel count read from the models' configs:
 
 * U-Net features: outputs of ``unet.up_blocks[1]`` (SD v1-4: 1280 ch at 32x32) and ``unet.up_blocks[2]``
-  (640 ch at 64x64), captured with forward hooks. The time embedding does not condition the branch.
-* Coarse branch: 1x1 convs without bias to 128 and 64 ch (``rmp.reduce_channels``), the 32x32 map upsampled to
-  64x64 (bilinear, align_corners False), concatenated [low, high] (192 ch), then one diffusers
+  (640 ch at 64x64), captured with forward hooks (``rmp.unet_features``, paper Tab. 25: any increasing list of
+  up-block indices). The time embedding does not condition the branch.
+* Coarse branch: 1x1 convs without bias to 128 and 64 ch (``rmp.reduce_channels``, one per feature), every map not
+  at the latent size (the 32x32 one) upsampled to it (bilinear, align_corners False), concatenated coarse -> fine
+  [low, high] (192 ch), then one diffusers
   ``Transformer2DModel`` (GroupNorm -> proj_in -> ``rmp.num_layers`` self-attention ``BasicTransformerBlock`` s
   with plain LayerNorm, 8 heads x 24 -> proj_out -> + residual) -> F 192 ch at the latent resolution.
 * Mask Refinement Modules (MRM), one per x2 level of the VAE (SD: 3, to 128, 256, 512 px), each on its input u and
@@ -22,7 +24,9 @@ Architecture (docs/METHOD.md, "Refined Mask Prediction"; the authors' module), e
   updates).
 
 Switches: ``mrm: false`` (no MRM: F upsampled to the image size for every image), ``progressive: false`` (one MRM
-straight from the latent to the image size with the finest VAE feature), ``vae_features: encoder``.
+straight from the latent to the image size with the finest VAE feature), ``vae_features: encoder``,
+``unet_features`` (which up blocks, Tab. 25), ``mrm_variant`` (the MRM's structure, Tab. 28:
+:func:`mrm_fuse`).
 
 Feature capture: :func:`capture_outputs` registers forward hooks and removes them on exit;
 :func:`unet_features` / :func:`vae_features` wrap the frozen models' forward passes.
@@ -39,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import check_rmp_widths as check_widths
+from .config import check_rmp_features as check_features, check_rmp_widths as check_widths
 from .errors import CheckpointError, ConfigError
 from .runtime import atomic_write_text, save_safetensors_atomic
 # Lazy imports: diffusers / safetensors are imported where the branch is built or loaded (heavy optional imports).
@@ -49,6 +53,9 @@ __all__ = [
     "RMPOutput",
     "RefinedMaskPredictor",
     "MaskRefinementModule",
+    "MRM_VARIANTS",
+    "mrm_fuse",
+    "latent_size",
     "arch_from_configs",
     "capture_outputs",
     "unet_feature_modules",
@@ -64,9 +71,9 @@ __all__ = [
 class RMPArch:
     """Everything needed to rebuild the branch (stored as ``rmp.json`` next to the weights)."""
 
-    unet_channels: tuple[int, int]  # outputs of unet.up_blocks[1], unet.up_blocks[2]
+    unet_channels: tuple[int, ...]  # outputs of unet.up_blocks[i] for i in unet_features
     vae_channels: tuple[int, ...]  # VAE features, coarse -> fine (one per x2 level)
-    reduce_channels: tuple[int, int] = (128, 64)
+    reduce_channels: tuple[int, ...] = (128, 64)
     num_layers: int = 4
     num_heads: int = 8
     head_dim: int = 24
@@ -74,6 +81,8 @@ class RMPArch:
     mrm: bool = True
     progressive: bool = True
     vae_features: str = "decoder"
+    unet_features: tuple[int, ...] = (1, 2)  # indices of unet.up_blocks, coarse -> fine
+    mrm_variant: str = "full"
 
     @property
     def dim(self) -> int:
@@ -89,12 +98,13 @@ class RMPArch:
         d["unet_channels"] = list(self.unet_channels)
         d["vae_channels"] = list(self.vae_channels)
         d["reduce_channels"] = list(self.reduce_channels)
+        d["unet_features"] = list(self.unet_features)
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "RMPArch":
         d = dict(d)
-        for k in ("unet_channels", "vae_channels", "reduce_channels"):
+        for k in ("unet_channels", "vae_channels", "reduce_channels", "unet_features"):
             if k in d:
                 d[k] = tuple(int(v) for v in d[k])
         known = set(cls.__dataclass_fields__)
@@ -114,9 +124,9 @@ def _cfg_get(config, key, default=None):
 def arch_from_configs(unet_config, vae_config, rmp_cfg: Mapping | None = None) -> RMPArch:
     """Derive the architecture from a diffusers U-Net config and AutoencoderKL config (dicts or FrozenDicts).
 
-    ``rmp_cfg`` is the run config's ``rmp`` section (switches ``mrm``, ``progressive``, ``vae_features``; widths
-    ``reduce_channels``, ``num_heads``, ``head_dim``, ``num_layers``, ``norm_num_groups``). Only the input channel
-    counts come from the models.
+    ``rmp_cfg`` is the run config's ``rmp`` section (switches ``mrm``, ``mrm_variant``, ``progressive``,
+    ``vae_features``, ``unet_features``; widths ``reduce_channels``, ``num_heads``, ``head_dim``, ``num_layers``,
+    ``norm_num_groups``). Only the input channel counts come from the models.
     """
     rmp_cfg = rmp_cfg or {}
     boc = list(_cfg_get(unet_config, "block_out_channels"))
@@ -138,12 +148,19 @@ def arch_from_configs(unet_config, vae_config, rmp_cfg: Mapping | None = None) -
         vae_channels = tuple(vboc[n - 1 - i] for i in range(n))
     else:
         raise CheckpointError(f"rmp.vae_features: unknown value {kind!r}")
+    blocks = tuple(int(i) for i in rmp_cfg.get("unet_features", (1, 2)))
+    if any(not 0 <= i < len(ups) for i in blocks):
+        raise ConfigError(f"rmp.unet_features = {list(blocks)}: the U-Net has up_blocks[0..{len(ups) - 1}]")
     red = tuple(int(c) for c in rmp_cfg.get("reduce_channels", (128, 64)))
+    check_features(blocks, red)
     heads, hdim = int(rmp_cfg.get("num_heads", 8)), int(rmp_cfg.get("head_dim", 24))
     groups = int(rmp_cfg.get("norm_num_groups", 32))
     check_widths(red, heads, hdim, groups)
+    variant = rmp_cfg.get("mrm_variant", "full")
+    if variant not in MRM_VARIANTS:
+        raise ConfigError(f"rmp.mrm_variant: unknown value {variant!r} (one of {list(MRM_VARIANTS)})")
     return RMPArch(
-        unet_channels=(int(rev[1]), int(rev[2])),
+        unet_channels=tuple(int(rev[i]) for i in blocks),
         vae_channels=tuple(int(c) for c in vae_channels),
         reduce_channels=red,
         num_layers=int(rmp_cfg.get("num_layers", 4)),
@@ -153,6 +170,8 @@ def arch_from_configs(unet_config, vae_config, rmp_cfg: Mapping | None = None) -
         mrm=bool(rmp_cfg.get("mrm", True)),
         progressive=bool(rmp_cfg.get("progressive", True)),
         vae_features=kind,
+        unet_features=blocks,
+        mrm_variant=variant,
     )
 
 
@@ -167,16 +186,46 @@ def _c131(dim: int) -> nn.Sequential:
     return nn.Sequential(_cbr(dim, dim, 1), _cbr(dim, dim, 3), _cbr(dim, dim, 1))
 
 
-class MaskRefinementModule(nn.Module):
-    """``u' = up(u)``; ``m = C131(u')``; ``out = CBR1(v) * (m + CBR1(u') + C131(m)) + u'``."""
+#: ``rmp.mrm_variant`` (paper Tab. 28): the structures :func:`mrm_fuse` computes
+MRM_VARIANTS = ("full", "additive", "no_branches", "no_residual")
 
-    def __init__(self, dim: int, vae_channels: int, scale: int = 2):
+
+def mrm_fuse(variant: str, v: torch.Tensor, u: torch.Tensor, m: torch.Tensor, skip: torch.Tensor | None = None,
+             post: torch.Tensor | None = None) -> torch.Tensor:
+    """One MRM's output from its pieces: ``v = CBR1(vae feature)``, ``u`` the upsampled input, ``m = C131(u)``,
+    ``skip = CBR1(u)``, ``post = C131(m)`` (the last two unused by ``no_branches``).
+
+    ``full`` (the method): ``v * (m + skip + post) + u``; ``additive``: ``v + (m + skip + post) + u``;
+    ``no_branches``: ``v * m + u``; ``no_residual``: ``v * (m + skip + post)``.
+    """
+    if variant == "no_branches":
+        return v * m + u
+    if variant not in MRM_VARIANTS:
+        raise ValueError(f"unknown MRM variant {variant!r} (one of {list(MRM_VARIANTS)})")
+    if skip is None or post is None:
+        raise ValueError(f"MRM variant {variant!r} needs the CBR1(u') and C131(m) branches")
+    if variant == "full":
+        return v * (m + skip + post) + u
+    if variant == "additive":
+        return v + (m + skip + post) + u
+    return v * (m + skip + post)  # no_residual
+
+
+class MaskRefinementModule(nn.Module):
+    """``u' = up(u)``; ``m = C131(u')``; ``out = CBR1(v) * (m + CBR1(u') + C131(m)) + u'`` (``variant`` "full";
+    the others: :func:`mrm_fuse`)."""
+
+    def __init__(self, dim: int, vae_channels: int, scale: int = 2, variant: str = "full"):
         super().__init__()
+        if variant not in MRM_VARIANTS:
+            raise ValueError(f"unknown MRM variant {variant!r} (one of {list(MRM_VARIANTS)})")
         self.scale = scale
+        self.variant = variant
         self.project = _cbr(vae_channels, dim, 1)  # CBR1(v)
         self.mid = _c131(dim)  # m = C131(u')
-        self.skip = _cbr(dim, dim, 1)  # CBR1(u')
-        self.post = _c131(dim)  # C131(m)
+        if variant != "no_branches":
+            self.skip = _cbr(dim, dim, 1)  # CBR1(u')
+            self.post = _c131(dim)  # C131(m)
 
     def forward(self, x: torch.Tensor, vae_feature: torch.Tensor) -> torch.Tensor:
         u = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=True)
@@ -184,8 +233,11 @@ class MaskRefinementModule(nn.Module):
             raise ValueError(
                 f"MRM: VAE feature {tuple(vae_feature.shape[-2:])} does not match the upsampled map {tuple(u.shape[-2:])}"
             )
+        v = self.project(vae_feature.to(u.dtype))
         m = self.mid(u)
-        return self.project(vae_feature.to(u.dtype)) * (m + self.skip(u) + self.post(m)) + u
+        if self.variant == "no_branches":
+            return mrm_fuse(self.variant, v, u, m)
+        return mrm_fuse(self.variant, v, u, m, self.skip(u), self.post(m))
 
 
 def _head(dim: int) -> nn.Sequential:
@@ -206,36 +258,48 @@ class RefinedMaskPredictor(nn.Module):
         from diffusers import Transformer2DModel
 
         self.arch = arch
-        c_low, c_high = arch.unet_channels
-        r_low, r_high = arch.reduce_channels
         dim = arch.dim
         try:
+            check_features(arch.unet_features, arch.reduce_channels)
             check_widths(arch.reduce_channels, arch.num_heads, arch.head_dim, arch.norm_num_groups)
         except ConfigError as e:
             raise CheckpointError(f"RMP architecture: {e}") from None
-        self.reduce_low = nn.Conv2d(c_low, r_low, 1, bias=False)
-        self.reduce_high = nn.Conv2d(c_high, r_high, 1, bias=False)
+        if len(arch.unet_channels) != len(arch.unet_features):
+            raise CheckpointError(f"RMP architecture: {len(arch.unet_channels)} U-Net channel counts for the "
+                                  f"{len(arch.unet_features)} features {list(arch.unet_features)}")
+        # one 1x1 reduction per U-Net feature, coarse -> fine (default: up_blocks[1] -> 128, up_blocks[2] -> 64)
+        self.reduce = nn.ModuleList(nn.Conv2d(c, r, 1, bias=False)
+                                    for c, r in zip(arch.unet_channels, arch.reduce_channels))
         self.transformer = Transformer2DModel(num_attention_heads=arch.num_heads, attention_head_dim=arch.head_dim,
                                               in_channels=dim, num_layers=arch.num_layers, cross_attention_dim=None,
                                               norm_num_groups=arch.norm_num_groups, use_linear_projection=False)
         if arch.mrm:
             if arch.progressive:
-                self.mrms = nn.ModuleList(MaskRefinementModule(dim, c, 2) for c in arch.vae_channels)
+                self.mrms = nn.ModuleList(MaskRefinementModule(dim, c, 2, arch.mrm_variant) for c in arch.vae_channels)
             else:
-                self.mrms = nn.ModuleList([MaskRefinementModule(dim, arch.vae_channels[-1], arch.upscale)])
+                self.mrms = nn.ModuleList([MaskRefinementModule(dim, arch.vae_channels[-1], arch.upscale,
+                                                                arch.mrm_variant)])
         else:
             self.mrms = nn.ModuleList()
         self.head = _head(dim)
 
     # -- pieces
     def coarse_features(self, unet_feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """F̂ ``[B, dim, h, w]`` from the U-Net features (f_low at h/2, f_high at h)."""
-        low, high = unet_feats
-        dtype = self.reduce_low.weight.dtype
-        high = self.reduce_high(high.to(dtype))
-        low = self.reduce_low(low.to(dtype))
-        low = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
-        x = torch.cat([low, high], dim=1)
+        """F̂ ``[B, dim, h, w]`` at the latent size from the U-Net features (``arch.unet_features``, coarse -> fine;
+        default f_low at h/2, f_high at h)."""
+        feats = list(unet_feats)
+        blocks = self.arch.unet_features
+        if len(feats) != len(blocks):
+            raise ValueError(f"RMP: expected {len(blocks)} U-Net features (up_blocks {list(blocks)}), got {len(feats)}")
+        dtype = self.reduce[0].weight.dtype
+        size = latent_size(blocks[-1], feats[-1].shape[-2:])
+        maps = []
+        for conv, f in zip(self.reduce, feats):
+            f = conv(f.to(dtype))
+            if f.shape[-2:] != size:
+                f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            maps.append(f)
+        x = torch.cat(maps, dim=1)
         return self.transformer(x, return_dict=False)[0]
 
     def refine(self, feats: torch.Tensor, vae_feats: Sequence[torch.Tensor] | None) -> torch.Tensor:
@@ -317,9 +381,16 @@ def capture_outputs(modules: Sequence[nn.Module]) -> Iterator[list]:
             h.remove()
 
 
-def unet_feature_modules(unet) -> list[nn.Module]:
-    """[up_blocks[1], up_blocks[2]] of a diffusers UNet2DConditionModel."""
-    return [unet.up_blocks[1], unet.up_blocks[2]]
+def latent_size(block: int, side: Sequence[int]) -> tuple[int, int]:
+    """The latent (coarse-mask) size from the spatial size ``side`` of ``unet.up_blocks[block]``'s output: the
+    up blocks of a 4-level SD U-Net end at 1/4, 1/2, 1 and 1 x the latent side (the first three upsample x2)."""
+    f = 2 ** max(0, 2 - int(block))
+    return int(side[0]) * f, int(side[1]) * f
+
+
+def unet_feature_modules(unet, blocks: Sequence[int] = (1, 2)) -> list[nn.Module]:
+    """``[up_blocks[i] for i in blocks]`` of a diffusers UNet2DConditionModel (default: [1], [2], the method)."""
+    return [unet.up_blocks[i] for i in blocks]
 
 
 def vae_feature_modules(vae, kind: str, n: int) -> list[nn.Module]:
@@ -331,14 +402,14 @@ def vae_feature_modules(vae, kind: str, n: int) -> list[nn.Module]:
     raise ValueError(f"unknown VAE feature kind {kind!r}")
 
 
-def unet_features(unet, latents, timesteps, encoder_hidden_states, take: slice | None = None):
-    """One U-Net forward with hooks: returns (noise_pred, (f_low, f_high)), features sliced by ``take``."""
-    with capture_outputs(unet_feature_modules(unet)) as store:
+def unet_features(unet, latents, timesteps, encoder_hidden_states, take: slice | None = None,
+                  blocks: Sequence[int] = (1, 2)):
+    """One U-Net forward with hooks: returns (noise_pred, features), the outputs of ``up_blocks[i] for i in
+    blocks`` (default (f_low, f_high) of up_blocks[1], [2]) as a tuple, sliced by ``take``."""
+    with capture_outputs(unet_feature_modules(unet, blocks)) as store:
         pred = unet(latents, timesteps, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
-    low, high = store
-    if take is not None:
-        low, high = low[take], high[take]
-    return pred, (low, high)
+    feats = tuple(store) if take is None else tuple(f[take] for f in store)
+    return pred, feats
 
 
 class _DecodeDone(Exception):
@@ -381,7 +452,10 @@ def num_vae_levels(vae) -> int:
 
 def check_compatible(arch: RMPArch, unet, vae) -> None:
     """Raise CheckpointError when an RMP checkpoint does not fit the generator it is used with."""
-    want = arch_from_configs(unet.config, vae.config, {"vae_features": arch.vae_features})
+    want = arch_from_configs(unet.config, vae.config, {
+        "vae_features": arch.vae_features, "unet_features": list(arch.unet_features),
+        "reduce_channels": list(arch.reduce_channels), "num_heads": arch.num_heads, "head_dim": arch.head_dim,
+        "norm_num_groups": arch.norm_num_groups})
     if (want.unet_channels, want.vae_channels) != (arch.unet_channels, arch.vae_channels):
         raise CheckpointError(
             f"RMP checkpoint expects U-Net channels {arch.unet_channels}, VAE channels {arch.vae_channels}; the "

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
-from .tiny_sd import TINY_MARKER
+from .tiny_sd import TINY_MARKER, TINY_RANDOM_LABEL, read_marker, tiny_label
 # Lazy imports: torch / diffusers / transformers are imported inside load_sd (heavy; this module's constants are read without them).
 
 log = logging.getLogger(__name__)
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-TINY_LABEL = "tiny-random (not SD v1-4)"
+TINY_LABEL = TINY_RANDOM_LABEL  # the random tiny model; a pretrained prior is tiny_sd.TINY_PRETRAINED_LABEL
 
 
 @dataclass
@@ -37,7 +37,7 @@ class SDComponents:
     @property
     def label(self) -> str:
         """How tables name the generator model."""
-        return TINY_LABEL if self.is_tiny else self.source
+        return model_label(self.source, self.is_tiny)
 
 
 def is_tiny_model(pretrained: str | os.PathLike) -> bool:
@@ -45,7 +45,11 @@ def is_tiny_model(pretrained: str | os.PathLike) -> bool:
 
 
 def model_label(pretrained: str, tiny_flag: bool = False) -> str:
-    return TINY_LABEL if tiny_flag or is_tiny_model(pretrained) else str(pretrained)
+    """``tiny-pretrained`` / ``tiny-random (not SD v1-4)`` for a tiny model (its marker says which), else the source."""
+    marker = read_marker(pretrained) if Path(str(pretrained)).is_dir() else None
+    if marker is not None or tiny_flag:
+        return tiny_label(marker)
+    return str(pretrained)
 
 
 def _check_local(path: Path) -> None:
@@ -89,7 +93,8 @@ def load_sd(pretrained: str | os.PathLike, revision: str | None = None, device="
         m.to(device=device, dtype=dtype)
     tiny = local.is_dir() and (local / TINY_MARKER).is_file()
     if tiny:
-        log.warning("model %s is the TINY random model: results are tiny-model numbers, not SD v1-4's", src)
+        log.warning("model %s is a TINY model (%s weights): results are tiny-model numbers, not SD v1-4's", src,
+                    (read_marker(local) or {}).get("weights", "random"))
     return SDComponents(tokenizer, text_encoder, vae, unet, noise_scheduler, tiny, src)
 
 

@@ -1,13 +1,17 @@
-"""A tiny, randomly initialised Stable-Diffusion-shaped model in the diffusers layout.
+"""A tiny Stable-Diffusion-shaped model in the diffusers layout: random weights, or a pretrained prior.
 
 It has SD v1-4's structure — a U-Net with 3 CrossAttnDownBlock2D + DownBlock2D / UpBlock2D + 3
 CrossAttnUpBlock2D (2 layers per block, so 2 cross-attention layers per down resolution), a VAE with 4
 levels (×8 downsampling, 4 latent channels, scaling factor 0.18215), a CLIP text encoder with 77
 positions and the real 49,408-token CLIP BPE tokenizer — at a few hundred thousand parameters, so the
-whole pipeline runs on a CPU. Its weights are random: whatever it generates is noise-level output,
-and every table built on it says so (``seas_tiny.json`` marks the folder).
+whole pipeline runs on a CPU. With random weights whatever it generates is noise-level output (tables:
+``tiny-random (not SD v1-4)``). With ``--prior`` (``model.tiny_prior``: a weights file of :mod:`seas.tiny_prior`,
+hash-checked) the folder is assembled from that pretrained prior, whose architecture (same blocks, its own widths,
+a x4 VAE) comes from the prior's manifest (tables: ``tiny-pretrained``). ``seas_tiny.json`` marks the folder and
+says which (``weights: random | pretrained``).
 
-    python -m seas.tiny_sd --out resources/tiny_sd [--seed 0]
+    python -m seas.tiny_sd --out resources/tiny_sd [--seed 0]                                 # random
+    python -m seas.tiny_sd --out resources/tiny_sd --prior priors/tiny_prior.safetensors      # pretrained
 
 The result loads through exactly the code that loads ``CompVis/stable-diffusion-v1-4``
 (:func:`seas.sd.load_sd`).
@@ -20,7 +24,7 @@ import json
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .config import config_from_args
 from .errors import CheckpointError, ConfigError
@@ -31,9 +35,11 @@ log = logging.getLogger(__name__)
 
 #: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
 #: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
-CONFIG_KEYS = ("seed", "model.resolution")
+CONFIG_KEYS = ("seed", "model.resolution", "model.tiny_prior")
 
 TINY_MARKER = "seas_tiny.json"
+TINY_RANDOM_LABEL = "tiny-random (not SD v1-4)"
+TINY_PRETRAINED_LABEL = "tiny-pretrained"
 BPE_MERGES = 49152 - 256 - 2  # CLIP's BPE uses the first 48,894 merges of the 16e6 vocabulary file
 
 
@@ -75,6 +81,15 @@ def write_clip_tokenizer_files(out_dir: Path) -> tuple[Path, Path]:
     vocab_file.write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
     merges_file.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
     return vocab_file, merges_file
+
+
+def make_clip_tokenizer(work_dir: Path):
+    """The real CLIP tokenizer (49,408 tokens), its vocab/merges files written under ``work_dir``."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = write_clip_tokenizer_files(Path(work_dir))
+    return CLIPTokenizer(str(vocab), str(merges), model_max_length=77, bos_token="<|startoftext|>",
+                         eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>")
 
 
 def tiny_configs(sample_size: int = 64) -> dict:
@@ -131,32 +146,77 @@ def tiny_configs(sample_size: int = 64) -> dict:
     }
 
 
-def write_tiny_sd(out_dir: str | Path, seed: int = 0, sample_size: int = 64) -> Path:
-    """Write the tiny model to ``out_dir`` (atomically; an existing tiny model with the same seed is kept)."""
+def tiny_label(marker: Mapping | None) -> str:
+    """How tables name a tiny model from its ``seas_tiny.json`` marker: pretrained prior or random weights."""
+    return TINY_PRETRAINED_LABEL if (marker or {}).get("weights") == "pretrained" else TINY_RANDOM_LABEL
+
+
+def read_marker(model_dir: str | Path) -> dict | None:
+    """The ``seas_tiny.json`` marker of a model folder, or None (not a tiny model)."""
+    f = Path(model_dir) / TINY_MARKER
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{f} is not valid JSON: {e}") from None
+
+
+def _marker(seed: int, sample_size: int, prior: str | Path | None) -> dict:
+    if prior is None:
+        return {"tiny": True, "weights": "random", "seed": seed, "sample_size": sample_size, "version": 3,
+                "note": "random weights with Stable Diffusion v1-4's structure; NOT Stable Diffusion. "
+                        "Results are tiny-model numbers."}
+    from .tiny_prior import read_prior_manifest
+
+    m = read_prior_manifest(prior)  # checks the file's sha256
+    return {"tiny": True, "weights": "pretrained", "prior": Path(prior).name, "prior_sha256": m["sha256"],
+            "seed": m["seed"], "sample_size": m["resolution"], "version": 3,
+            "note": "Stable Diffusion v1-4's structure at CPU widths, pretrained on the demo's normal training images "
+                    "(seas.tiny_prior); NOT Stable Diffusion. Results are tiny-model numbers."}
+
+
+def write_tiny_sd(out_dir: str | Path, seed: int = 0, sample_size: int = 64, prior: str | Path | None = None) -> Path:
+    """Write the tiny model to ``out_dir`` (atomically; an existing tiny model with the same marker is kept).
+
+    ``prior``: a weights file of :mod:`seas.tiny_prior` (its manifest next to it; the sha256 is checked): the
+    model is assembled from it (architecture from the manifest, ``seed``/``sample_size`` from the prior) and marked
+    ``weights: pretrained``; None: random weights from ``seed`` (:func:`tiny_configs`), marked ``weights: random``.
+    """
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     out_dir = Path(out_dir)
-    marker = {"tiny": True, "seed": seed, "sample_size": sample_size, "version": 2,
-              "note": "random weights with Stable Diffusion v1-4's structure; NOT Stable Diffusion. Results are tiny-model numbers."}
-    if (out_dir / TINY_MARKER).is_file() and json.loads((out_dir / TINY_MARKER).read_text()) == marker:
+    marker = _marker(seed, sample_size, prior)
+    if read_marker(out_dir) == marker:
         log.info("tiny model already at %s", out_dir)
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / TINY_MARKER).is_file():
         raise CheckpointError(f"{out_dir} exists and is not a tiny model folder; refusing to overwrite it")
 
-    cfgs = tiny_configs(sample_size)
+    if prior is None:
+        cfgs = tiny_configs(sample_size)
+    else:
+        from .tiny_prior import read_prior_manifest
+
+        cfgs = read_prior_manifest(prior)["configs"]
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**cfgs["unet"])
     vae = AutoencoderKL(**cfgs["vae"])
     text_encoder = CLIPTextModel(CLIPTextConfig(**cfgs["text_encoder"]))
     scheduler = PNDMScheduler(**cfgs["scheduler"])
+    if prior is not None:
+        from .tiny_prior import load_prior_state
+
+        for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+            state = {k: v.float() for k, v in load_prior_state(prior, name).items()}
+            missing, unexpected = module.load_state_dict(state, strict=False)
+            if missing or [k for k in unexpected if not k.endswith("position_ids")]:
+                raise CheckpointError(f"{prior}: {name} weights do not fit its config (missing {missing[:3]}, "
+                                      f"unexpected {unexpected[:3]})")
     with atomic_dir(out_dir) as tmp:
-        vocab, merges = write_clip_tokenizer_files(tmp / "_bpe")
-        tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77,
-                                  bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-                                  pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+        tokenizer = make_clip_tokenizer(tmp / "_bpe")
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
@@ -166,7 +226,7 @@ def write_tiny_sd(out_dir: str | Path, seed: int = 0, sample_size: int = 64) -> 
         (tmp / "_bpe").rmdir()
         (tmp / TINY_MARKER).write_text(json.dumps(marker, indent=1))
     n = sum(p.numel() for m in (unet, vae, text_encoder) for p in m.parameters())
-    log.info("wrote tiny SD-shaped model (%.2fM parameters, random weights) to %s", n / 1e6, out_dir)
+    log.info("wrote tiny SD-shaped model (%.2fM parameters, %s weights) to %s", n / 1e6, marker["weights"], out_dir)
     return out_dir
 
 
@@ -178,19 +238,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--config", default=None, help="run configuration: seed and model.resolution (the workflow)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (with --config)")
     ap.add_argument("--seed", type=int, default=None, help="weight initialisation seed (default: seed, or 0)")
+    ap.add_argument("--prior", default=None, help="pretrained prior weights (python -m seas.tiny_prior; default: "
+                    "model.tiny_prior with --config, else none = random weights)")
     ap.add_argument("--sample-size", type=int, default=None,
                     help="image side the VAE config declares (default: model.resolution, or 64)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
-    seed, size = 0, 64
+    seed, size, prior = 0, 64, None
     if args.config is not None:
         cfg = config_from_args(args)
-        seed, size = cfg["seed"], cfg["model"]["resolution"]
+        seed, size, prior = cfg["seed"], cfg["model"]["resolution"], cfg["model"]["tiny_prior"]
     elif args.set:
         raise ConfigError("--set needs --config")
     write_tiny_sd(args.out, seed=seed if args.seed is None else args.seed,
-                  sample_size=size if args.sample_size is None else args.sample_size)
+                  sample_size=size if args.sample_size is None else args.sample_size,
+                  prior=args.prior if args.prior is not None else prior)
     return 0
 
 

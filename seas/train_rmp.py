@@ -11,8 +11,9 @@ Modules; normal images skip the MRMs and share the image-size head in the same b
 (γ = ``rmp.focal_gamma``) on the image-size masks and the latent-size masks (:func:`coarse_target`) of the joint batch,
 normal images against all-zero masks. ``rmp.gradient_accumulation`` batches per optimizer step (the authors: 2).
 Switches: ``rmp.coarse_supervision``, ``rmp.coarse_target``, ``rmp.normal_supervision``, ``rmp.mrm``,
-``rmp.progressive``, ``rmp.vae_features``. Steps: ``rmp.steps_per_type`` x the generator's anomaly types (all
-types of the product, or one with ``generator.scope: type``).
+``rmp.mrm_variant``, ``rmp.progressive``, ``rmp.vae_features``, ``rmp.unet_features`` (which U-Net up blocks).
+Steps: ``rmp.steps_per_type`` x the generator's anomaly types (all types of the product, or one with
+``generator.scope: type``).
 
 Resumable (seas.resume): every ``rmp.checkpoint_every`` steps the branch and optimizer go to ``<out>.work/ckpt/``
 (replaced in one rename); a rerun continues from there, one of other settings is refused (``--restart``). Every step's randomness is derived from (seed, product, step), so a resumed
@@ -54,8 +55,9 @@ log = logging.getLogger("seas.train_rmp")
 #: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
 CONFIG_KEYS = ("seed", "device", "dataset.image_policy", "augmentation", "model.resolution", "model.mixed_precision",
                "rmp.steps_per_type", "rmp.batch_abnormal", "rmp.batch_normal", "rmp.gradient_accumulation", "rmp.lr",
-               "rmp.focal_gamma", "rmp.mrm", "rmp.progressive", "rmp.coarse_supervision", "rmp.coarse_target",
-               "rmp.normal_supervision", "rmp.vae_features", "rmp.reduce_channels", "rmp.num_heads", "rmp.head_dim",
+               "rmp.focal_gamma", "rmp.mrm", "rmp.mrm_variant", "rmp.progressive", "rmp.coarse_supervision",
+               "rmp.coarse_target", "rmp.normal_supervision", "rmp.vae_features", "rmp.unet_features",
+               "rmp.reduce_channels", "rmp.num_heads", "rmp.head_dim",
                "rmp.num_layers", "rmp.norm_num_groups", "rmp.checkpoint_every", "rmp.log_every")  # not rmp.bn_train_mode_at_inference: generation reads it
 
 __all__ = ["TrainData", "load_train_data", "sample_batch", "coarse_target", "rmp_loss", "train_rmp", "main"]
@@ -151,9 +153,10 @@ def one_step_scheduler(noise_scheduler):
 
 @torch.no_grad()
 def batch_features(bundle, latents, keys, cond: torch.Tensor, n_abnormal: int, vae_kind: str,
-                   generator: torch.Generator, device):
-    """Frozen-generator features of a batch (abnormal first): U-Net (f_low, f_high) and the VAE features of the
-    one-step-denoised abnormal latents. ``latents``: the training-set LatentCache, ``keys`` the batch's variants."""
+                   generator: torch.Generator, device, unet_blocks: Sequence[int] = (1, 2)):
+    """Frozen-generator features of a batch (abnormal first): the U-Net features (outputs of ``up_blocks[i] for i
+    in unet_blocks``, default (f_low, f_high)) and the VAE features of the one-step-denoised abnormal latents.
+    ``latents``: the training-set LatentCache, ``keys`` the batch's variants."""
     vae, unet = bundle.vae, bundle.unet
     sched = one_step_scheduler(bundle.noise_scheduler)
     latents = latents.sample(keys, generator).to(device, unet.dtype)
@@ -161,7 +164,7 @@ def batch_features(bundle, latents, keys, cond: torch.Tensor, n_abnormal: int, v
     noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
     t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator).to(device)
     noisy = sched.add_noise(latents, noise, t)
-    eps, feats = rmp_mod.unet_features(unet, noisy, t, cond.to(device, unet.dtype))
+    eps, feats = rmp_mod.unet_features(unet, noisy, t, cond.to(device, unet.dtype), blocks=unet_blocks)
     vae_feats = None
     if n_abnormal:
         prev = torch.cat([
@@ -262,8 +265,9 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, stop_after: int | No
             na = len(btypes)
             cond = torch.cat([emb[t] for t in btypes] + ([emb["good"]] * (len(keys) - na) if len(keys) > na else []))
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                (low, high), vae_feats = batch_features(bundle, cache, keys, cond, na, arch.vae_features, g, device)
-                out_all = model((low, high), vae_feats, n_refined=na)
+                feats, vae_feats = batch_features(bundle, cache, keys, cond, na, arch.vae_features, g, device,
+                                                  arch.unet_features)
+                out_all = model(feats, vae_feats, n_refined=na)
                 terms = rmp_loss(out_all, masks.to(device), gamma=r["focal_gamma"],
                                  coarse_supervision=r["coarse_supervision"], coarse_rule=r["coarse_target"])
             (terms["total"] / accum).backward()

@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from downstream import cost, tables
 from seas.config import validate_config
+from seas.layout import Layout
 from seas.runtime import RUN_RECORD, run_record
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -39,8 +41,9 @@ def _run(tmp_path, scope="product", skip=()):
     """Every expected job measured: seconds chosen so each aggregate has a distinct known answer."""
     run = tmp_path / "results" / "r"
     for p, types in TYPES.items():
-        (run / "split").mkdir(parents=True, exist_ok=True)
-        (run / "split" / f"{p}.json").write_text(json.dumps({"anomaly_types": types}))
+        split = Path(Layout(run, _cfg(tmp_path, scope)).split(p))
+        split.parent.mkdir(parents=True, exist_ok=True)
+        split.write_text(json.dumps({"anomaly_types": types}))
     for j in cost.expected_jobs(_cfg(tmp_path, scope), TYPES):
         if j.benchmark in skip:
             continue
@@ -61,21 +64,26 @@ def _run(tmp_path, scope="product", skip=()):
 
 def test_expected_jobs_both_generator_scopes(tmp_path):
     jobs = cost.expected_jobs(_cfg(tmp_path), TYPES)
+    lay = Layout("", _cfg(tmp_path))
+    g = lay.generator_key
     gen = [j for j in jobs if j.stage == "generator"]
-    assert [j.benchmark for j in gen] == ["benchmarks/train_generator/washer/all.tsv",
-                                          "benchmarks/train_generator/weave/all.tsv"]
-    assert [j.n_types for j in gen] == [2, 3] and gen[0].record == f"generator/washer/all/{RUN_RECORD}"
+    assert [j.benchmark for j in gen] == [f"benchmarks/train_generator/{g}/washer/all.tsv",
+                                          f"benchmarks/train_generator/{g}/weave/all.tsv"]
+    assert [j.n_types for j in gen] == [2, 3] and gen[0].record == f"generator/{g}/washer/all/{RUN_RECORD}"
     per_type = [j for j in cost.expected_jobs(_cfg(tmp_path, "type"), TYPES) if j.stage == "rmp"]
-    assert [j.benchmark for j in per_type][:2] == ["benchmarks/train_rmp/washer/type-hole.tsv",
-                                                   "benchmarks/train_rmp/washer/type-scratch.tsv"]
+    r = Layout("", _cfg(tmp_path, "type")).rmp_key
+    assert [j.benchmark for j in per_type][:2] == [f"benchmarks/train_rmp/{r}/washer/type-hole.tsv",
+                                                   f"benchmarks/train_rmp/{r}/washer/type-scratch.tsv"]
     assert len(per_type) == 5 and {j.n_types for j in per_type} == {1}
     stages = [j.stage for j in jobs]
     assert stages.count("generation") == 5 and stages.count("gen_metrics") == 2 * 2  # not for `real`
     assert stages.count("baselines") == 2 * 2 and stages.count("segmentation") == stages.count("evaluation") == 2 * 3
     # the Snakefile's tables rule takes exactly these files as inputs
     files = cost.benchmark_files(_cfg(tmp_path), TYPES, "RUN")
-    assert "RUN/benchmarks/generate/weave/tear.tsv" in files and "RUN/benchmarks/baselines/real/washer.tsv" in files
-    assert "RUN/benchmarks/train_seg/bisenetv2/real.tsv" in files and len(files) == len(jobs)
+    assert f"RUN/benchmarks/generate/{lay.generation_key}/weave/tear.tsv" in files
+    assert f"RUN/benchmarks/baselines/real/{lay.baselines_key('real')}/washer.tsv" in files
+    assert f"RUN/benchmarks/train_seg/bisenetv2/real/{lay.seg_key('bisenetv2', 'real')}/all.tsv" in files
+    assert len(files) == len(jobs)
 
 
 @pytest.mark.parametrize("scope", ["product", "type"])
@@ -118,11 +126,13 @@ def test_cost_table_rows_and_values(tmp_path, scope):
     # per job: the type-scope groups are their own rows
     row = per_job[(per_job.stage == "rmp") & (per_job["product"] == "weave")].iloc[0]
     assert row.group == ("all" if scope == "product" else "type-scratch")
-    assert row.benchmark.startswith("benchmarks/train_rmp/weave/")
+    assert row.benchmark.startswith(f"benchmarks/train_rmp/{Layout('', _cfg(tmp_path, scope)).rmp_key}/weave/")
 
 
 def test_missing_benchmarks_are_counted_not_invented(tmp_path):
-    run = _run(tmp_path, skip={"benchmarks/generate/weave/tear.tsv", "benchmarks/train_seg/lfd/real.tsv"})
+    lay = Layout("", _cfg(tmp_path))
+    run = _run(tmp_path, skip={f"benchmarks/generate/{lay.generation_key}/weave/tear.tsv",
+                               f"benchmarks/train_seg/lfd/real/{lay.seg_key('lfd', 'real')}/all.tsv"})
     c, per_job = cost.cost_tables(_cfg(tmp_path), run, TYPES, {})
     r = c.set_index(["stage", "model"])
     assert (r.loc[("generation", "")].jobs, r.loc[("generation", "")].measured_jobs) == (5, 4)
@@ -137,18 +147,19 @@ def test_missing_benchmarks_are_counted_not_invented(tmp_path):
 
 
 def test_cost_table_columns_and_csv_precision(tmp_path):
-    """cost.csv starts with the columns of every table (protocol included) and keeps full precision."""
+    """cost.csv starts with the columns of every table (protocol included); written numbers have 2 decimals like
+    every table (tables.round_paper), counts stay integers."""
     run = _run(tmp_path)
     cfg = _cfg(tmp_path)
     base = tables._base(cfg, run)
-    c, _ = cost.cost_tables(cfg, run, tables._products_types(run), base)
+    c, _ = cost.cost_tables(cfg, run, tables._products_types(Layout(run, cfg)), base)
     assert list(c.columns[:3]) == ["dataset", "generator_model", "protocol"]
     assert set(c.protocol) == {"seas-unified (split floor 1/3)"}
     out = tables.write_tables({"cost.csv": c}, tmp_path / "t")[0]
     back = pd.read_csv(out)
     lines = out.read_text().splitlines()
     assert ",generator,,2,2,500.0,100.0,250.0,250.0,,4000,," in lines[1]  # counts are integers, not 4000.0
-    assert back.loc[back.stage == "total", "gpu_hours"].iloc[0] == pytest.approx(c.gpu_hours.iloc[-1], rel=1e-9)
+    assert back.loc[back.stage == "total", "gpu_hours"].iloc[0] == round(c.gpu_hours.iloc[-1], 2)
 
 
 def test_read_benchmark(tmp_path):

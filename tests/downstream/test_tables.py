@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ from downstream.evaluate import write_scores
 from downstream.metrics import METRIC_COLUMNS
 from seas.config import validate_config
 from seas.errors import DataError
+from seas.layout import Layout
 from seas.pairs import method_dir, method_label
 
 MODELS = ["bisenetv2", "lfd"]
@@ -35,12 +37,13 @@ def _cfg(tmp_path, dataset="demo", tiny=True, **downstream):
     return validate_config(raw, source="<test>")
 
 
-@pytest.fixture
-def run_dir(tmp_path):
-    run = tmp_path / "results" / "r"
+def fabricate(run: Path, cfg) -> Path:
+    """A run's outputs for configuration cfg, in its stage folders (seas.layout): splits, score files, a train.json
+    for lfd, generation metrics."""
+    lay = Layout(run, cfg)
     for p in PRODUCTS:
-        (run / "split").mkdir(parents=True, exist_ok=True)
-        (run / "split" / f"{p}.json").write_text("{}")
+        Path(lay.split(p)).parent.mkdir(parents=True, exist_ok=True)
+        Path(lay.split(p)).write_text("{}")
     for model in MODELS:
         for method in METHODS:
             rows = []
@@ -49,9 +52,10 @@ def run_dir(tmp_path):
                              "n_images": 5, "n_anomalous": 3, "n_regions": 4, "n_pixels": 320, "pixel_mode": "exact"})
             mean = {"product": "mean", **{c: sum(r[c] for r in rows) / 2 for c in METRIC_COLUMNS},
                     "n_images": 10, "n_anomalous": 6, "n_regions": 8, "n_pixels": 640, "pixel_mode": "exact"}
-            folder = run / "segmentation" / model / method_dir(method)
-            write_scores(rows + [mean], folder / "scores.csv")
+            write_scores(rows + [mean], lay.scores(model, method))
             if model == "lfd":
+                folder = Path(lay.seg_dir(model, method))
+                folder.mkdir(parents=True, exist_ok=True)
                 (folder / "train.json").write_text(json.dumps({"model": "lfd", "backbone_init": "random-init"}))
     for i, method in enumerate(METHODS):
         for j, p in enumerate(PRODUCTS):
@@ -62,10 +66,17 @@ def run_dir(tmp_path):
                  "lpips": ["random", "/w/lpips/vgg.pth", "/w/lpips"][i]}
             if i == 1:
                 del d["kid"]
-            out = run / "gen_metrics" / method_dir(method) / f"{p}.json"
+            if i == 0:  # seas: mask-defect agreement (percent)
+                d["agreement"] = {"ap": 40.0 + j, "iou": 30.0 + j, "random_ap": 5.0, "random_iou": 2.0 + j}
+            out = Path(lay.gen_metrics(method, p))
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(d))
     return run
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return fabricate(tmp_path / "results" / "r", _cfg(tmp_path))
 
 
 def test_method_names():
@@ -116,7 +127,8 @@ def test_per_product_tables(tmp_path, run_dir):
 def test_generation_table(tmp_path, run_dir):
     g = tables.build_tables(_cfg(tmp_path), run_dir)["generation.csv"]
     assert list(g.columns) == ["dataset", "generator_model", "protocol", "method", "product", "is", "ic_lpips", "kid",
-                               "inception_weights", "lpips_weights"]
+                               "agreement_ap", "agreement_ap_random_mask", "agreement_iou",
+                               "agreement_iou_random_mask", "inception_weights", "lpips_weights"]
     assert len(g) == len(METHODS) * (len(PRODUCTS) + 1)
     # random Inception (cutpaste): IS is not a number to print; no KID in its JSON: "not computed"
     mean = g[(g.method == "cutpaste") & (g["product"] == "mean")].iloc[0]
@@ -128,13 +140,22 @@ def test_generation_table(tmp_path, run_dir):
     assert set(seas.ic_lpips) == {tables.NA_LPIPS}
     assert seas.loc["weave", "is"] == pytest.approx(1.5) and seas.loc["mean", "kid"] == pytest.approx(0.00125)
     assert seas.loc["mean", "inception_weights"] == "pt_inception.pth" and seas.loc["mean", "lpips_weights"] == "random"
+    # the mask-defect agreement and its random-mask baseline, where computed (seas), else "not computed"
+    assert seas.loc["mean", "agreement_ap"] == pytest.approx(40.5)
+    assert seas.loc["mean", "agreement_iou_random_mask"] == pytest.approx(2.5)
+    assert set(g[g.method == "cutpaste"].agreement_ap) == {tables.NOT_COMPUTED}
     ext = g[(g.method == "external:anomalydiffusion") & (g["product"] == "mean")].iloc[0]
     assert ext["is"] == pytest.approx(3.25) and ext.kid == pytest.approx(0.00325)
     assert ext.ic_lpips == pytest.approx(0.305)
-    # the CSV keeps full precision and the n/a labels as strings
+    # the CSV rounds like the paper (2 decimals; a KID below 0.005 keeps 2 significant digits), plain numbers, and
+    # keeps the n/a labels as strings
     out = tables.write_tables({"generation.csv": g}, tmp_path / "t")[0]
     back = pd.read_csv(out)
-    assert tables.NA_INCEPTION in set(back["is"]) and "0.00125" in out.read_text()
+    assert tables.NA_INCEPTION in set(back["is"])
+    ext_row = back[(back.method == "external:anomalydiffusion") & (back["product"] == "mean")].iloc[0]
+    assert float(ext_row.ic_lpips) == 0.3 or float(ext_row.ic_lpips) == 0.31  # 0.305 at 2 decimals
+    assert float(ext_row.kid) == pytest.approx(0.0033, abs=1e-4) and "0.00325" not in out.read_text()
+    assert "%" not in out.read_text()
     # only the methods given, and none when disabled
     g2 = tables.build_tables(_cfg(tmp_path), run_dir, gen_methods=["seas"])["generation.csv"]
     assert set(g2.method) == {"seas"}
@@ -142,6 +163,7 @@ def test_generation_table(tmp_path, run_dir):
 
 
 def test_pro_for_visa_and_generator_label(tmp_path, run_dir):
+    fabricate(run_dir, _cfg(tmp_path, dataset="visa", tiny=False))  # model.tiny is a generator key: other folders
     seg = tables.build_tables(_cfg(tmp_path, dataset="visa", tiny=False), run_dir)["segmentation.csv"]
     assert seg.columns[-1] == "pixel_pro"
     assert set(seg.generator_model) == {str(tmp_path / "sd")}
@@ -149,14 +171,32 @@ def test_pro_for_visa_and_generator_label(tmp_path, run_dir):
     (tmp_path / "sd" / "seas_tiny.json").write_text("{}")  # the tiny model's marker wins over model.tiny=false
     seg = tables.build_tables(_cfg(tmp_path, tiny=False), run_dir)["segmentation.csv"]
     assert set(seg.generator_model) == {tables.TINY_LABEL} and "pixel_pro" not in seg.columns
+    # a tiny model built from the pretrained prior says so (marker weights: pretrained, or model.tiny_prior set)
+    (tmp_path / "sd" / "seas_tiny.json").write_text(json.dumps({"tiny": True, "weights": "pretrained"}))
+    seg = tables.build_tables(_cfg(tmp_path), run_dir)["segmentation.csv"]
+    assert set(seg.generator_model) == {tables.TINY_PRETRAINED_LABEL} == {"tiny-pretrained"}
+    (tmp_path / "sd" / "seas_tiny.json").unlink()
+    (tmp_path / "sd").rmdir()
+    cfg = _cfg(tmp_path)
+    assert tables.generator_label(cfg) == tables.TINY_LABEL
+    cfg["model"]["tiny_prior"] = "priors/tiny_prior.safetensors"  # before the model folder is built
+    assert tables.generator_label(cfg) == tables.TINY_PRETRAINED_LABEL
+
+
+def test_round_paper():
+    assert tables.round_paper(93.23456) == 93.23 and tables.round_paper(0.00125) in (0.0012, 0.0013)
+    assert tables.round_paper(0.0) == 0.0 and tables.round_paper("n/a (no Inception weights)").startswith("n/a")
+    assert tables.round_paper(7) == 7 and tables.round_paper(float("nan")) != tables.round_paper(float("nan"))
+    df = tables.paper_rounding(pd.DataFrame({"a": [1.23456, 2.0], "b": ["x", 0.123456]}))
+    assert df.a.tolist() == [1.23, 2.0] and df.b.tolist() == ["x", 0.12]
 
 
 def test_missing_inputs_name_the_file(tmp_path, run_dir):
-    missing = run_dir / "segmentation" / "lfd" / "cutpaste" / "scores.csv"
+    missing = Path(Layout(run_dir, _cfg(tmp_path)).scores("lfd", "cutpaste"))
     missing.unlink()
     with pytest.raises(DataError, match=str(missing)):
         tables.build_tables(_cfg(tmp_path), run_dir)
-    (run_dir / "gen_metrics" / "seas" / "weave.json").unlink()
+    Path(Layout(run_dir, _cfg(tmp_path)).gen_metrics("seas", "weave")).unlink()
     with pytest.raises(DataError, match="weave.json"):
         tables.build_tables(_cfg(tmp_path, models=["bisenetv2"]), run_dir)
 
@@ -209,17 +249,21 @@ def test_protocol_column_names_the_split_rule(tmp_path, run_dir):
     cfg = _cfg(tmp_path)
     assert tables.protocol_label(cfg) == "seas-unified (split floor 1/3)"
     cfg["split"]["rule"] = "ceil"
+    fabricate(run_dir, cfg)  # the split rule is a split key: every stage of the run moves to other folders
     t = tables.build_tables(cfg, run_dir)
     assert all(set(df.protocol) == {"seas-unified (split ceil 1/3)"} for df in t.values())
     cfg["split"]["shots"] = 2
     assert tables.protocol_label(cfg) == "seas-unified (split 2-shot)"
-    # a manifest built with another rule than the config's is a stale split: named, not silently labelled
+    # a manifest built with another rule than the config's (written by hand into the folder) is named, not
+    # silently labelled
     cfg["split"].update(shots="1/3", rule="ceil")
-    (run_dir / "split" / "weave.json").write_text(json.dumps({"shots": "1/3", "rule": "floor"}))
+    Path(Layout(run_dir, cfg).split("weave")).write_text(json.dumps({"shots": "1/3", "rule": "floor"}))
     with pytest.raises(DataError, match="weave.json was built with shots='1/3' rule='floor'"):
         tables.build_tables(cfg, run_dir)
     cfg["split"]["rule"] = "floor"
     assert set(tables.build_tables(cfg, run_dir)["segmentation.csv"].protocol) == {"seas-unified (split floor 1/3)"}
+    cfg["downstream"]["protocol"] = "per_product"
+    assert tables.protocol_label(cfg) == "seas-per-product (split floor 1/3)"
 
 
 def test_backbone_init_label(tmp_path):

@@ -111,6 +111,13 @@ RMP_SWITCHES = [
     {"vae_features": "encoder"},       # Tab. 26
     {"gradient_accumulation": 2},
     {"focal_gamma": 0.0},
+    # Tab. 25: [0, 2] has the default's widths on the tiny U-Net (up_blocks 0-2 all 64 ch): only the features differ
+    {"unet_features": [0, 2]},
+    {"unet_features": [2], "reduce_channels": [24]},
+    {"unet_features": [1, 2, 3], "reduce_channels": [8, 8, 8]},
+    {"mrm_variant": "additive"},       # Tab. 28 (same parameters as the default: only the fusion differs)
+    {"mrm_variant": "no_residual"},    # Tab. 28 (same parameters as the default)
+    {"mrm_variant": "no_branches"},    # Tab. 28
 ]
 
 
@@ -121,6 +128,58 @@ def test_rmp_switches_change_the_trained_branch(make_cfg, split_path, generator_
         same = w.keys() == base.keys() and all(w[k].shape == base[k].shape and torch.equal(w[k], base[k])
                                                for k in w)
         assert not same, switch
+
+
+@pytest.mark.parametrize("over, key", [
+    ({"rmp.unet_features": [1, 2, 3]}, "rmp.reduce_channels"),  # 3 features, 2 widths
+    ({"rmp.unet_features": [2], "rmp.reduce_channels": [16, 8]}, "rmp.reduce_channels"),
+    ({"rmp.unet_features": [2, 1]}, "rmp.unet_features"),  # not coarse -> fine
+    ({"rmp.unet_features": [1, 1]}, "rmp.unet_features"),
+    ({"rmp.unet_features": [2, 4]}, "rmp.unet_features"),  # SD's U-Net has up_blocks[0..3]
+    ({"rmp.unet_features": []}, "rmp.unet_features"),
+    ({"rmp.mrm": False, "rmp.mrm_variant": "additive"}, "rmp.mrm_variant"),  # no MRM to vary
+    ({"rmp.mrm_variant": "concat"}, "rmp.mrm_variant"),
+])
+def test_rmp_feature_and_mrm_switches_are_validated(make_cfg, over, key):
+    """Inconsistent Tab. 25 / 28 settings fail at load time, naming the key (not later, inside a training job)."""
+    import re
+
+    from seas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        make_cfg({**SMALL_RMP, **over})
+
+
+def test_valid_feature_combinations_are_accepted(make_cfg):
+    for over in ({"rmp.unet_features": [3], "rmp.reduce_channels": [24]},
+                 {"rmp.unet_features": [0, 1, 2, 3], "rmp.reduce_channels": [8, 8, 4, 4]},
+                 {"rmp.mrm_variant": "no_branches"}):
+        cfg = make_cfg({**SMALL_RMP, **over})
+        assert all(cfg["rmp"][k.split(".")[1]] == v for k, v in over.items())
+
+
+def test_generation_taps_the_unet_blocks_the_rmp_was_trained_on(make_cfg, split_path, generator_ckpt, tmp_path,
+                                                                 monkeypatch):
+    """The RMP checkpoint records rmp.unet_features; generation hooks those blocks (not the default [1, 2]),
+    whatever the generation-time config says."""
+    from seas import rmp as rmp_mod
+    from seas.generate import generate_indices, prepare
+    from seas.train_rmp import train_rmp
+
+    over = {**SMALL_RMP, "rmp.unet_features": [0, 2]}
+    rmp_dir = train_rmp(make_cfg(over), split_path("weave"), generator_ckpt, tmp_path / "rmp")
+    ctx = prepare(make_cfg(SMALL_RMP), Split.load(split_path("weave")), generator_ckpt, rmp_dir, "scratch",
+                  device=torch.device("cpu"))
+    seen = []
+    orig = rmp_mod.unet_features
+
+    def spy(*a, **k):
+        seen.append(tuple(k.get("blocks", (1, 2))))
+        return orig(*a, **k)
+
+    monkeypatch.setattr(rmp_mod, "unet_features", spy)
+    generate_indices(ctx, [0])
+    assert seen and set(seen) == {(0, 2)}
 
 
 def test_coarse_target_switch_changes_the_rmp_loss_on_thin_defects():

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import importlib
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
 import seas.config
 from helpers import RecordingConfig, allowed
-from seas.config import STAGES, stage_keys
+from seas.config import STAGES, stage_keys, validate_config
+from seas.layout import Layout
 
-# (module, argv builder) in pipeline order; every stage writes into the shared folder `w`
-def _argv(w, c):
-    s, gen, rmp, pairs = str(w / "run" / "split" / "weave.json"), str(w / "gen"), str(w / "rmp"), w / "methods"
+# (module, argv builder) in pipeline order; every stage writes into its folder of the run `w/run` (seas.layout), so
+# that the tables and the study find them
+def _argv(w, c, cfg):
+    lay = Layout(w / "run", validate_config(cfg))
+    s, gen, rmp = lay.split("weave"), lay.generator("weave", "all"), lay.rmp("weave", "all")
     cfg = ["--config", str(c)]
     return [
         ("seas.demo_data", [*cfg, "--out", str(w / "demo")]),
@@ -24,15 +28,17 @@ def _argv(w, c):
         ("seas.train", [*cfg, "--split", s, "--anomaly-type", "scratch", "--out", gen, "--no-progress"]),
         ("seas.train_rmp", [*cfg, "--split", s, "--generator", gen, "--out", rmp]),
         ("seas.generate", [*cfg, "--split", s, "--generator", gen, "--rmp", rmp, "--type", "scratch",
-                           "--out", str(pairs / "seas" / "weave" / "scratch")]),
-        ("downstream.baselines", [*cfg, "--method", "cutpaste", "--split", s, "--out", str(pairs / "cutpaste" / "weave")]),
-        ("seas.gen_metrics", [*cfg, "--split", s, "--pairs", str(pairs / "seas" / "weave"), "--method", "seas",
-                              "--out", str(w / "run" / "gen_metrics" / "seas" / "weave.json")]),
-        ("downstream.train", [*cfg, "--model", "lfd", "--pairs-root", str(pairs / "seas"), "--splits", s,
-                              "--out", str(w / "run" / "segmentation" / "lfd" / "seas")]),
-        ("downstream.evaluate", [*cfg, "--model", "lfd", "--checkpoint", str(w / "run" / "segmentation" / "lfd" / "seas"),
-                                 "--splits", s, "--out", str(w / "run" / "segmentation" / "lfd" / "seas" / "scores.csv")]),
+                           "--out", str(Path(lay.generation_manifest("weave", "scratch")).parent)]),
+        ("downstream.baselines", [*cfg, "--method", "cutpaste", "--split", s, "--out", lay.pairs_dir("cutpaste", "weave")]),
+        ("seas.gen_metrics", [*cfg, "--split", s, "--pairs", lay.pairs_dir("seas", "weave"), "--method", "seas",
+                              "--out", lay.gen_metrics("seas", "weave")]),
+        ("downstream.train", [*cfg, "--model", "lfd", "--pairs-root", lay.pairs_root("seas"), "--splits", s,
+                              "--out", lay.seg_dir("lfd", "seas")]),
+        ("downstream.evaluate", [*cfg, "--model", "lfd", "--checkpoint", lay.seg_dir("lfd", "seas"),
+                                 "--splits", s, "--out", lay.scores("lfd", "seas")]),
         ("downstream.tables", [*cfg, "--run-dir", str(w / "run"), "--out-dir", str(w / "tables")]),
+        ("downstream.study", [*cfg, "--run-dir", str(w / "run"), "--study", "keys",
+                              "--out", str(w / "tables" / "study_keys.csv")]),
     ]
 
 
@@ -45,13 +51,14 @@ def test_every_stage_reads_only_its_declared_keys(make_cfg, tmp_path, monkeypatc
                     "generation.num_images_per_type": 2, "generation.mask_steps": 1, "generation.num_inference_steps": 2,
                     "dataset.demo": {"image_size": 32, "num_train_good": 3, "num_test_good": 1, "num_per_type": 3},
                     "downstream.train.lfd": {"iterations": 2, "batch_size": 2, "num_workers": 0},
-                    "downstream.evaluation.num_workers": 0})
+                    "downstream.evaluation.num_workers": 0,
+                    "studies": {"keys": {"models": ["lfd"], "variants": {"base": {}}}}})
     c = tmp_path / "config.yaml"
     c.write_text(yaml.safe_dump(cfg))
     reads: set[str] = set()
     orig = seas.config.load_config
     monkeypatch.setattr(seas.config, "load_config", lambda *a, **k: RecordingConfig(orig(*a, **k), reads))
-    stages = _argv(tmp_path / "w", c)
+    stages = _argv(tmp_path / "w", c, cfg)
     assert sorted(m for m, _ in stages) == sorted(STAGES)
     failures = {}
     for module, argv in stages:

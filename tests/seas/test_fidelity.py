@@ -239,7 +239,7 @@ def _cbr_keys(ours: str, theirs: str) -> dict:
 
 def ours_to_authors(state: dict) -> dict:
     """Our RMP state dict under the authors' module names (num_batches_tracked has no counterpart)."""
-    names = {"reduce_low.weight": "low_feature_conv.0.weight", "reduce_high.weight": "mid_feature_conv.0.weight",
+    names = {"reduce.0.weight": "low_feature_conv.0.weight", "reduce.1.weight": "mid_feature_conv.0.weight",
              **_bn_keys("head.0", "out_layer.0"), "head.2.weight": "out_layer.2.weight",
              "head.2.bias": "out_layer.2.bias"}
     for i in range(3):
@@ -305,7 +305,7 @@ def test_rmp_training_forward_equals_the_authors_module():
     # the gradient of the same loss reaches the same parameters with the same values
     l_ours = out.fine_logits.softmax(1)[:, 1].pow(2).mean() + out.coarse_logits.softmax(1)[:, 1].mean()
     l_theirs = p_full[:, 1].pow(2).mean() + p_64[:, 1].mean()
-    g_ours = torch.autograd.grad(l_ours, [ours.reduce_low.weight, ours.mrms[0].project[0].weight])
+    g_ours = torch.autograd.grad(l_ours, [ours.reduce[0].weight, ours.mrms[0].project[0].weight])
     g_theirs = torch.autograd.grad(l_theirs, [theirs.low_feature_conv[0].weight, theirs.MRM1.conv1[0].weight])
     for a, b in zip(g_ours, g_theirs):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

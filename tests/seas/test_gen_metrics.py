@@ -203,3 +203,71 @@ def test_gen_metrics_cli_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "--pairs" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- mask-defect agreement
+def test_difference_map_and_topk_iou_known_answers():
+    from seas.gen_metrics import difference_map, topk_iou
+
+    a = np.zeros((2, 3, 3), np.uint8)
+    b = a.copy()
+    b[0, 1] = [255, 0, 0]
+    b[1, 2] = [255, 255, 255]
+    d = difference_map(a, b)
+    assert d.tolist() == [[0, 1 / 3, 0], [0, 0, 1]]
+    mask = np.zeros((2, 3), bool)
+    mask[1, 2] = mask[0, 0] = True  # k = 2: the top-2 pixels are (1,2) and (0,1); one of them hits
+    assert topk_iou(d, mask) == pytest.approx(1 / 3)
+    assert topk_iou(d, d > 0) == 1.0
+
+
+def test_agreement_perfect_vs_random_baseline():
+    from seas.gen_metrics import mask_defect_agreement, random_shift
+
+    rng = np.random.default_rng(0)
+    masks, diffs = [], []
+    for i in range(6):
+        m = np.zeros((32, 32), bool)
+        y, x = rng.integers(0, 24, 2)
+        m[y:y + 6, x:x + 5] = True
+        masks.append(m)
+        diffs.append(m * 0.8 + rng.random((32, 32)) * 0.1)  # the image departs exactly where the mask is
+    r = mask_defect_agreement(diffs, masks, seed=1)
+    assert r["ap"] == pytest.approx(100.0) and r["iou"] == pytest.approx(100.0)
+    assert r["random_ap"] < 30 and r["random_iou"] < 30 and r["n_masked"] == 6
+    assert mask_defect_agreement(diffs, masks, seed=1) == r  # seeded
+    s = random_shift(masks[0], np.random.default_rng(3))
+    assert s.sum() == masks[0].sum()
+    # a difference map unrelated to the masks scores like the random baseline, far below the perfect one
+    noise = [rng.random((32, 32)) for _ in masks]
+    r2 = mask_defect_agreement(noise, masks, seed=1)
+    assert r2["ap"] < 30 and r2["iou"] < 30
+    # masks covering every pixel say nothing about where the defect is: no AP (one class), left out of the IoU
+    full = [np.ones((32, 32), bool)] * 2
+    r3 = mask_defect_agreement(noise[:2], full, seed=1)
+    assert np.isnan(r3["ap"]) and np.isnan(r3["iou"]) and r3["n_full"] == 2
+
+
+def test_type_agreement_reads_twins(tmp_path):
+    from seas.gen_metrics import type_agreement
+
+    t = tmp_path / "hole"
+    for sub in ("images", "masks", "references"):
+        (t / sub).mkdir(parents=True)
+    assert type_agreement(tmp_path / "nope", 0) is None
+    for j in range(2):
+        twin = np.full((16, 16, 3), 100, np.uint8)
+        img = twin.copy()
+        img[4:8, 4:8] = 200
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:8, 4:8] = 255
+        Image.fromarray(img).save(t / "images" / f"{j:06d}.png")
+        Image.fromarray(twin).save(t / "references" / f"{j:06d}.png")
+        Image.fromarray(mask).save(t / "masks" / f"{j:06d}.png")
+    r = type_agreement(t, 0)
+    assert r["ap"] == pytest.approx(100.0) and r["iou"] == pytest.approx(100.0) and r["n_images"] == 2
+    (t / "references" / "000001.png").unlink()
+    from seas.errors import DataError
+
+    with pytest.raises(DataError, match="000001.png"):
+        type_agreement(t, 0)

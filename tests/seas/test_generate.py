@@ -207,3 +207,36 @@ def test_disk_full_mid_generation_then_rerun(write_cfg, split_path, generator_ck
     assert main(args) == 0
     assert len(read_manifest(out)) == 4
     assert {p.name: p.stat().st_mtime_ns for p in (out / "images").glob("*.png") if p.name in written} == written
+
+
+def test_normal_twins_share_noise_latent_and_scheduler(setup, tmp_path):
+    """generation.reference_images: each pair's twin is the same generation (x_T, seed, scheduler, guidance) with the
+    normal prompt -- bit for bit what generate_indices gives with the prompt swapped -- and it resumes with the pairs."""
+    import dataclasses
+
+    from seas.generate import first_missing, generate, generate_references, generate_indices, prepare, read_manifest
+    from seas.data import Split
+
+    cfg, sp, gen, rmp = setup
+    cfg = dict(cfg, generation=dict(cfg["generation"], reference_images=True, num_images_per_type=3))
+    out = generate(cfg, sp, gen, rmp, "scratch", tmp_path / "twins")
+    rows = read_manifest(out)
+    assert [r["normal_twin"] for r in rows] == [f"references/{j:06d}.png" for j in range(3)]
+    twins = [np.asarray(Image.open(out / r["normal_twin"])) for r in rows]
+    ctx = prepare(cfg, Split.load(sp), gen, rmp, "scratch")
+    assert ctx.ref_cond is not None and ctx.params["reference_images"]
+    swapped = dataclasses.replace(ctx, cond=ctx.ref_cond, rmp=None)
+    want = generate_indices(swapped, [0, 1])[0]
+    assert np.array_equal(want[0], twins[0]) and np.array_equal(want[1], twins[1])
+    assert np.array_equal(generate_references(ctx, [2])[0], twins[2])  # a batch of one: same twin
+    assert not np.array_equal(twins[0], _read(out, 0)[0])  # the anomaly prompt changes the image
+    # a missing twin is a missing index: the run resumes there and restores it bit for bit
+    (out / "references" / "000001.png").unlink()
+    (out / ".params.json").write_text((out / ".params.json").read_text().replace('"complete": true', '"complete": false'))
+    assert first_missing(out, 3, with_reference=True) == 1 and first_missing(out, 3) == 3
+    generate(cfg, sp, gen, rmp, "scratch", out)
+    assert np.array_equal(np.asarray(Image.open(out / "references" / "000001.png")), twins[1])
+    # off (the default) and for normal images: no twins
+    plain = generate(dict(cfg, generation=dict(cfg["generation"], reference_images=False)), sp, gen, rmp, "scratch",
+                     tmp_path / "plain")
+    assert not (plain / "references").exists() and {r["normal_twin"] for r in read_manifest(plain)} == {""}

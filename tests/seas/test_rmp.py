@@ -32,6 +32,37 @@ def test_arch_from_sd14_configs_matches_the_paper():
     assert enc.vae_channels == (512, 256, 128)  # encoder down_blocks[2,1,0] before their downsamplers
 
 
+def test_arch_reads_the_chosen_unet_blocks():
+    """rmp.unet_features (Tab. 25): the channels of the chosen up blocks, in order; widths checked per feature."""
+    from seas.errors import ConfigError
+    from seas.rmp import arch_from_configs
+
+    a = arch_from_configs(SD14_UNET, SD14_VAE, {"unet_features": [0, 1, 2, 3], "reduce_channels": [64, 64, 32, 32]})
+    assert a.unet_channels == (1280, 1280, 640, 320) and a.unet_features == (0, 1, 2, 3) and a.dim == 192
+    one = arch_from_configs(SD14_UNET, SD14_VAE, {"unet_features": [3], "reduce_channels": [192]})
+    assert one.unet_channels == (320,)
+    with pytest.raises(ConfigError, match="rmp.reduce_channels"):
+        arch_from_configs(SD14_UNET, SD14_VAE, {"unet_features": [1, 2, 3]})
+
+
+def test_latent_size_of_each_up_block():
+    from seas.rmp import latent_size
+
+    # SD v1-4 at 512 px: up_blocks end at 16, 32, 64, 64; the latent is 64
+    assert [latent_size(i, (s, s)) for i, s in enumerate((16, 32, 64, 64))] == [(64, 64)] * 4
+
+
+def test_mrm_fuse_known_answers():
+    """rmp.mrm_variant (Tab. 28) on scalars: v = 2, u' = 1, m = 3, CBR1(u') = 5, C131(m) = 7."""
+    from seas.rmp import MRM_VARIANTS, mrm_fuse
+
+    v, u, m, skip, post = (torch.tensor(float(x)) for x in (2, 1, 3, 5, 7))
+    got = {k: float(mrm_fuse(k, v, u, m, skip, post)) for k in MRM_VARIANTS}
+    assert got == {"full": 2 * 15 + 1, "additive": 2 + 15 + 1, "no_branches": 2 * 3 + 1, "no_residual": 2 * 15}
+    with pytest.raises(ValueError, match="branches"):
+        mrm_fuse("full", v, u, m)
+
+
 def test_arch_rejects_a_unet_without_four_levels():
     from seas.errors import CheckpointError
     from seas.rmp import arch_from_configs
@@ -55,6 +86,9 @@ def test_arch_roundtrips_through_json():
 
     a = arch_from_configs(SD14_UNET, SD14_VAE, {"mrm": False, "progressive": False})
     assert RMPArch.from_dict(a.to_dict()) == a
+    b = arch_from_configs(SD14_UNET, SD14_VAE, {"unet_features": [0, 3], "reduce_channels": [128, 64],
+                                                "mrm_variant": "no_residual"})
+    assert RMPArch.from_dict(b.to_dict()) == b and b.unet_features == (0, 3) and b.mrm_variant == "no_residual"
 
 
 # ----------------------------------------------------------------------------- hooks + shapes on the tiny model
@@ -86,6 +120,44 @@ def test_hooked_features_follow_the_tiny_model_config(tiny_sd):
         assert not m._forward_hooks
 
 
+@pytest.mark.parametrize("blocks, widths", [([0, 2], [16, 8]), ([2], [24]), ([1, 2, 3], [8, 8, 8]),
+                                           ([0, 1, 2, 3], [8, 8, 4, 4])])
+def test_rmp_on_other_unet_blocks(tiny_sd, blocks, widths):
+    """rmp.unet_features (Tab. 25) on the tiny model: the hooked blocks' outputs, fused at the latent size."""
+    from seas.rmp import RefinedMaskPredictor, arch_from_configs, num_vae_levels, unet_features, vae_features
+
+    z, _, vfeats = _features(tiny_sd)
+    g = torch.Generator().manual_seed(1)
+    emb = torch.randn(2, 77, tiny_sd.text_encoder.config.hidden_size, generator=g)
+    with torch.no_grad():
+        _, feats = unet_features(tiny_sd.unet, z, torch.tensor([3, 700]), emb, blocks=blocks)
+    arch = arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config,
+                             {**SMALL, "reduce_channels": widths, "unet_features": blocks, "num_layers": 1})
+    assert [f.shape[1] for f in feats] == list(arch.unet_channels)
+    out = RefinedMaskPredictor(arch)(feats, vfeats)
+    h = z.shape[-1]
+    assert tuple(out.coarse_logits.shape) == (2, 2, h, h) and tuple(out.fine_logits.shape) == (2, 2, 64, 64)
+    assert not any(m._forward_hooks for m in tiny_sd.unet.up_blocks)
+
+
+@pytest.mark.parametrize("variant", ["additive", "no_branches", "no_residual"])
+def test_mrm_variants_change_the_prediction(tiny_sd, variant):
+    """rmp.mrm_variant (Tab. 28): the same weights where shared, another output."""
+    from seas.rmp import RefinedMaskPredictor, arch_from_configs
+
+    z, feats, vfeats = _features(tiny_sd)
+    torch.manual_seed(0)
+    base = RefinedMaskPredictor(arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config, {**SMALL, "num_layers": 1}))
+    var = RefinedMaskPredictor(arch_from_configs(tiny_sd.unet.config, tiny_sd.vae.config,
+                                                 {**SMALL, "num_layers": 1, "mrm_variant": variant}))
+    missing, unexpected = var.load_state_dict(base.state_dict(), strict=False)
+    assert not missing and all(".skip." in k or ".post." in k for k in unexpected)
+    base.eval(), var.eval()
+    with torch.no_grad():
+        a, b = base(feats, vfeats).fine_logits, var(feats, vfeats).fine_logits
+    assert a.shape == b.shape and not torch.allclose(a, b)
+
+
 def test_capture_outputs_removes_hooks_after_an_exception(tiny_sd):
     from seas.rmp import capture_outputs
 
@@ -112,7 +184,7 @@ def test_rmp_forward_backward_shapes(tiny_sd, switches):
     assert p.shape == (2, 64, 64) and float(p.min()) >= 0 and float(p.max()) <= 1
     out.fine_logits.sum().backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
-    assert grads["reduce_low.weight"] is not None and grads["reduce_low.weight"].abs().sum() > 0
+    assert grads["reduce.0.weight"] is not None and grads["reduce.0.weight"].abs().sum() > 0
     if switches.get("mrm", True):
         assert grads["mrms.0.project.0.weight"].abs().sum() > 0  # the VAE feature reaches the loss
     # joint batch: the first image refined, the second upsampled (VAE features of the refined one only)

@@ -29,7 +29,8 @@ MODE=${2:-both}
 mkdir -p "$OUT"
 OUT=$(realpath "$OUT")
 
-TARGET=results/slurm_slice/segmentation/bisenetv2/seas/model.safetensors
+# the slice's last output, in its configuration's stage folders (seas.layout)
+TARGET=$(PYTHONPATH=$REPO "$PY" -m seas.layout --config "$CONFIG" --path seg_model bisenetv2 seas)
 
 log() { printf '[run_slice %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -38,6 +39,7 @@ snapshot() {  # copy the code the workflow runs into $OUT/src (the Snakefile put
   log "snapshot of the code -> $OUT/src"
   mkdir -p "$OUT/src"
   rsync -a --exclude __pycache__ --exclude '*.pyc' seas downstream workflow envs config.yaml "$OUT/src/"
+  mkdir -p "$OUT/src/config" && rsync -a config/studies "$OUT/src/config/"
   ln -sfn workflow/profiles "$OUT/src/profiles"
 }
 

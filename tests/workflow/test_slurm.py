@@ -290,9 +290,14 @@ def test_outputs_identical_to_local_run(slice_out):
     on_slurm = tree_digest(slice_out / "slurm")
     local = tree_digest(slice_out / "local")
     assert sorted(on_slurm) == sorted(local)
-    for must in ("generator/washer/all/unet/diffusion_pytorch_model.safetensors", "rmp/washer/all/rmp.safetensors",
-                 "methods/seas/washer/hole/manifest.csv", "methods/seas/washer/scratch/images/000000.png",
-                 "segmentation/bisenetv2/seas/model.safetensors"):
-        assert f"results/slurm_slice/{must}" in on_slurm, must
+    from seas.config import load_config, run_dir
+    from seas.layout import Layout
+
+    cfg = load_config(SLURM_DIR / "slice_config.yaml")
+    lay = Layout(run_dir(cfg), cfg)  # results/slurm_slice, relative like the digests' keys
+    for must in (f"{lay.generator('washer', 'all')}/unet/diffusion_pytorch_model.safetensors",
+                 f"{lay.rmp('washer', 'all')}/rmp.safetensors", lay.generation_manifest("washer", "hole"),
+                 f"{lay.pairs_dir('seas', 'washer')}/scratch/images/000000.png", lay.seg_model("bisenetv2", "seas")):
+        assert must in on_slurm, must
     differ = sorted(k for k in on_slurm if on_slurm[k] != local[k])
     assert not differ, f"{len(differ)} of {len(on_slurm)} files differ between the SLURM and the local run: {differ}"

@@ -95,7 +95,7 @@ def test_paper_sized_dag(mvtec_tree, tmp_path):
     resolved = yaml.safe_load((tmp_path / "results" / "mvtec_ad" / "config.yaml").read_text())
     assert resolved["generation"]["guidance_scale"] == 8.0 and resolved["generation"]["mask_threshold"] == 0.2
     # GPU stages: the gpu resource, the claim wrapper, a time limit scaled by the product's types (cable: 8)
-    block = re.search(r"rule train_generator:\n(?:    .*\n)*?    wildcards: product=cable, group=all\n(?:    .*\n)*Shell command: .*",
+    block = re.search(r"rule train_generator:\n(?:    .*\n)*?    wildcards: k=[0-9a-f]+, product=cable, group=all\n(?:    .*\n)*Shell command: .*",
                       res.stdout).group(0)
     limit = int(re.search(r"runtime=(\d+)", block).group(1))
     assert "gpu=1," in block and 8 * 35 < limit < 8 * 35 * 2
@@ -128,7 +128,7 @@ def test_product_subset_and_external_method(mvtec_tree, tmp_path):
     assert "baselines" not in counts
     # the external method trains from its own folder, under the folder name external-<basename>
     assert f"--pairs-root {ext} " in res.stdout
-    assert "segmentation/bisenetv2/external-my_gan_pairs/model.safetensors" in res.stdout
+    assert re.search(r"segmentation/bisenetv2/external-my_gan_pairs/[0-9a-f]{10}/all/model\.safetensors", res.stdout)
 
 
 def test_per_type_generators_change_the_dag(mvtec_tree, tmp_path):
@@ -143,7 +143,7 @@ def test_per_type_generators_change_the_dag(mvtec_tree, tmp_path):
     n_types = sum(map(len, products.values()))
     assert counts["train_generator"] == counts["train_rmp"] == counts["generate"] == n_types == 4
     assert "--anomaly-type broken_small --out" in res.stdout
-    assert re.search(r"--generator \S*generator/bottle/type-contamination --rmp \S*rmp/bottle/type-contamination "
+    assert re.search(r"--generator \S*generator/[0-9a-f]+/bottle/type-contamination --rmp \S*rmp/[0-9a-f]+/bottle/type-contamination "
                      r"--type contamination", res.stdout)
     cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{
         "dataset.products": list(products), "downstream.models": ["lfd"], "downstream.methods": ["seas"]})

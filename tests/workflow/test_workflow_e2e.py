@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 from helpers import REPO, job_counts, snakemake_exe
+from seas.config import validate_config
+from seas.layout import Layout
 
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 
@@ -76,12 +78,20 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _layout(cfg: dict, workdir: Path) -> Layout:
+    """The stage folders of a config run in workdir (results_dir relative, as in config/test_e2e.yaml)."""
+    cfg = validate_config(cfg, source="<test>")
+    return Layout(workdir / cfg["results_dir"] / cfg["run_name"], cfg)
+
+
 def test_trimmed_demo_end_to_end(tmp_path):
     run = tmp_path / "results" / "e2e" / "e2e"  # <results_dir>/<run_name>
+    lay = _layout(yaml.safe_load((REPO / "config" / "test_e2e.yaml").read_text()), tmp_path)
+    gen_rel = Path(lay.generator("weave", "all")).relative_to(tmp_path)
 
     # 1. start the run and kill it hard (SIGKILL, like a crash or a lost node) while the generator trains
     proc = subprocess.Popen(_cmd(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
-    marker = run / "logs" / "train_generator" / "weave" / "all.log"
+    marker = run / "logs" / "train_generator" / lay.generator_key / "weave" / "all.log"
     t0 = time.monotonic()
     while not marker.exists():
         assert proc.poll() is None, "the run ended before the generator started"
@@ -90,7 +100,7 @@ def test_trimmed_demo_end_to_end(tmp_path):
     time.sleep(0.5)
     _kill_tree(proc.pid)
     proc.wait(timeout=30)
-    out = run / "generator" / "weave" / "all"
+    out = Path(lay.generator("weave", "all"))
     assert not (out / "unet").exists(), "the generator finished before it could be interrupted"
     # a half-written output under the final name (what a non-atomic writer would leave) must not be trusted
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +108,7 @@ def test_trimmed_demo_end_to_end(tmp_path):
     _run(tmp_path, "--unlock")
     res = _run(tmp_path, "-n", "--workflow-profile", "none", check=False)
     assert res.returncode != 0 and "incomplete" in (res.stdout + res.stderr).lower()
-    assert "results/e2e/e2e/generator/weave/all" in res.stdout + res.stderr
+    assert str(gen_rel) in res.stdout + res.stderr
     res = _run(tmp_path, "-n")  # the workstation profile (rerun-incomplete) forces the killed job to run again
     assert job_counts(res.stdout)["train_generator"] == 1
     assert re.search(r"rule train_generator:\n(?:    .*\n)*?    reason: Forced execution", res.stdout)
@@ -113,7 +123,7 @@ def test_trimmed_demo_end_to_end(tmp_path):
     tables = tmp_path / "results" / "e2e" / "tables"  # <results_dir>/tables
     assert sorted(p.name for p in tables.glob("*.csv")) == sorted(
         ["generation.csv", "segmentation.csv", "detection.csv", "segmentation_per_product.csv",
-         "detection_per_product.csv", "cost.csv", "cost_per_job.csv"])
+         "detection_per_product.csv", "cost.csv", "cost_per_job.csv", "study_e2e_tau.csv"])
     seg = _read_csv(tables / "segmentation.csv")
     assert list(seg[0]) == ["dataset", "generator_model", "protocol", "model", "backbone_init", "method",
                             "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_fixed"]
@@ -145,21 +155,37 @@ def test_trimmed_demo_end_to_end(tmp_path):
     assert {"lfd/seas", "bisenetv2/cutpaste"} <= set(per[0])
     # the seas pairs exist for both anomaly types of weave, with their manifests
     for t in ("scratch", "stain"):
-        rows = _read_csv(run / "methods" / "seas" / "weave" / t / "manifest.csv")
+        rows = _read_csv(Path(lay.generation_manifest("weave", t)))
         assert len(rows) == 4
     assert (run / "report" / "samples" / "seas" / "weave.png").stat().st_size > 0
+    # the study: a row per variant; its variants shared the run's generator and RMP (one folder each), the base
+    # variant shared everything, tau=0.5 generated its own pairs and trained its own LFD
+    study = _read_csv(tables / "study_e2e_tau.csv")
+    assert [(r["variant"], r["method"], r["models"]) for r in study] == [("tau=0.2 (SeaS)", "seas", "lfd"),
+                                                                          ("tau=0.5", "seas", "lfd")]
+    assert {r["paper_table"] for r in study} == {"Tab. 29"} and study[1]["overrides"] == '{"generation": {"mask_threshold": 0.5}}'
+    assert all(0 <= float(r["pixel_auroc"]) <= 100 for r in study)
+    lfd_seas = next(r for r in seg if (r["model"], r["method"]) == ("lfd", "seas"))
+    assert study[0]["pixel_ap"] == lfd_seas["pixel_ap"]  # the same folders as the run's own lfd/seas
+    assert [p.name for p in (run / "generator").iterdir()] == [lay.generator_key]
+    assert [p.name for p in (run / "rmp").iterdir()] == [lay.rmp_key]
+    assert len(list((run / "methods" / "seas").iterdir())) == 2  # one per tau
+    assert len(list((run / "segmentation" / "lfd" / "seas").iterdir())) == 2
 
     # 3. nothing left to do
     res = _run(tmp_path, "-n")
     assert "Nothing to be done" in res.stdout + res.stderr
 
-    # 4. a changed generation parameter reruns generation and what depends on it, nothing upstream
+    # 4. a changed generation parameter gives generation and what depends on it new folders, nothing upstream: the
+    # run's 2 types + the tau=0.5 variant's 2 (it inherits the scale), their models (run: lfd + bisenetv2, study: lfd)
     res = _run(tmp_path, "-n", "--config", "generation={guidance_scale: 3.0}")
     counts = job_counts(res.stdout)
-    assert counts == {"generate": 2, "gen_metrics": 1, "sample_grid": 1, "train_seg": 2, "evaluate": 2,
-                      "tables": 1, "all": 1, "total": 10}, counts
-    assert "reason: Params have changed since last execution" in res.stdout
-    _run(tmp_path, "-n")  # restore the resolved config of the finished run
+    assert counts == {"generate": 4, "gen_metrics": 2, "sample_grid": 1, "train_seg": 3, "evaluate": 3,
+                      "tables": 1, "study": 1, "all": 1, "total": 16}, counts
+    assert "reason: Missing output files" in res.stdout and "train_generator" not in counts
+    # ... and switching back finds the old folders: nothing to do
+    res = _run(tmp_path, "-n")
+    assert "Nothing to be done" in res.stdout + res.stderr
 
     # 5. the HTML report
     _run(tmp_path, "--report", str(tmp_path / "report.html"), timeout=300)
@@ -202,8 +228,10 @@ def test_names_with_spaces_accents_and_apostrophes(tmp_path, demo_root, tiny_sd_
     cfg["generation"].update({"num_images_per_type": 2, "num_inference_steps": 2, "num_reference_images": 2})
     cfg["downstream"].update({"models": ["lfd"], "num_baseline_images_per_type": 2})
     cfg["gen_metrics"]["enabled"] = False
+    cfg["studies"] = {}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
     run = "results/e2e/e2e"
+    lay = _layout(cfg, tmp_path)
 
     def snake(*extra: str) -> subprocess.CompletedProcess:
         res = subprocess.run([snakemake_exe(), "--snakefile", str(SNAKEFILE), "--directory", str(tmp_path),
@@ -220,14 +248,14 @@ def test_names_with_spaces_accents_and_apostrophes(tmp_path, demo_root, tiny_sd_
     assert job_counts(res.stdout)["generate"] == 2 and job_counts(res.stdout)["train_seg"] == 2
 
     t0 = time.monotonic()
-    seas_pairs = tmp_path / run / "methods" / "seas" / PRODUCT / "o'ring scratch"
+    seas_pairs = Path(lay.generation_manifest(PRODUCT, "o'ring scratch")).parent
     snake(f"{run}/report/samples/cutpaste/{PRODUCT}.png", str(seas_pairs.relative_to(tmp_path) / "manifest.csv"))
     print(f"quoted-names slice: {time.monotonic() - t0:.0f} s")
-    split = json.loads((tmp_path / run / "split" / f"{PRODUCT}.json").read_text())
+    split = json.loads(Path(lay.split(PRODUCT)).read_text())
     assert split["product"] == PRODUCT and split["anomaly_types"] == ["big stain", "o'ring scratch"]
     assert Path(split["train_anomalies"]["big stain"][0]["image"]).name == "kratzer ä 000.png"
     rows = _read_csv(seas_pairs / "manifest.csv")
     assert len(rows) == 2 and {r["type"] for r in rows} == {"o'ring scratch"}
     for t in TYPES.values():
-        assert len(list((tmp_path / run / "methods" / "cutpaste" / PRODUCT / t / "images").glob("*.png"))) == 2
+        assert len(list((Path(lay.pairs_dir("cutpaste", PRODUCT)) / t / "images").glob("*.png"))) == 2
     assert (tmp_path / run / "report" / "samples" / "cutpaste" / f"{PRODUCT}.png").stat().st_size > 0

@@ -1,5 +1,6 @@
 # Common code of the workflow (included first by the Snakefile): configuration, product / type discovery, input
 # functions, the shell prefix of the jobs.
+import json
 import re
 import shlex
 import sys
@@ -26,9 +27,22 @@ for _p in (str(REPO), str(WORKFLOW_DIR / "scripts")):
 import wflib  # noqa: E402  (workflow/scripts/wflib.py)
 from seas.config import run_dir, stage_keys, validate_config  # noqa: E402
 from seas.errors import SeasError  # noqa: E402
-from seas.pairs import BASELINE_METHODS, external_path, is_external  # noqa: E402
+from seas.layout import KEY_LEN, Layout, group_of, job_file, pattern, scope_product, seg_scopes, stage_values  # noqa: E402
+from seas.pairs import BASELINE_METHODS, method_dir  # noqa: E402
+from seas.studies import load_studies, variant_configs  # noqa: E402
 
 
+# --configfile replaces the default config, it is not merged over it: run as a module (snakedeploy), the deploying
+# workflow's `configfile: "config/config.yaml"` (the demo) is loaded before the --configfile presets, and Snakemake
+# merges them -- the demo's keys (its studies, learning rates, ...) would leak into a paper run. Rebuild from the
+# --configfile files alone (on their own the Snakefile reads no config.yaml, so this changes nothing there).
+if workflow.overwrite_configfiles:
+    _fresh = {}
+    for _f in workflow.overwrite_configfiles:
+        with open(_f) as _fh:
+            wflib.deep_update(_fresh, yaml.safe_load(_fh) or {})
+    config.clear()
+    config.update(_fresh)
 # --config values: Snakemake hands nested ones over as strings; read them as YAML like the CLIs' --set
 wflib.deep_update(config, wflib.typed_overrides(dict(workflow.config_settings.config or {})))
 _SOURCE = " and ".join(str(p) for p in workflow.overwrite_configfiles) or "config.yaml"
@@ -131,14 +145,6 @@ def types_of(product):
     return list(_discover_types(product))
 
 
-def split_file(product):
-    return f"{RUN}/split/{product}.json"
-
-
-def all_splits(wildcards=None):
-    return [split_file(p) for p in products()]
-
-
 def dataset_input(wildcards=None):
     """The dataset tree as an input where the DAG builds it (demo), nothing for an existing tree."""
     return [ROOT] if IS_DEMO else []
@@ -148,10 +154,69 @@ def base_model_input(wildcards=None):
     return [PRETRAINED] if TINY else []
 
 
-def generator_group(product, atype):
-    """The generator (and RMP) of one anomaly type: `all` (one per product, SeaS) or `type-<T>` (generator.scope:
-    type, the paper's 'w/o Mixed' ablation: one per anomaly type)."""
-    return f"type-{atype}" if CFG["generator"]["scope"] == "type" else "all"
+# ----------------------------------------------------------------------------- stage instances (seas.layout)
+# Every stage output lives in a folder keyed by the config values its CLI reads (+ its upstream stages' keys):
+# the {k} wildcard. The run's own configuration and every variant of every study (seas.studies) register their
+# keys; a key shared by several configurations is one job. A rule finds the configuration behind its job's key
+# with layout_of(stage, k) and passes that configuration's file, written on first use (stage_config).
+try:
+    STUDIES = load_studies(CFG)
+except SeasError as _e:
+    raise WorkflowError(str(_e))
+STUDY_CONFIGS, STUDY_ERRORS = {}, {}  # name -> {variant: validated config} / name -> why it does not apply
+for _name, _study in STUDIES.items():
+    try:
+        STUDY_CONFIGS[_name] = variant_configs(CFG, _study)
+    except SeasError as _e:
+        if _name in CFG["studies"]:  # the run's own study: its error is the run's
+            raise WorkflowError(str(_e))
+        STUDY_ERRORS[_name] = str(_e)  # a shipped study that does not fit this config: an error only if requested
+LAYOUT = Layout(RUN, CFG)
+PAT = pattern(RUN)
+STUDY_LAYOUTS = {name: [Layout(RUN, c) for c in vs.values()] for name, vs in STUDY_CONFIGS.items()}
+LAYOUTS = [LAYOUT] + [lay for lays in STUDY_LAYOUTS.values() for lay in lays]
+
+
+@lru_cache(maxsize=None)
+def _by_key(stage):
+    table = {}
+    for lay in LAYOUTS:
+        for key in lay.instance_keys(stage):
+            table.setdefault(key, lay)
+    return table
+
+
+def layout_of(stage, key):
+    """The configuration (a seas.layout.Layout) behind stage instance `key`."""
+    try:
+        return _by_key(stage)[key]
+    except KeyError:
+        raise WorkflowError(f"no configuration of this run (its config or its studies) has a {stage} folder {key!r}; "
+                            f"request the run's targets (or study_<name>) rather than a folder of an older config")
+
+
+def stage_config(stage, key):
+    """The config file a stage instance's CLI reads: <run>/configs/<stage>/<key>.yaml, written the first time the
+    DAG needs it (only that path is a param: which of the configurations sharing the key wrote it does not matter,
+    the CLI reads only the keys the key covers)."""
+    path = f"{RUN}/configs/{stage}/{key}.yaml"
+    try:
+        wflib.write_if_changed(path, yaml.safe_dump(layout_of(stage, key).cfg, sort_keys=True))
+    except OSError as e:
+        from seas.runtime import io_error_message
+
+        raise WorkflowError(io_error_message(e) or str(e))
+    return path
+
+
+def stage_json(stage, key, **fields):
+    """The rule's `params: cfg`: the values behind the key (what the job computes with), for logs and --summary."""
+    return json.dumps(stage_values(layout_of(stage, key).cfg, stage, **fields), sort_keys=True, separators=(",", ":"))
+
+
+def method_spec(lay, method_id):
+    """The configured method (seas, cutpaste, external:/path) behind a {method} folder name, in configuration lay."""
+    return wflib.method_table(lay.cfg["downstream"]["methods"])[method_id]
 
 
 def group_type_args(wildcards):
@@ -160,25 +225,56 @@ def group_type_args(wildcards):
     return "" if g == "all" else f"--anomaly-type {shlex.quote(g[len('type-'):])}"
 
 
-def pairs_root(method_id):
-    """Where a method's pairs live: <run>/methods/<id>, or the folder of an external method."""
-    spec = METHODS[method_id]
-    return external_path(spec) if is_external(spec) else f"{RUN}/methods/{method_id}"
-
-
-def pairs_of_product(method_id, product):
-    """The DAG files that mark a method's pairs of one product as complete ([] for external methods)."""
-    spec = METHODS[method_id]
-    if spec == "seas":
-        return [f"{RUN}/methods/seas/{product}/{t}/manifest.csv" for t in types_of(product)]
-    if spec in BASELINE_METHODS:
-        return [f"{RUN}/methods/{method_id}/{product}"]
+def pairs_of_product(lay, method, product):
+    """The DAG files that mark a method's pairs of one product as complete, in configuration lay ([] for external
+    methods). `method`: the configured spec."""
+    if method == "seas":
+        return [lay.generation_manifest(product, t) for t in types_of(product)]
+    if method in BASELINE_METHODS:
+        return [lay.pairs_dir(method, product)]
     return []
 
 
-def generated_method_ids():
-    """Methods that get IS / IC-LPIPS: every method that generates pairs (not `real`, the real images)."""
-    return [m for m, spec in METHODS.items() if spec != "real"]
+def scope_products(scope):
+    """The products a segmentation model of `scope` trains and is tested on (all, or one: per-product protocol)."""
+    p = scope_product(scope)
+    return [p] if p is not None else products()
+
+
+def generation_inputs(wc):
+    """The split, generator and RMP a generation job reads (its type's group)."""
+    lay = layout_of("generation", wc.k)
+    group = group_of(lay.cfg, wc.atype)
+    return {"split": lay.split(wc.product), "generator": lay.generator(wc.product, group),
+            "rmp": lay.rmp(wc.product, group)}
+
+
+def seg_inputs(wc):
+    """The splits and pairs a segmentation model trains on (every product, or its scope's product)."""
+    lay = layout_of("segmentation", wc.k)
+    spec = method_spec(lay, wc.method)
+    prods = scope_products(wc.scope)
+    return {"splits": [lay.split(p) for p in prods],
+            "pairs": [f for p in prods for f in pairs_of_product(lay, spec, p)]}
+
+
+def eval_inputs(wc):
+    """The splits a model is tested on and the model."""
+    lay = layout_of("evaluation", wc.k)
+    spec = method_spec(lay, wc.method)
+    return {"splits": [lay.split(p) for p in scope_products(wc.scope)],
+            "model": lay.seg_model(wc.model, spec, wc.scope)}
+
+
+def run_outputs(lay):
+    """What the tables of configuration lay read: splits, every score file, generation metrics."""
+    d = lay.cfg["downstream"]
+    scores = [lay.scores(model, m, scope) for model in d["models"] for m in d["methods"]
+              for scope in seg_scopes(lay.cfg, products())]
+    gen = []
+    if lay.cfg["gen_metrics"]["enabled"]:
+        gen = [lay.gen_metrics(m, p) for m in lay.gen_metrics_methods() for p in products()]
+    return [lay.split(p) for p in products()] + scores + gen
 
 
 # ----------------------------------------------------------------------------- tables
@@ -197,16 +293,34 @@ def _cost_inputs(wildcards=None):
 
 
 def _table_inputs(wildcards=None):
-    scores = expand(f"{RUN}/segmentation/{{model}}/{{method}}/scores.csv", model=MODELS, method=list(METHODS))
-    gen = []
-    if CFG["gen_metrics"]["enabled"]:
-        gen = expand(f"{RUN}/gen_metrics/{{method}}/{{product}}.json", method=generated_method_ids(), product=products())
-    return all_splits() + scores + gen
+    return run_outputs(LAYOUT)
+
+
+def study_inputs(wildcards):
+    """Every variant's table inputs: a study table is rebuilt when any variant's scores change."""
+    if wildcards.study in STUDY_ERRORS:
+        raise WorkflowError(f"study {wildcards.study} does not apply to this configuration ({_SOURCE}):\n"
+                            f"{STUDY_ERRORS[wildcards.study]}")
+    return sorted({f for lay in STUDY_LAYOUTS[wildcards.study] for f in run_outputs(lay)})
+
+
+def study_json(wildcards):
+    """The study's definition and its variants' stage keys: the study rule's params (rerun trigger)."""
+    s = STUDIES[wildcards.study]
+    return json.dumps({"study": {"title": s.title, "paper_table": s.paper_table, "models": s.models,
+                                 "methods": s.methods, "variants": s.variants}}, sort_keys=True, default=list)
+
+
+_ALL_METHODS = sorted({method_dir(m) for lay in LAYOUTS for m in lay.cfg["downstream"]["methods"]})
+_ALL_MODELS = sorted({m for lay in LAYOUTS for m in lay.cfg["downstream"]["models"]})
 
 
 wildcard_constraints:
+    k=r"[0-9a-f]{%d}" % KEY_LEN,
     product=r"[^/]+",
     atype=r"[^/]+",
     group=r"all|type-[^/]+",
-    method="|".join(re.escape(m) for m in METHODS),
-    model="|".join(MODELS),
+    scope=r"all|product-[^/]+",
+    method="|".join(re.escape(m) for m in _ALL_METHODS),
+    model="|".join(_ALL_MODELS),
+    study="|".join(re.escape(s) for s in STUDIES) or "NO_STUDY",

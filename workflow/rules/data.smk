@@ -27,8 +27,14 @@ if IS_DEMO:
 
 if TINY:
 
+    TINY_PRIOR = CFG["model"]["tiny_prior"]
+
     rule tiny_sd:
-        """A tiny random model with Stable Diffusion v1-4's structure (NOT Stable Diffusion: tables say so)."""
+        """A tiny model with Stable Diffusion v1-4's structure (NOT Stable Diffusion: tables say so): assembled from
+        the pretrained prior model.tiny_prior (hash-checked; `python -m seas.tiny_prior` regenerates it), or random
+        weights when that is null."""
+        input:
+            [] if TINY_PRIOR is None else [TINY_PRIOR, str(Path(TINY_PRIOR).with_suffix(".json"))],
         output:
             directory(PRETRAINED),
         params:
@@ -53,12 +59,12 @@ rule split:
     input:
         dataset_input,
     output:
-        f"{RUN}/split/{{product}}.json",
+        PAT.split("{product}"),
     params:
-        cfg=stage_params("seas.data"),
-        config=RESOLVED_CONFIG,
+        cfg=lambda wc: stage_json("split", wc.k),
+        config=lambda wc: stage_config("split", wc.k),
     log:
-        f"{RUN}/logs/split/{{product}}.log",
+        job_file(RUN, "logs", "split"),
     threads: 1
     resources:
         mem_mb=1000,

@@ -4,21 +4,23 @@
 
 
 rule gen_metrics:
-    """IS (torch-fidelity) and IC-LPIPS of one method's pairs of one product."""
+    """IS (torch-fidelity), IC-LPIPS and KID of one method's pairs of one product."""
     input:
-        split=f"{RUN}/split/{{product}}.json",
-        pairs=lambda wc: pairs_of_product(wc.method, wc.product),
+        split=lambda wc: layout_of("gen_metrics", wc.k).split(wc.product),
+        pairs=lambda wc: pairs_of_product(layout_of("gen_metrics", wc.k),
+                                          method_spec(layout_of("gen_metrics", wc.k), wc.method), wc.product),
     output:
-        f"{RUN}/gen_metrics/{{method}}/{{product}}.json",
+        PAT.gen_metrics("{method}", "{product}"),
     params:
-        cfg=stage_params("seas.gen_metrics"),
-        config=RESOLVED_CONFIG,
-        pairs=lambda wc: f"{pairs_root(wc.method)}/{wc.product}",
-        method=lambda wc: wc.method,
+        cfg=lambda wc: stage_json("gen_metrics", wc.k),
+        config=lambda wc: stage_config("gen_metrics", wc.k),
+        pairs=lambda wc: layout_of("gen_metrics", wc.k).pairs_dir(method_spec(layout_of("gen_metrics", wc.k), wc.method),
+                                                                   wc.product),
+        method=lambda wc: method_spec(layout_of("gen_metrics", wc.k), wc.method),
     log:
-        f"{RUN}/logs/gen_metrics/{{method}}/{{product}}.log",
+        job_file(RUN, "logs", "gen_metrics"),
     benchmark:
-        f"{RUN}/benchmarks/gen_metrics/{{method}}/{{product}}.tsv"
+        job_file(RUN, "benchmarks", "gen_metrics")
     threads: 2
     resources:
         gpu=GPUS,
@@ -32,50 +34,52 @@ rule gen_metrics:
 
 
 rule train_seg:
-    """Train one segmentation model on one method's pairs of every product."""
+    """Train one segmentation model on one method's pairs of every product (or of one: downstream.protocol
+    per_product, scope product-<P>)."""
     input:
-        splits=all_splits,
-        pairs=lambda wc: [f for p in products() for f in pairs_of_product(wc.method, p)],
+        unpack(seg_inputs),
     output:
-        model=f"{RUN}/segmentation/{{model}}/{{method}}/model.safetensors",
-        info=f"{RUN}/segmentation/{{model}}/{{method}}/train.json",
+        model=PAT.seg_model("{model}", "{method}", "{scope}"),
+        info=PAT.seg_info("{model}", "{method}", "{scope}"),
     params:
-        cfg=lambda wc: stage_params("downstream.train", model=wc.model),
-        config=RESOLVED_CONFIG,
-        pairs_root=lambda wc: pairs_root(wc.method),
+        cfg=lambda wc: stage_json("segmentation", wc.k, model=wc.model),
+        config=lambda wc: stage_config("segmentation", wc.k),
+        pairs_root=lambda wc: layout_of("segmentation", wc.k).pairs_root(method_spec(layout_of("segmentation", wc.k),
+                                                                                      wc.method)),
+        method=lambda wc: method_spec(layout_of("segmentation", wc.k), wc.method),
         outdir=lambda wc, output: str(Path(output[0]).parent),
     log:
-        f"{RUN}/logs/train_seg/{{model}}/{{method}}.log",
+        job_file(RUN, "logs", "train_seg"),
     benchmark:
-        f"{RUN}/benchmarks/train_seg/{{model}}/{{method}}.tsv"
+        job_file(RUN, "benchmarks", "train_seg")
     threads: 4
     resources:
         gpu=GPUS,
         mem_mb=32000,
-        runtime=lambda wc: wflib.seg_train_minutes(CFG, wc.model),
+        runtime=lambda wc: wflib.seg_train_minutes(layout_of("segmentation", wc.k).cfg, wc.model),
     conda:
         "../../envs/downstream.yaml"
     shell:
         "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m downstream.train --config {params.config:q} --model {wildcards.model:q}"
-        " --pairs-root {params.pairs_root:q} --splits {input.splits:q} --method {wildcards.method:q} --out {params.outdir:q}"
+        " --pairs-root {params.pairs_root:q} --splits {input.splits:q} --method {params.method:q} --out {params.outdir:q}"
         " > {log:q} 2>&1"
 
 
 rule evaluate:
-    """Pixel- and image-level scores of one trained segmentation model on every product's test set."""
+    """Pixel- and image-level scores of one trained segmentation model on every product's test set (or its
+    product's, per-product protocol)."""
     input:
-        splits=all_splits,
-        model=f"{RUN}/segmentation/{{model}}/{{method}}/model.safetensors",
+        unpack(eval_inputs),
     output:
-        f"{RUN}/segmentation/{{model}}/{{method}}/scores.csv",
+        PAT.scores("{model}", "{method}", "{scope}"),
     params:
-        cfg=stage_params("downstream.evaluate"),
-        config=RESOLVED_CONFIG,
+        cfg=lambda wc: stage_json("evaluation", wc.k),
+        config=lambda wc: stage_config("evaluation", wc.k),
         ckpt=lambda wc, input: str(Path(input.model).parent),
     log:
-        f"{RUN}/logs/evaluate/{{model}}/{{method}}.log",
+        job_file(RUN, "logs", "evaluate"),
     benchmark:
-        f"{RUN}/benchmarks/evaluate/{{model}}/{{method}}.tsv"
+        job_file(RUN, "benchmarks", "evaluate")
     threads: 2
     resources:
         gpu=GPUS,
@@ -109,7 +113,7 @@ rule tables:
         config=RESOLVED_CONFIG,
         run_dir=RUN,
         out_dir=lambda wc, output: str(Path(output[0]).parent),
-        gen_methods=" ".join(shlex.quote(METHODS[m]) for m in generated_method_ids()),
+        gen_methods=" ".join(shlex.quote(m) for m in LAYOUT.gen_metrics_methods()),
     log:
         f"{RUN}/logs/tables.log",
     threads: 1
@@ -121,3 +125,38 @@ rule tables:
     shell:
         "seas_python -m downstream.tables --config {params.config:q} --run-dir {params.run_dir:q} --out-dir {params.out_dir:q}"
         " --gen-methods {params.gen_methods} > {log:q} 2>&1"
+
+
+rule study:
+    """One study's table (seas.studies): a row per variant x method, from the variants' scores and generation
+    metrics; every stage a variant does not change is shared with the others (seas.layout)."""
+    input:
+        study_inputs,
+    output:
+        report(f"{TABLES}/study_{{study}}.csv", category="Studies", caption="../report/tables.rst",
+               labels={"study": "{study}"}),
+    params:
+        cfg=study_json,
+        config=RESOLVED_CONFIG,
+        run_dir=RUN,
+    log:
+        f"{RUN}/logs/study/{{study}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/base.yaml"
+    shell:
+        "seas_python -m downstream.study --config {params.config:q} --run-dir {params.run_dir:q} --study {wildcards.study:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+for _name in STUDIES:
+
+    rule:
+        name:
+            f"study_{_name}"
+        input:
+            f"{TABLES}/study_{_name}.csv",
+        localrule: True

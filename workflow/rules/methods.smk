@@ -1,31 +1,33 @@
 # Methods: the SeaS stages per product (or per anomaly type, generator.scope: type -- the {group} wildcard, see
-# generator_group in common.smk): fine-tune the generator -> train the RMP branch -> generate per anomaly type;
+# seas.layout.group_of): fine-tune the generator -> train the RMP branch -> generate per anomaly type;
 # and the built-in baselines (real / cutpaste / draem) per product.
-# Outputs are the cached artifacts. Long stages resume from their own work state (seas.resume: generator/<P>/<G>.work/,
-# rmp/<P>/<G>.work/, the images already written of a type folder) after a crash; a folder is complete only once
-# its CLI has renamed it into place (generator/, rmp/, baselines) or written manifest.csv last (generation).
+# Outputs are the cached artifacts, in folders keyed by the config values each stage reads ({k}, seas.layout).
+# Long stages resume from their own work state (seas.resume: generator/<k>/<P>/<G>.work/, rmp/<k>/<P>/<G>.work/,
+# the images already written of a type folder) after a crash; a folder is complete only once its CLI has renamed
+# it into place (generator/, rmp/, baselines) or written manifest.csv last (generation).
 
 
 rule train_generator:
     """Fine-tune the U-Net + the <ob>/<df> token embeddings on one product's few-shot anomalies and normals."""
     input:
-        split=f"{RUN}/split/{{product}}.json",
+        split=lambda wc: layout_of("generator", wc.k).split(wc.product),
         base=base_model_input,
     output:
-        directory(f"{RUN}/generator/{{product}}/{{group}}"),
+        directory(PAT.generator("{product}", "{group}")),
     params:
-        cfg=stage_params("seas.train"),
-        config=RESOLVED_CONFIG,
+        cfg=lambda wc: stage_json("generator", wc.k),
+        config=lambda wc: stage_config("generator", wc.k),
         types=group_type_args,
     log:
-        f"{RUN}/logs/train_generator/{{product}}/{{group}}.log",
+        job_file(RUN, "logs", "train_generator"),
     benchmark:
-        f"{RUN}/benchmarks/train_generator/{{product}}/{{group}}.tsv"
+        job_file(RUN, "benchmarks", "train_generator")
     threads: 4
     resources:
         gpu=GPUS,
         mem_mb=32000,
-        runtime=lambda wc: wflib.generator_minutes(CFG, len(types_of(wc.product)) if wc.group == "all" else 1),
+        runtime=lambda wc: wflib.generator_minutes(layout_of("generator", wc.k).cfg,
+                                                   len(types_of(wc.product)) if wc.group == "all" else 1),
     conda:
         "../../envs/seas.yaml"
     shell:
@@ -36,22 +38,23 @@ rule train_generator:
 rule train_rmp:
     """Train the Refined Mask Prediction branch on the frozen fine-tuned generator."""
     input:
-        split=f"{RUN}/split/{{product}}.json",
-        generator=f"{RUN}/generator/{{product}}/{{group}}",
+        split=lambda wc: layout_of("rmp", wc.k).split(wc.product),
+        generator=lambda wc: layout_of("rmp", wc.k).generator(wc.product, wc.group),
     output:
-        directory(f"{RUN}/rmp/{{product}}/{{group}}"),
+        directory(PAT.rmp("{product}", "{group}")),
     params:
-        cfg=stage_params("seas.train_rmp"),
-        config=RESOLVED_CONFIG,
+        cfg=lambda wc: stage_json("rmp", wc.k),
+        config=lambda wc: stage_config("rmp", wc.k),
     log:
-        f"{RUN}/logs/train_rmp/{{product}}/{{group}}.log",
+        job_file(RUN, "logs", "train_rmp"),
     benchmark:
-        f"{RUN}/benchmarks/train_rmp/{{product}}/{{group}}.tsv"
+        job_file(RUN, "benchmarks", "train_rmp")
     threads: 4
     resources:
         gpu=GPUS,
         mem_mb=32000,
-        runtime=lambda wc: wflib.rmp_minutes(CFG, len(types_of(wc.product)) if wc.group == "all" else 1),
+        runtime=lambda wc: wflib.rmp_minutes(layout_of("rmp", wc.k).cfg,
+                                             len(types_of(wc.product)) if wc.group == "all" else 1),
     conda:
         "../../envs/seas.yaml"
     shell:
@@ -62,24 +65,22 @@ rule train_rmp:
 rule generate:
     """Image-mask pairs of one anomaly type (resumable: images persist, manifest.csv is written last)."""
     input:
-        split=f"{RUN}/split/{{product}}.json",
-        generator=lambda wc: f"{RUN}/generator/{wc.product}/{generator_group(wc.product, wc.atype)}",
-        rmp=lambda wc: f"{RUN}/rmp/{wc.product}/{generator_group(wc.product, wc.atype)}",
+        unpack(generation_inputs),
     output:
-        f"{RUN}/methods/seas/{{product}}/{{atype}}/manifest.csv",
+        PAT.generation_manifest("{product}", "{atype}"),
     params:
-        cfg=stage_params("seas.generate"),
-        config=RESOLVED_CONFIG,
+        cfg=lambda wc: stage_json("generation", wc.k),
+        config=lambda wc: stage_config("generation", wc.k),
         outdir=lambda wc, output: str(Path(output[0]).parent),
     log:
-        f"{RUN}/logs/generate/{{product}}/{{atype}}.log",
+        job_file(RUN, "logs", "generate"),
     benchmark:
-        f"{RUN}/benchmarks/generate/{{product}}/{{atype}}.tsv"
+        job_file(RUN, "benchmarks", "generate")
     threads: 4
     resources:
         gpu=GPUS,
         mem_mb=16000,
-        runtime=lambda wc: wflib.generate_minutes(CFG),
+        runtime=lambda wc: wflib.generate_minutes(layout_of("generation", wc.k).cfg),
     conda:
         "../../envs/seas.yaml"
     shell:
@@ -90,18 +91,18 @@ rule generate:
 rule baselines:
     """Built-in comparison pairs (real / cutpaste / draem) for every anomaly type of one product."""
     input:
-        split=f"{RUN}/split/{{product}}.json",
+        split=lambda wc: layout_of("baselines", wc.k).split(wc.product),
     output:
-        directory(f"{RUN}/methods/{{method}}/{{product}}"),
+        directory(PAT.pairs_dir("{method}", "{product}")),
     wildcard_constraints:
         method="|".join(BASELINE_METHODS),
     params:
-        cfg=stage_params("downstream.baselines"),
-        config=RESOLVED_CONFIG,
+        cfg=lambda wc: stage_json("baselines", wc.k),
+        config=lambda wc: stage_config("baselines", wc.k),
     log:
-        f"{RUN}/logs/baselines/{{method}}/{{product}}.log",
+        job_file(RUN, "logs", "baselines"),
     benchmark:
-        f"{RUN}/benchmarks/baselines/{{method}}/{{product}}.tsv"
+        job_file(RUN, "benchmarks", "baselines")
     threads: 1
     resources:
         mem_mb=4000,

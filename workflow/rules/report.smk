@@ -4,7 +4,7 @@
 rule sample_grid:
     """A grid of sample image-mask pairs of one method and product, for the report."""
     input:
-        lambda wc: pairs_of_product(wc.method, wc.product),
+        lambda wc: pairs_of_product(LAYOUT, METHODS[wc.method], wc.product),
     output:
         report(
             f"{RUN}/report/samples/{{method}}/{{product}}.png",
@@ -14,7 +14,7 @@ rule sample_grid:
             labels={"method": "{method}", "product": "{product}"},
         ),
     params:
-        pairs=lambda wc: f"{pairs_root(wc.method)}/{wc.product}",
+        pairs=lambda wc: LAYOUT.pairs_dir(METHODS[wc.method], wc.product),
         per_type=4,
         title=lambda wc: f"{wc.method} / {wc.product}",
     log:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 import yaml
 
+from seas.config import deep_update  # noqa: F401  (re-exported: the Snakefile's --config overrides)
 from seas.pairs import BASELINE_METHODS, method_dir  # the method names live with the pairs layout
 
 
@@ -72,16 +73,6 @@ def typed_overrides(value: Any) -> Any:
         except yaml.YAMLError:
             return value
     return value
-
-
-def deep_update(base: dict, new: Mapping) -> dict:
-    """Merge ``new`` into ``base`` in place (mappings merged key by key, anything else replaced)."""
-    for k, v in new.items():
-        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
-            deep_update(base[k], v)
-        else:
-            base[k] = v
-    return base
 
 
 # ----------------------------------------------------------------------------- params (rerun triggers)
