@@ -28,7 +28,7 @@ Sources, both written by the run itself (never the paper's numbers):
 ``peak_memory_mb`` + ``peak_memory_kind``  the largest ``gpu_peak_memory_mb`` of the stage's run records
                         (``gpu max_memory_allocated``) if any was recorded, else the largest benchmark ``max_rss``
                         (``max_rss``)
-``gpu_hours``           seconds_total x resources.gpus_per_job / 3600 for the GPU rules (train_generator,
+``gpu_hours``           seconds_total x max(resources.gpus_per_job, 1) / 3600 for the GPU rules (train_generator,
                         train_rmp, generate, gen_metrics, train_seg, evaluate), 0 for CPU rules; ``total``: the run's
                         sum. On a CPU-only machine these are the hours of the GPU rules spent on the CPU (see machine).
 ``machine``             the devices the run records name (``NVIDIA H100 80GB HBM3``, ``cpu (4 threads)``); stages
@@ -196,7 +196,7 @@ def cost_tables(cfg: Mapping, run_dir: str | Path, products_types: Mapping[str, 
     import pandas as pd
 
     run_dir = Path(run_dir)
-    gpus = int(cfg["resources"]["gpus_per_job"])
+    gpus = max(int(cfg["resources"]["gpus_per_job"]), 1)  # a CPU run declares 0 GPUs; its GPU rules still count
     measured = []
     for j in expected_jobs(cfg, products_types):
         b = read_benchmark(run_dir / j.benchmark)

@@ -9,10 +9,13 @@ The role Stable Diffusion's own pretraining plays for a real run. Two phases, fr
    latents -- SD's rule for its scaling factor -- is SD v1-4's 0.18215: generation's start from the reference
    latent (``generation.scale_init_latent: false``, the authors') keeps the signal-to-noise ratio it has with SD.
 2. **U-Net** (``UNet2DConditionModel``): epsilon-prediction (DDPM, SD v1-4's scaled-linear schedule, 1000 steps,
-   random t per sample) on the VAE latents, every image captioned with the generic prompt :data:`PRIOR_PROMPT`
-   (``"a object"``: the text of the normal prompt ``a <ob>`` before ``<ob>`` moves away from the word "object"),
-   dropped to the empty prompt with probability :data:`CAPTION_DROPOUT` so classifier-free guidance has an
-   unconditional branch to work with. The CLIP text encoder keeps its random (seeded) weights and is frozen.
+   random t per sample) on the VAE latents, each sample captioned with the generic prompt :data:`PRIOR_PROMPT`
+   (``"a object"``: the text of the normal prompt ``a <ob>`` before ``<ob>`` moves away from the word "object") or,
+   with probability ``recipe["product_captions"]`` (0.5), with its product's name (``"a washer"``: the class words
+   SD's own pretraining knows; with the generic caption alone the U-Net has no reason to read the text, and the
+   generator's learned tokens then steer a mixture of the products: measured, see the README), dropped to the empty
+   prompt with probability :data:`CAPTION_DROPOUT` so classifier-free guidance has an unconditional branch to work
+   with. The CLIP text encoder keeps its random (seeded) weights and is frozen.
 
 The architecture (:func:`prior_configs`) keeps SD v1-4's block structure (3 CrossAttnDownBlock2D + DownBlock2D,
 2 layers per block, UpBlock2D + 3 CrossAttnUpBlock2D, 4 latent channels) at CPU widths, with a x4 VAE (3 levels):
@@ -55,7 +58,18 @@ PRIOR_VERSION = 1
 DEFAULT_RECIPE = {
     "vae_steps": 300, "vae_batch": 8, "vae_crop": 64, "vae_lr": 1.0e-3, "kl_weight": 1.0e-6, "grad_weight": 1.0,
     "unet_steps": 700, "unet_batch": 8, "unet_crop": 16, "unet_crop_steps": 550, "unet_lr": 1.0e-3, "warmup": 50,
+    "product_captions": 0.5, "caption_suffixes": 0.5,
 }
+#: ``product_captions`` p > 0: each U-Net sample is captioned ``a <product name>`` (PRODUCT_PROMPT) with probability
+#: p instead of the generic prompt -- the class words SD's own pretraining knows -- so the U-Net learns to read the
+#: text (a generic-only prior has no reason to: the generator's tokens then steer a mixture of the products)
+PRODUCT_PROMPT = "a {product}"
+#: ``caption_suffixes`` q > 0: with probability q a caption gets " with " + 1-4 of these neutral words (one of
+#: :data:`NUM_SUFFIXES` seeded draws per subject), so captions vary in length like SD's and the U-Net learns that
+#: later words do not change the product -- SeaS's prompt ``a <ob> with <df1>..<df4>`` is 7 tokens long, and a
+#: prior that saw only 2-token captions reads its trailing tokens as an arbitrary product (measured: README)
+SUFFIX_WORDS = ("texture", "surface", "pattern", "detail", "light", "shadow", "color", "material")
+NUM_SUFFIXES = 16
 
 __all__ = ["PRIOR_PROMPT", "DEFAULT_RECIPE", "prior_configs", "dihedral", "training_images", "vae_loss",
            "train_vae", "latent_scaling_factor", "train_unet", "pretrain", "sha256_file", "read_prior_manifest",
@@ -194,12 +208,16 @@ def rescale_latent_space(vae, factor: float) -> None:
 # ----------------------------------------------------------------------------- U-Net
 def train_unet(unet, latents, cond, uncond, noise_scheduler, *, steps: int, batch: int, lr: float, warmup: int,
                seed: int, crop: int = 0, crop_steps: int = 0, caption_dropout: float = CAPTION_DROPOUT,
-               history: list | None = None):
+               history: list | None = None, cond_bank=None, subject_of=None, product_prob: float = 0.0,
+               suffix_prob: float = 0.0):
     """Epsilon-prediction training of ``unet`` in place on scaled ``latents`` [N,4,h,w] (each
     batch flips/rotates them) with text embedding ``cond`` ([1,77,D]) and, with probability
     ``caption_dropout``, ``uncond`` (the empty prompt); returns ``unet``. The first ``crop_steps`` steps see random
     ``crop`` x ``crop`` latent windows at twice the batch (a fully convolutional U-Net: local texture at a quarter
-    of the cost), the rest whole latents."""
+    of the cost), the rest whole latents. ``cond_bank`` ([S,V,77,D]: subject 0 = the generic prompt, then one per
+    product; variant 0 = no suffix) with ``subject_of`` ([N], each latent's product subject) varies the captions:
+    the product's subject with probability ``product_prob``, a random suffixed variant with probability
+    ``suffix_prob`` (drawn only when a probability is > 0: the generic-only recipe's random stream is unchanged)."""
     import torch
     import torch.nn.functional as F
 
@@ -217,7 +235,13 @@ def train_unet(unet, latents, cond, uncond, noise_scheduler, *, steps: int, batc
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, n_t, (b,), generator=gen)
         drop = (torch.rand(b, generator=gen) < caption_dropout).view(-1, 1, 1)
-        ctx = torch.where(drop, uncond.expand(b, -1, -1), cond.expand(b, -1, -1))
+        ctx = cond.expand(b, -1, -1)
+        if cond_bank is not None and (product_prob > 0 or suffix_prob > 0):
+            subj = torch.where(torch.rand(b, generator=gen) < product_prob, subject_of[idx], 0)
+            var = torch.randint(1, cond_bank.shape[1], (b,), generator=gen)
+            var = torch.where(torch.rand(b, generator=gen) < suffix_prob, var, 0)
+            ctx = cond_bank[subj, var]
+        ctx = torch.where(drop, uncond.expand(b, -1, -1), ctx)
         xt = noise_scheduler.add_noise(x0, noise, t)
         pred = unet(xt, t, encoder_hidden_states=ctx, return_dict=False)[0]
         loss = F.mse_loss(pred, noise)
@@ -234,6 +258,17 @@ def train_unet(unet, latents, cond, uncond, noise_scheduler, *, steps: int, batc
 
 
 # ----------------------------------------------------------------------------- the whole prior
+def caption_bank(products: Sequence[str], seed: int) -> list[list[str]]:
+    """The prior's captions: row 0 the generic subject (PRIOR_PROMPT), then one row per product ("a washer"); column
+    0 the bare caption, then NUM_SUFFIXES seeded variants "<caption> with <1-4 of SUFFIX_WORDS>"."""
+    rng = np.random.default_rng(derive_seed(seed, "prior", "captions"))
+    rows = []
+    for base in [PRIOR_PROMPT] + [PRODUCT_PROMPT.format(product=p) for p in products]:
+        words = [rng.choice(SUFFIX_WORDS, size=rng.integers(1, 5), replace=False) for _ in range(NUM_SUFFIXES)]
+        rows.append([base] + [f"{base} with {' '.join(w)}" for w in words])
+    return rows
+
+
 def _recipe(overrides: Mapping | None) -> dict:
     r = dict(DEFAULT_RECIPE)
     for k, v in (overrides or {}).items():
@@ -284,21 +319,29 @@ def pretrain(demo: Mapping, resolution: int, seed: int = 0, recipe: Mapping | No
              "1/std %.5f)", recon_l1, rescale, sf, latent_scaling_factor(means))
     with tempfile.TemporaryDirectory() as tmp:
         tok = make_clip_tokenizer(Path(tmp))
-        ids = tok([PRIOR_PROMPT, ""], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        products = sorted({n.split("/")[0] for n in names})
+        bank = caption_bank(products, seed)
+        prompts = [PRIOR_PROMPT, ""] + [c for row in bank for c in row]
+        ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         with torch.no_grad():
             emb = text_encoder(ids.input_ids)[0]
-    cond, uncond = emb[:1], emb[1:]
+    cond, uncond = emb[:1], emb[1:2]
+    cond_bank = emb[2:].reshape(len(bank), len(bank[0]), *emb.shape[1:])
+    subject_of = torch.tensor([1 + products.index(n.split("/")[0]) for n in names])
     noise_scheduler = DDPMScheduler(**{k: v for k, v in cfgs["scheduler"].items()
                                        if k not in ("set_alpha_to_one", "skip_prk_steps")})
     train_unet(unet, means * sf, cond, uncond, noise_scheduler, steps=r["unet_steps"], batch=r["unet_batch"],
                lr=r["unet_lr"], warmup=r["warmup"], seed=seed, crop=r["unet_crop"],
-               crop_steps=r["unet_crop_steps"], history=history)
+               crop_steps=r["unet_crop_steps"], history=history, cond_bank=cond_bank, subject_of=subject_of,
+               product_prob=r["product_captions"], suffix_prob=r["caption_suffixes"])
     state = {}
     for prefix, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
         state.update({f"{prefix}.{k}": v.detach().contiguous() for k, v in m.state_dict().items()})
     manifest = {
         "version": PRIOR_VERSION, "seed": int(seed), "resolution": int(resolution), "prompt": PRIOR_PROMPT,
-        "caption_dropout": CAPTION_DROPOUT, "recipe": r, "configs": cfgs,
+        "caption_dropout": CAPTION_DROPOUT, "product_prompt": PRODUCT_PROMPT if r["product_captions"] else None,
+        "captions": bank if (r["product_captions"] or r["caption_suffixes"]) else None,
+        "recipe": r, "configs": cfgs,
         "data": {"demo": {k: demo[k] for k in sorted(demo)}, "images": names, "augmentation": "8 flips/rotations"},
         "vae_recon_l1": recon_l1, "latent_rescale": rescale, "history": history,
         "parameters": {p: int(sum(v.numel() for k, v in state.items() if k.startswith(p + ".")))

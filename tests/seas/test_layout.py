@@ -56,6 +56,7 @@ SEAS_CHAIN = {"generation", "gm_seas", "seg_lfd_seas", "seg_bisenetv2_seas", "ev
     # keys no stage folder depends on
     ("downstream.models", ["lfd"], set()),
     ("resources.gpus_per_job", 2, set()),
+    ("resources.threads_per_job", 1, set()),
 ])
 def test_a_change_moves_exactly_the_stages_that_read_it(dotted, value, expected):
     assert _changed(_cfg(), _cfg(**{dotted: value})) == expected

@@ -81,6 +81,22 @@ def test_pretraining_is_deterministic_and_seeded(small_prior):
     assert all(math.isfinite(h["loss"]) for h in manifest["history"])
 
 
+@pytest.mark.parametrize("switch", ["product_captions", "caption_suffixes"])
+def test_caption_switches_change_the_unet_only(small_prior, switch):
+    """recipe product_captions ("a washer") and caption_suffixes ("... with light texture") are switches: each
+    changes what the U-Net learns, never the VAE or the text encoder; the manifest lists the captions."""
+    _, state, manifest = small_prior
+    assert manifest["recipe"]["product_captions"] > 0 and manifest["recipe"]["caption_suffixes"] > 0
+    assert manifest["captions"][1][0] == "a washer" and manifest["captions"][0][0] == tp.PRIOR_PROMPT
+    assert all(c.startswith(row[0] + " with ") for row in manifest["captions"] for c in row[1:])
+    other, m2 = tp.pretrain(TINY_DEMO, 32, seed=0, recipe={**TINY_RECIPE, switch: 0.0})
+    assert all(torch.equal(state[k], other[k]) for k in state if not k.startswith("unet."))
+    assert not all(torch.equal(state[k], other[k]) for k in state if k.startswith("unet."))
+    generic, m3 = tp.pretrain(TINY_DEMO, 32, seed=0,
+                              recipe={**TINY_RECIPE, "product_captions": 0.0, "caption_suffixes": 0.0})
+    assert m3["captions"] is None and m3["product_prompt"] is None
+
+
 def test_prior_file_is_hash_checked(small_prior, tmp_path):
     out, _, _ = small_prior
     m = tp.read_prior_manifest(out)

@@ -151,6 +151,20 @@ def test_per_type_generators_change_the_dag(mvtec_tree, tmp_path):
     assert counts["train_generator"] == counts["train_rmp"] == 2 and counts["generate"] == 4
 
 
+def test_threads_per_job_sets_every_jobs_threads(mvtec_tree, tmp_path):
+    """resources.threads_per_job (the CPU demo's 1) replaces each rule's declared threads, in Snakemake's
+    scheduling and in the OMP_NUM_THREADS of the command; null keeps the rules' own (4 for the model stages)."""
+    def threads(**over):
+        cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{
+            "dataset.products": ["bottle"], "downstream.models": ["lfd"], "downstream.methods": ["seas"], **over})
+        out = dry_run(cfg, "-p").stdout
+        return (set(re.findall(r"^\s*threads: (\d+)$", out, flags=re.M)),
+                set(re.findall(r"OMP_NUM_THREADS=(\d+) seas_python_gpu \S+ -m seas.train ", out)))
+    assert threads() == ({"2", "4"}, {"4"})  # (Snakemake prints no "threads: 1")
+    assert threads(**{"resources.threads_per_job": 1}) == (set(), {"1"})
+    assert threads(**{"resources.threads_per_job": 3}) == ({"3"}, {"3"})
+
+
 def test_bad_config_names_the_key(mvtec_tree, tmp_path):
     cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{"generation.guidance_scale": "high"})
     res = dry_run(cfg, check=False)

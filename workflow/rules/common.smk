@@ -72,6 +72,11 @@ MODELS = list(CFG["downstream"]["models"])
 GPUS = CFG["resources"]["gpus_per_job"]
 
 
+def job_threads(declared):
+    """A rule's threads: config resources.threads_per_job if set, else what the rule declares."""
+    return CFG["resources"]["threads_per_job"] or declared
+
+
 def _interpreter():
     """The venv's Python for a pip install; `python` of the job's env under --software-deployment-method conda."""
     try:

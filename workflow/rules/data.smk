@@ -15,7 +15,7 @@ if IS_DEMO:
             f"{RUN}/logs/demo_data.log",
         benchmark:
             f"{RUN}/benchmarks/demo_data.tsv"
-        threads: 1
+        threads: job_threads(1)
         resources:
             mem_mb=2000,
             runtime=15,
@@ -44,7 +44,7 @@ if TINY:
             f"{RUN}/logs/tiny_sd.log",
         benchmark:
             f"{RUN}/benchmarks/tiny_sd.tsv"
-        threads: 1
+        threads: job_threads(1)
         resources:
             mem_mb=4000,
             runtime=15,
@@ -65,7 +65,7 @@ rule split:
         config=lambda wc: stage_config("split", wc.k),
     log:
         job_file(RUN, "logs", "split"),
-    threads: 1
+    threads: job_threads(1)
     resources:
         mem_mb=1000,
         runtime=10,

@@ -21,7 +21,7 @@ rule gen_metrics:
         job_file(RUN, "logs", "gen_metrics"),
     benchmark:
         job_file(RUN, "benchmarks", "gen_metrics")
-    threads: 2
+    threads: job_threads(2)
     resources:
         gpu=GPUS,
         mem_mb=16000,
@@ -52,7 +52,7 @@ rule train_seg:
         job_file(RUN, "logs", "train_seg"),
     benchmark:
         job_file(RUN, "benchmarks", "train_seg")
-    threads: 4
+    threads: job_threads(4)
     resources:
         gpu=GPUS,
         mem_mb=32000,
@@ -80,7 +80,7 @@ rule evaluate:
         job_file(RUN, "logs", "evaluate"),
     benchmark:
         job_file(RUN, "benchmarks", "evaluate")
-    threads: 2
+    threads: job_threads(2)
     resources:
         gpu=GPUS,
         mem_mb=16000,
@@ -116,7 +116,7 @@ rule tables:
         gen_methods=" ".join(shlex.quote(m) for m in LAYOUT.gen_metrics_methods()),
     log:
         f"{RUN}/logs/tables.log",
-    threads: 1
+    threads: job_threads(1)
     resources:
         mem_mb=2000,
         runtime=10,
@@ -141,7 +141,7 @@ rule study:
         run_dir=RUN,
     log:
         f"{RUN}/logs/study/{{study}}.log",
-    threads: 1
+    threads: job_threads(1)
     resources:
         mem_mb=2000,
         runtime=10,

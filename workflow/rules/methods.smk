@@ -22,7 +22,7 @@ rule train_generator:
         job_file(RUN, "logs", "train_generator"),
     benchmark:
         job_file(RUN, "benchmarks", "train_generator")
-    threads: 4
+    threads: job_threads(4)
     resources:
         gpu=GPUS,
         mem_mb=32000,
@@ -49,7 +49,7 @@ rule train_rmp:
         job_file(RUN, "logs", "train_rmp"),
     benchmark:
         job_file(RUN, "benchmarks", "train_rmp")
-    threads: 4
+    threads: job_threads(4)
     resources:
         gpu=GPUS,
         mem_mb=32000,
@@ -76,7 +76,7 @@ rule generate:
         job_file(RUN, "logs", "generate"),
     benchmark:
         job_file(RUN, "benchmarks", "generate")
-    threads: 4
+    threads: job_threads(4)
     resources:
         gpu=GPUS,
         mem_mb=16000,
@@ -103,7 +103,7 @@ rule baselines:
         job_file(RUN, "logs", "baselines"),
     benchmark:
         job_file(RUN, "benchmarks", "baselines")
-    threads: 1
+    threads: job_threads(1)
     resources:
         mem_mb=4000,
         runtime=60,

@@ -19,7 +19,7 @@ rule sample_grid:
         title=lambda wc: f"{wc.method} / {wc.product}",
     log:
         f"{RUN}/logs/sample_grid/{{method}}/{{product}}.log",
-    threads: 1
+    threads: job_threads(1)
     resources:
         mem_mb=1000,
         runtime=10,
