@@ -167,9 +167,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
-def add_config_arguments(parser) -> None:
-    """The ``--config FILE`` and repeated ``--set KEY=VALUE`` options every CLI takes."""
-    parser.add_argument("--config", required=True, help="run configuration (YAML; schema: workflow/schemas/config.schema.yaml)")
+def add_config_arguments(parser, required: bool = True,
+                         help: str = "run configuration (YAML; schema: workflow/schemas/config.schema.yaml)") -> None:
+    """The ``--config FILE`` and repeated ``--set KEY=VALUE`` options every CLI takes (``required=False``: the CLIs
+    that also run on their own defaults; read them with :func:`optional_config_from_args`)."""
+    parser.add_argument("--config", required=required, default=None, help=help)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. generator.steps_per_type=10 (value read as YAML); repeatable")
 
@@ -177,6 +179,15 @@ def add_config_arguments(parser) -> None:
 def config_from_args(args) -> dict:
     """The validated config of a CLI's parsed ``--config`` / ``--set`` options."""
     return load_config(args.config, dict(parse_override(s) for s in args.set))
+
+
+def optional_config_from_args(args) -> dict | None:
+    """:func:`config_from_args` for an optional ``--config``: None without one (``--set`` alone is an error)."""
+    if args.config is not None:
+        return config_from_args(args)
+    if args.set:
+        raise ConfigError("--set needs --config")
+    return None
 
 
 def run_dir(cfg: Mapping[str, Any]) -> Path:

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .config import config_from_args, schema_default
+from .config import add_config_arguments, optional_config_from_args, schema_default
 from .errors import ConfigError, DataError
 from .runtime import atomic_dir, cli, derive_seed, setup_logging
 
@@ -400,9 +400,7 @@ def _parser() -> argparse.ArgumentParser:
         "the same dataset; refuses to replace a directory that is not a demo dataset.",
     )
     p.add_argument("--out", required=True, type=Path, help="output dataset root (e.g. resources/demo_data)")
-    p.add_argument("--config", type=Path, help="run config YAML (reads dataset.demo)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, repeatable (e.g. dataset.demo.image_size=64)")
+    add_config_arguments(p, required=False, help="run config YAML (reads dataset.demo)")
     p.add_argument("--seed", type=int, help="dataset seed (default 0)")
     p.add_argument("--image-size", type=int, help="image side in pixels (default 128, minimum 32)")
     p.add_argument("--num-train-good", type=int, help="normal training images per product (default 24)")
@@ -417,11 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see ``--help``)."""
     args = _parser().parse_args(argv)
     setup_logging(args.verbose)
-    if args.config is not None:
-        demo = config_from_args(args)["dataset"]["demo"]
-        params = {k: demo[k] for k in _PARAMS}
-    elif args.set:
-        raise ConfigError("--set needs --config")
+    cfg = optional_config_from_args(args)
+    if cfg is not None:
+        params = {k: cfg["dataset"]["demo"][k] for k in _PARAMS}
     else:
         params = {k: schema_default(f"dataset.demo.{k}") for k in _PARAMS}
     params.update({k: getattr(args, k) for k in _PARAMS if getattr(args, k) is not None})

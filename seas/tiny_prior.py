@@ -41,7 +41,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .config import config_from_args, schema_default
+from .config import add_config_arguments, optional_config_from_args, schema_default
 from .errors import CheckpointError, ConfigError
 from .runtime import atomic_write_bytes, atomic_write_text, cli, derive_seed, setup_logging
 
@@ -147,6 +147,17 @@ def _batch(images, idx, gen, crop: int = 0):
     return out
 
 
+def _optimizer_step(module, opt, sched, loss) -> None:
+    """One step of the prior's two trainings: backward, gradient norm clipped to 1, AdamW, the LR schedule."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
 def _log_every(steps: int) -> int:
     return max(1, steps // 20)
 
@@ -168,11 +179,7 @@ def train_vae(vae, images, *, steps: int, batch: int, lr: float, kl_weight: floa
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
         recon = vae.decode(z).sample
         loss, parts = vae_loss(recon, x, post.mean, post.logvar, kl_weight, grad_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _optimizer_step(vae, opt, sched, loss)
         if history is not None and (step % _log_every(steps) == 0 or step == steps - 1):
             history.append({"phase": "vae", "step": step + 1, "loss": float(loss), **parts})
             log.info("vae step %d/%d  loss %.4f  l1 %.4f  grad %.4f  kl %.1f", step + 1, steps, float(loss),
@@ -245,11 +252,7 @@ def train_unet(unet, latents, cond, uncond, noise_scheduler, *, steps: int, batc
         xt = noise_scheduler.add_noise(x0, noise, t)
         pred = unet(xt, t, encoder_hidden_states=ctx, return_dict=False)[0]
         loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _optimizer_step(unet, opt, sched, loss)
         if history is not None and (step % _log_every(steps) == 0 or step == steps - 1):
             history.append({"phase": "unet", "step": step + 1, "loss": float(loss)})
             log.info("unet step %d/%d  loss %.4f", step + 1, steps, float(loss))
@@ -420,8 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m seas.tiny_prior", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="weights file to write (.safetensors; the manifest goes next to it)")
-    ap.add_argument("--config", default=None, help="run configuration: seed, dataset.demo, model.resolution")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (with --config)")
+    add_config_arguments(ap, required=False, help="run configuration: seed, dataset.demo, model.resolution")
     ap.add_argument("--seed", type=int, default=None, help="seed (default: the config's seed, or 0)")
     for k, v in DEFAULT_RECIPE.items():
         ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, help=f"recipe (default {v})")
@@ -434,11 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.config is not None:
-        cfg = config_from_args(args)
+    cfg = optional_config_from_args(args)
+    if cfg is not None:
         seed, demo, res = cfg["seed"], cfg["dataset"]["demo"], cfg["model"]["resolution"]
-    elif args.set:
-        raise ConfigError("--set needs --config")
     else:
         seed, demo, res = 0, schema_default("dataset.demo"), 128
     seed = seed if args.seed is None else args.seed

@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .config import config_from_args
+from .config import add_config_arguments, optional_config_from_args
 from .errors import CheckpointError, ConfigError
 from .runtime import atomic_dir, cli, setup_logging
 # Lazy imports: torch / diffusers / transformers are imported inside the functions that build the model (heavy).
@@ -235,8 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m seas.tiny_sd", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (diffusers layout)")
-    ap.add_argument("--config", default=None, help="run configuration: seed and model.resolution (the workflow)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (with --config)")
+    add_config_arguments(ap, required=False, help="run configuration: seed and model.resolution (the workflow)")
     ap.add_argument("--seed", type=int, default=None, help="weight initialisation seed (default: seed, or 0)")
     ap.add_argument("--prior", default=None, help="pretrained prior weights (python -m seas.tiny_prior; default: "
                     "model.tiny_prior with --config, else none = random weights)")
@@ -246,11 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
     seed, size, prior = 0, 64, None
-    if args.config is not None:
-        cfg = config_from_args(args)
+    cfg = optional_config_from_args(args)
+    if cfg is not None:
         seed, size, prior = cfg["seed"], cfg["model"]["resolution"], cfg["model"]["tiny_prior"]
-    elif args.set:
-        raise ConfigError("--set needs --config")
     write_tiny_sd(args.out, seed=seed if args.seed is None else args.seed,
                   sample_size=size if args.sample_size is None else args.sample_size,
                   prior=args.prior if args.prior is not None else prior)
