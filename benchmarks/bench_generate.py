@@ -5,12 +5,12 @@
 
 One image = 25 DPM-Solver++ steps with classifier-free guidance (U-Net on the doubled batch), the RMP branch on the
 last 3 steps (U-Net feature hooks, VAE decode with decoder-feature hooks, coarse transformer + 3 MRMs), the mask
-average + threshold and the uint8 conversion: exactly seas.generate.denoise_batch, the code path of
-`python -m seas.generate`. Not timed: model loading, the CLIP text encoder (run once per prompt, not per image; the
+average + threshold and the uint8 conversion: exactly seas.method.generate.denoise_batch, the code path of
+`python -m seas.method.generate`. Not timed: model loading, the CLIP text encoder (run once per prompt, not per image; the
 embeddings here are random [1, 77, cross_attention_dim] tensors), reference encoding, PNG writing.
 
 The U-Net and VAE are built from SD v1-4's configurations below (no download); the RMP branch from them via
-seas.rmp.arch_from_configs with the schema's default widths. Target on one H100: <= 200 ms/image.
+seas.method.rmp.arch_from_configs with the schema's default widths. Target on one H100: <= 200 ms/image.
 Precision (``--precision``): ``fp16`` / ``bf16`` cast the models (the usual inference setting), ``autocast-bf16`` keeps
 fp32 weights under bf16 autocast (the pipeline's ``model.mixed_precision: auto`` on CUDA), ``fp32``. Default: fp16 on
 CUDA, fp32 on CPU. Prints one JSON object (and writes it to ``--out`` if given).
@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sd14 import SD14_UNET, SD14_VAE, SD14_SCHEDULER, schema_defaults  # noqa: E402
 
-from seas import rmp as rmp_mod  # noqa: E402
-from seas.generate import denoise_batch, threshold_masks, to_uint8_images  # noqa: E402
+from seas.method import rmp as rmp_mod  # noqa: E402
+from seas.method.generate import denoise_batch, threshold_masks, to_uint8_images  # noqa: E402
 
 log = logging.getLogger("bench_generate")
 
@@ -52,7 +52,7 @@ def build_models(shape: str, resolution: int, device, dtype, seed: int = 0):
     if shape == "sd14":
         ucfg, vcfg = dict(SD14_UNET, sample_size=resolution // 8), dict(SD14_VAE, sample_size=resolution)
     else:
-        from seas.tiny_sd import tiny_configs
+        from seas.models.tiny_sd import tiny_configs
 
         cfgs = tiny_configs(resolution)
         ucfg, vcfg = cfgs["unet"], cfgs["vae"]

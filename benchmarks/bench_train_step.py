@@ -10,7 +10,7 @@ tokenizer is the real CLIP BPE tokenizer built locally). One step = 2 abnormal +
 Modes (``--mode``, default ``all``; one JSON object each, then the ratios):
   floor     the bare U-Net step: forward (fused attention everywhere) + ε-MSE + backward + AdamW on the U-Net, on
             fixed latents and text embeddings: what no SeaS implementation can go below.
-  ours      seas.train's code path: latents sampled from the training-latent cache (seas.latents; warm, as after the
+  ours      seas.method.train_generator's code path: latents sampled from the training-latent cache (seas.method.latents; warm, as after the
             first steps of a run -- the one-time encoding is reported as cache_build_s), the text encoder on each
             distinct prompt (forward + backward for the learned tokens), the U-Net with the DA-map capture on the
             32/16 down-path cross-attention layers (fused kernel everywhere), L_SD + L_NA + L_DA, backward, AdamW
@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sd14 import SD14_UNET, SD14_VAE, SD14_TEXT, SD14_SCHEDULER, schema_defaults  # noqa: E402
 
-from seas.attention import AttentionStore, install_capture  # noqa: E402
-from seas.prompt import TokenMap, register_tokens, tokenize  # noqa: E402
-from seas.train import Batch, forward_backward, setup_training  # noqa: E402
+from seas.method.attention import AttentionStore, install_capture  # noqa: E402
+from seas.method.prompt import TokenMap, register_tokens, tokenize  # noqa: E402
+from seas.method.train_generator import Batch, forward_backward, setup_training  # noqa: E402
 
 log = logging.getLogger("bench_train_step")
 
@@ -52,7 +52,8 @@ def build_components(tiny: bool, resolution: int, tmp: Path, seed: int = 0):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from seas.tiny_sd import tiny_configs, write_clip_tokenizer_files
+    from seas.models.tiny_sd import tiny_configs
+    from seas.models.clip_vocab import write_clip_tokenizer_files
 
     torch.manual_seed(seed)
     if tiny:
@@ -89,8 +90,8 @@ def make_batch(tokenizer, token_map: TokenMap, mean, std, masks, types) -> Batch
 def bench(mode: str, args, device: torch.device) -> dict:
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    from seas.latents import training_set_cache
-    from seas.losses import eps_mse
+    from seas.method.latents import training_set_cache
+    from seas.method.losses import eps_mse
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer, text_encoder, vae, unet, scheduler = build_components(args.tiny, args.resolution, Path(tmp))
@@ -230,7 +231,7 @@ def main(argv=None) -> int:
         results.append(summary)
         print(json.dumps(summary), flush=True)
     if args.out:
-        from seas.runtime import atomic_write_text
+        from seas.run.runtime import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(results, indent=1))
     return 0

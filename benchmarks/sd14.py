@@ -26,7 +26,7 @@ SD14_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_
 
 def schema_defaults(section: str) -> dict:
     """A config section's defaults, from the one schema (never restated here)."""
-    from seas.config import validate_config
+    from seas.run.config import validate_config
 
     cfg = validate_config({"dataset": {"name": "custom", "root": "."}, "model": {"pretrained": "CompVis/stable-diffusion-v1-4"}})
     return cfg[section]

@@ -41,15 +41,15 @@ def dry_run_counts(config: Path, target: str, workdir: Path) -> Counter:
 
 def gpu_hours(cfgs, products_types) -> float:
     """Generator + RMP + generation hours of the distinct stage instances of these configurations."""
-    from seas.layout import Layout
+    from seas.run.layout import Layout
 
     gens, rmps, gen_imgs = {}, {}, {}
     for cfg in cfgs:
         lay = Layout("", cfg)
         n_types = sum(len(t) for t in products_types.values())
-        gens[lay.generator_key] = n_types * COSTS_H["generator_per_type"] * cfg["generator"]["steps_per_type"] / 800
-        rmps[lay.rmp_key] = n_types * COSTS_H["rmp_per_type"] * cfg["rmp"]["steps_per_type"] / 800
-        gen_imgs[lay.generation_key] = n_types * cfg["generation"]["num_images_per_type"] * COSTS_H["image"]
+        gens[lay.key("train_generator")] = n_types * COSTS_H["generator_per_type"] * cfg["generator"]["steps_per_type"] / 800
+        rmps[lay.key("train_rmp")] = n_types * COSTS_H["rmp_per_type"] * cfg["rmp"]["steps_per_type"] / 800
+        gen_imgs[lay.key("generate")] = n_types * cfg["generation"]["num_images_per_type"] * COSTS_H["image"]
     return sum(gens.values()) + sum(rmps.values()) + sum(gen_imgs.values())
 
 
@@ -59,8 +59,8 @@ def main() -> int:
     ap.add_argument("--study", required=True)
     ap.add_argument("--tree", choices=["mvtec_ad"], default=None)
     args = ap.parse_args()
-    from seas.config import validate_config
-    from seas.studies import load_studies, variant_configs
+    from seas.run.config import validate_config
+    from seas.run.studies import load_studies, variant_configs
 
     tmp = Path(tempfile.mkdtemp(prefix="study_jobs_"))
     base = yaml.safe_load(Path(args.configfile).read_text())
@@ -86,7 +86,7 @@ def main() -> int:
         p.write_text(yaml.safe_dump(solo))
         alone += dry_run_counts(p, "study_solo", tmp)
 
-    from seas.data import discover_types, selected_products
+    from seas.data.dataset import discover_types, selected_products
 
     products_types = {p: discover_types(vbase["dataset"]["root"], p) for p in selected_products(vbase)}
     cfgs = list(variant_configs(vbase, study).values())

@@ -15,7 +15,7 @@
   two random colours). Mask = the thresholded noise, exactly.
 
 The anomaly type only selects the output folder (and, for ``real``, the images): cutpaste/draem do not model
-types. Every pair has its own seed (``seas.runtime.derive_seed(seed, method, product, type, index)``), stored in
+types. Every pair has its own seed (``seas.run.runtime.derive_seed(seed, method, product, type, index)``), stored in
 ``manifest.csv`` together with the reference normal image and the method's parameters.
 
 CLI::
@@ -34,12 +34,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from seas.data import Split, augmentation_for, load_image, load_mask, augment_pair, image_to_tensor, mask_to_tensor
-from seas.errors import DataError
-from seas.runtime import atomic_dir, derive_seed, setup_logging, cli
+from seas.data.split import Split
+from seas.data.augment import augmentation_for, augment_pair
+from seas.data.images import load_image, load_mask, image_to_tensor, mask_to_tensor
+from seas.run.errors import DataError
+from seas.run.runtime import atomic_dir, derive_seed, setup_logging, cli
 
-from seas.pairs import BASELINE_METHODS, save_pair, write_manifest
-from seas.config import add_config_arguments, config_from_args
+from seas.run.labels import BASELINE_METHODS
+from seas.data.pairs import save_pair, write_manifest
+from seas.run.config import add_config_arguments, config_from_args
+from seas.run.stages import STAGES
 # Lazy imports: torch / torchvision are imported inside the augmentation that uses them: the baselines run in the base env.
 
 __all__ = [
@@ -49,10 +53,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
-#: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
-CONFIG_KEYS = ("seed", "dataset.image_policy", "augmentation", "downstream.image_size",
-               "downstream.num_baseline_images_per_type")
+#: the config keys this stage reads: declared once, in the stage registry (seas.run.stages)
+CONFIG_KEYS = STAGES["baselines"].config_keys
 
 METHODS = BASELINE_METHODS
 
@@ -215,7 +217,7 @@ def draem_pair(normal: Image.Image, rng: np.random.Generator, other_normals: Seq
 
 def real_pair(image: Image.Image, mask: np.ndarray, seed: int, rotate90: bool, flip: bool
               ) -> tuple[Image.Image, np.ndarray, dict]:
-    """A real training anomaly, rotated by k·90° / flipped with ``seas.data.augment_pair`` -> (image, mask, {})."""
+    """A real training anomaly, rotated by k·90° / flipped with ``seas.data.augment.augment_pair`` -> (image, mask, {})."""
     import torch
 
     g = torch.Generator().manual_seed(seed)

@@ -22,19 +22,18 @@ import json
 import numpy as np
 from tqdm import tqdm
 
-from seas.config import add_config_arguments, config_from_args
-from seas.errors import CheckpointError, DataError
+from seas.run.config import add_config_arguments, config_from_args
+from seas.run.errors import CheckpointError, DataError
 
-from .metrics import INFO_COLUMNS, METRIC_COLUMNS, ProductMetrics
-from seas.runtime import atomic_write_text, cli, get_device, setup_logging
-# Lazy imports: torch and the models (mmseg) are imported inside the functions that use them: downstream.tables imports this module in the base env.
+from downstream.metrics import INFO_COLUMNS, METRIC_COLUMNS, ProductMetrics
+from seas.run.runtime import atomic_write_text, cli, get_device, setup_logging
+from seas.run.stages import STAGES
+# Lazy imports: torch and the models (mmseg) are imported inside the functions that use them: downstream.report.tables imports this module in the base env.
 
 log = logging.getLogger(__name__)
 
-#: the config keys this stage reads (dotted keys or whole sections): the rule's ``params: cfg``, Snakemake's
-#: params rerun trigger (seas.config.stage_keys; tests/seas/test_config_keys.py fails on a read outside them)
-CONFIG_KEYS = ("device", "dataset.image_policy", "downstream.image_size", "downstream.iou_threshold",
-               "downstream.evaluation")
+#: the config keys this stage reads: declared once, in the stage registry (seas.run.stages)
+CONFIG_KEYS = STAGES["evaluate"].config_keys
 
 __all__ = ["SCORE_COLUMNS", "MEAN_ROW", "metric_kwargs", "evaluate_dataset", "evaluate", "add_mean_row",
            "write_scores", "read_scores", "main"]
@@ -109,7 +108,7 @@ def evaluate_dataset(predict: Callable, dataset, *, batch_size: int = 8, num_wor
 
 
 def _default_dataset_factory(split_path: Path, image_size: int, policy: str):
-    from .data import SegTestDataset
+    from downstream.segmentation.data import SegTestDataset
 
     return SegTestDataset([str(split_path)], image_size, policy=policy)
 
@@ -119,7 +118,7 @@ def evaluate(predict: Callable, split_paths: Sequence, cfg: Mapping, *, device="
     """One metrics row per split manifest (= product), in the order given, plus the ``mean`` row.
 
     ``dataset_factory(split_path, image_size, policy)`` builds a product's test dataset (default:
-    ``downstream.data.SegTestDataset([split_path], downstream.image_size, dataset.image_policy)``).
+    ``downstream.segmentation.data.SegTestDataset([split_path], downstream.image_size, dataset.image_policy)``).
     """
     ev = cfg["downstream"]["evaluation"]
     batch_size = batch_size or ev["batch_size"]
@@ -233,11 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_args(args)
     ckpt = Path(args.checkpoint)
     if not ckpt.is_dir():
-        raise CheckpointError(f"checkpoint folder {ckpt} does not exist (run `python -m downstream.train` first)")
+        raise CheckpointError(f"checkpoint folder {ckpt} does not exist (run `python -m downstream.train_seg` first)")
     _check_model_name(ckpt, args.model)
     device = get_device(cfg)
 
-    from .models import load_trained
+    from downstream.segmentation.models import load_trained
 
     model = load_trained(ckpt, cfg, device)
     if hasattr(model, "eval"):

@@ -4,7 +4,7 @@ Units. The pure functions return fractions in [0, 1], like scikit-learn. :class:
 everything written to disk (``scores.csv``, ``results/tables/*.csv``) are in **percent** (0-100), like the
 paper's tables (:data:`SCALE`).
 
-Column names (used by ``downstream.evaluate`` and ``downstream.tables``), :data:`METRIC_COLUMNS`:
+Column names (used by ``downstream.evaluate`` and ``downstream.report.tables``), :data:`METRIC_COLUMNS`:
 
 ``pixel_auroc``      ROC AUC over all pixels of a product (test anomalies + test good)
 ``pixel_ap``         average precision over the same pixels (``sklearn.metrics.average_precision_score``)
@@ -41,7 +41,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
-from seas.errors import DataError
+from seas.run.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ DEMO_KW = dict(seed=0, image_size=64, num_train_good=8, num_test_good=3, num_per
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     """A small demo dataset in MVTec layout: products weave (scratch, stain) and washer (hole, scratch), 64 px."""
-    from seas.demo_data import generate_demo_dataset
+    from seas.data.demo_data import generate_demo_dataset
 
     return Path(generate_demo_dataset(tmp_path_factory.mktemp("demo") / "data", **DEMO_KW))
 
@@ -33,15 +33,15 @@ def demo_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> Path:
     """The tiny random Stable-Diffusion-shaped model (diffusers layout)."""
-    from seas.tiny_sd import write_tiny_sd
+    from seas.models.tiny_sd import write_tiny_sd
 
     return Path(write_tiny_sd(tmp_path_factory.mktemp("models") / "tiny_sd", seed=0, sample_size=TEST_RESOLUTION))
 
 
 @pytest.fixture(scope="session")
 def tiny_sd(tiny_sd_dir):
-    """The tiny model loaded (seas.sd.load_sd): tokenizer, text encoder, VAE, U-Net, scheduler."""
-    from seas.sd import load_sd
+    """The tiny model loaded (seas.models.sd.load_sd): tokenizer, text encoder, VAE, U-Net, scheduler."""
+    from seas.models.sd import load_sd
 
     return load_sd(tiny_sd_dir)
 
@@ -50,9 +50,9 @@ def tiny_sd(tiny_sd_dir):
 def generator_ckpt(tiny_sd_dir, tmp_path_factory):
     """A generator checkpoint of 'weave' (the untrained tiny model + its registered tokens): RMP and generation
     tests start from it."""
-    from seas.checkpoint import save_generator
-    from seas.prompt import TokenMap, register_tokens
-    from seas.sd import load_sd
+    from seas.method.checkpoint import save_generator
+    from seas.method.prompt import TokenMap, register_tokens
+    from seas.models.sd import load_sd
 
     sd = load_sd(tiny_sd_dir)
     tm = TokenMap.build("weave", ["scratch", "stain"])
@@ -64,7 +64,7 @@ def generator_ckpt(tiny_sd_dir, tmp_path_factory):
 @pytest.fixture
 def make_cfg(demo_root, tiny_sd_dir, tmp_path):
     """``make_cfg({"generator.steps_per_type": 2}, rmp__lr=1e-3)`` -> validated config dict (results in tmp_path)."""
-    from seas.config import validate_config
+    from seas.run.config import validate_config
 
     base = {
         "run_name": "test",
@@ -107,7 +107,7 @@ def write_cfg(make_cfg, tmp_path):
 @pytest.fixture
 def split_path(make_cfg, tmp_path):
     """``split_path("weave")`` -> path of that product's split manifest (written on first use)."""
-    from seas.data import build_split
+    from seas.data.split import build_split
 
     cfg = make_cfg()
 

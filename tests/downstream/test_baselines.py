@@ -10,9 +10,10 @@ from PIL import Image
 from downstream.baselines import (
     METHODS, cutpaste_pair, draem_pair, fractal_noise, generate_baseline, main, perlin_mask, perlin_noise, real_pair,
 )
-from seas.pairs import iter_pairs, read_manifest
-from seas.data import Split, load_mask
-from seas.errors import DataError
+from seas.data.pairs import iter_pairs, read_manifest
+from seas.data.split import Split
+from seas.data.images import load_mask
+from seas.run.errors import DataError
 
 
 def _rgb(size=64, seed=0) -> Image.Image:

@@ -19,8 +19,8 @@ from scipy import ndimage
 
 from downstream import evaluate as E
 from downstream import metrics as M
-from seas.config import validate_config
-from seas.errors import CheckpointError
+from seas.run.config import validate_config
+from seas.run.errors import CheckpointError
 
 SIZE = 64
 
@@ -62,7 +62,7 @@ def cfg(demo_root):
 
 @pytest.fixture(scope="module")
 def splits(demo_root, tmp_path_factory):
-    from seas.data import build_split
+    from seas.data.split import build_split
 
     out = tmp_path_factory.mktemp("split")
     return [build_split(demo_root, p, "1/3", 8).save(out / f"{p}.json") for p in ("weave", "washer")]
@@ -70,7 +70,7 @@ def splits(demo_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def datasets(splits, cfg):
-    from downstream.data import SegTestDataset
+    from downstream.segmentation.data import SegTestDataset
 
     return [SegTestDataset([str(s)], SIZE, policy=cfg["dataset"]["image_policy"]) for s in splits]
 
@@ -123,9 +123,9 @@ def test_wrong_map_shape_is_an_error(cfg, splits, datasets):
 
 def test_cli(cfg, splits, datasets, tmp_path, monkeypatch, capsys):
     model = LookupModel(datasets, _blurred)
-    fake = types.ModuleType("downstream.models")
+    fake = types.ModuleType("downstream.segmentation.models")
     fake.load_trained = lambda ckpt, c, device: model
-    monkeypatch.setitem(sys.modules, "downstream.models", fake)
+    monkeypatch.setitem(sys.modules, "downstream.segmentation.models", fake)
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     ckpt = tmp_path / "segmentation" / "lfd" / "seas"
@@ -143,9 +143,9 @@ def test_cli(cfg, splits, datasets, tmp_path, monkeypatch, capsys):
 
 
 def test_cli_with_a_real_random_init_lfd(cfg, splits, tmp_path):
-    """Integration with downstream.models / downstream.data: a saved random-init LFD, scored end to end."""
-    from downstream.models import MODEL_FILE, TRAIN_JSON, build_model
-    from seas.runtime import save_safetensors_atomic
+    """Integration with  downstream.segmentation.models / downstream.segmentation.data: a saved random-init LFD, scored end to end."""
+    from  downstream.segmentation.models import MODEL_FILE, TRAIN_JSON, build_model
+    from seas.run.runtime import save_safetensors_atomic
 
     torch.manual_seed(0)
     model = build_model("lfd", cfg, load_pretrained=False)

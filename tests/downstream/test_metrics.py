@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from downstream import metrics as M
-from seas.errors import DataError
+from seas.run.errors import DataError
 
 
 # ----------------------------------------------------------------------------- hand-computed cases

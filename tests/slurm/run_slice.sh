@@ -29,8 +29,8 @@ MODE=${2:-both}
 mkdir -p "$OUT"
 OUT=$(realpath "$OUT")
 
-# the slice's last output, in its configuration's stage folders (seas.layout)
-TARGET=$(PYTHONPATH=$REPO "$PY" -m seas.layout --config "$CONFIG" --path seg_model bisenetv2 seas)
+# the slice's last output, in its configuration's stage folders (seas.run.layout)
+TARGET=$(PYTHONPATH=$REPO "$PY" -m seas.run.layout --config "$CONFIG" --path seg_model bisenetv2 seas)
 
 log() { printf '[run_slice %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 

@@ -96,8 +96,8 @@ def test_deployed_demo_dry_run(deployed):
     res = _dry_run(dest)
     assert job_counts(res.stdout) == {"demo_data": 1, "tables": 1, "study": 1, "all": 1, "total": 4}  # study: demo_tau
     # relative paths of the config resolve in the deploying directory, and the jobs run the clone's code
-    assert (dest / "results" / "demo" / "config.yaml").is_file() and not (clone / "results").exists()
-    assert "seas_python -m seas.demo_data --config results/demo/config.yaml --out resources/demo_data" in res.stdout
+    assert not (dest / "results").exists() and not (clone / "results").exists()  # a dry run writes nothing
+    assert "seas_python -m seas.data.demo_data --config results/demo/config.yaml --out resources/demo_data" in res.stdout
 
 
 def test_deployed_preset_dry_run(deployed, tmp_path):
@@ -111,5 +111,8 @@ def test_deployed_preset_dry_run(deployed, tmp_path):
     assert counts["train_generator"] == 2 and counts["generate"] == 3 and counts["train_seg"] == 4
     assert counts["tables"] == counts["all"] == 1 and "study" not in counts
     # the preset replaced the deploying workflow's config/config.yaml (the demo's): none of its keys leaked in
+    # (`--list` parses the workflow without planning-only mode: the resolved config is written)
+    subprocess.run([snakemake_exe(), "--list", "--configfile", "config/mine.yaml"], cwd=dest, capture_output=True,
+                   env=_env(), timeout=300, check=True)
     resolved = yaml.safe_load((dest / "results" / "mvtec_ad" / "mvtec_ad" / "config.yaml").read_text())
     assert resolved["studies"] == {} and resolved["generator"]["lr_unet"] == 4.0e-6

@@ -290,8 +290,8 @@ def test_outputs_identical_to_local_run(slice_out):
     on_slurm = tree_digest(slice_out / "slurm")
     local = tree_digest(slice_out / "local")
     assert sorted(on_slurm) == sorted(local)
-    from seas.config import load_config, run_dir
-    from seas.layout import Layout
+    from seas.run.config import load_config, run_dir
+    from seas.run.layout import Layout
 
     cfg = load_config(SLURM_DIR / "slice_config.yaml")
     lay = Layout(run_dir(cfg), cfg)  # results/slurm_slice, relative like the digests' keys

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from helpers import REPO, dry_run, job_counts, write_tree
-from seas.studies import shipped_study_files
+from seas.run.studies import shipped_study_files
 
 TREE = {"a": ["x", "y", "z"], "b": ["w", "x"]}
 P, T = 2, 5  # products, anomaly types

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from helpers import REPO, dry_run, job_counts, write_tree
+from seas.run.stages import STAGES
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 
@@ -65,7 +66,7 @@ def mvtec_tree(tmp_path_factory) -> Path:
 
 def test_synthetic_tree_has_paper_shape(mvtec_tree):
     assert len(MVTEC_AD) == 15 and sum(map(len, MVTEC_AD.values())) == 73
-    from seas.data import discover_products, discover_types
+    from seas.data.dataset import discover_products, discover_types
 
     assert discover_products(mvtec_tree) == sorted(MVTEC_AD)
     assert sum(len(discover_types(mvtec_tree, p)) for p in MVTEC_AD) == 73
@@ -91,15 +92,16 @@ def test_paper_sized_dag(mvtec_tree, tmp_path):
     }
     expected["total"] = sum(expected.values())
     assert counts == expected
-    # the resolved config is written next to the results, with every default filled in
-    resolved = yaml.safe_load((tmp_path / "results" / "mvtec_ad" / "config.yaml").read_text())
-    assert resolved["generation"]["guidance_scale"] == 8.0 and resolved["generation"]["mask_threshold"] == 0.2
+    # a dry run plans and writes nothing: no results folder at all (the resolved config and the stage configs are
+    # written when jobs may run)
+    assert not (tmp_path / "results").exists()
+    assert not dry_run(cfg, "--lint", check=False).returncode and not (tmp_path / "results").exists()
     # GPU stages: the gpu resource, the claim wrapper, a time limit scaled by the product's types (cable: 8)
     block = re.search(r"rule train_generator:\n(?:    .*\n)*?    wildcards: k=[0-9a-f]+, product=cable, group=all\n(?:    .*\n)*Shell command: .*",
                       res.stdout).group(0)
     limit = int(re.search(r"runtime=(\d+)", block).group(1))
     assert "gpu=1," in block and 8 * 35 < limit < 8 * 35 * 2
-    assert "seas_python_gpu 1 -m seas.train --config " in block  # the claim wrapper of the shell prefix (common.smk)
+    assert "seas_python_gpu 1 -m seas.method.train_generator --config " in block  # the claim wrapper of the shell prefix (common.smk)
 
 
 @pytest.mark.parametrize("preset,shape", [("visa.yaml", {"candle": ["anomaly"], "pcb1": ["anomaly"]}),
@@ -159,7 +161,7 @@ def test_threads_per_job_sets_every_jobs_threads(mvtec_tree, tmp_path):
             "dataset.products": ["bottle"], "downstream.models": ["lfd"], "downstream.methods": ["seas"], **over})
         out = dry_run(cfg, "-p").stdout
         return (set(re.findall(r"^\s*threads: (\d+)$", out, flags=re.M)),
-                set(re.findall(r"OMP_NUM_THREADS=(\d+) seas_python_gpu \S+ -m seas.train ", out)))
+                set(re.findall(r"OMP_NUM_THREADS=(\d+) seas_python_gpu \S+ -m seas.method.train_generator ", out)))
     assert threads() == ({"2", "4"}, {"4"})  # (Snakemake prints no "threads: 1")
     assert threads(**{"resources.threads_per_job": 1}) == (set(), {"1"})
     assert threads(**{"resources.threads_per_job": 3}) == ({"3"}, {"3"})
@@ -191,7 +193,7 @@ def test_workflow_profile_resolves_from_repo_root(mvtec_tree, tmp_path):
 
 # ----------------------------------------------------------------------------- wflib (pure helpers)
 def test_method_ids():
-    from seas.pairs import method_dir  # the one definition: wflib, the tables and the rules all use it
+    from seas.run.labels import method_dir  # the one definition: wflib, the tables and the rules all use it
 
     assert method_dir("seas") == "seas"
     assert method_dir("external:/data/gan out/") == "external-gan out" and method_dir("external:rel/pairs") == "external-pairs"
@@ -223,7 +225,7 @@ def test_write_if_changed_keeps_mtime(tmp_path):
 def test_write_if_changed_on_a_full_disk_leaves_no_temporary_file(tmp_path, monkeypatch):
     import errno
 
-    from seas.runtime import io_error_message
+    from seas.run.runtime import io_error_message
 
     p = tmp_path / "run" / "config.yaml"
     assert wflib.write_if_changed(p, "a: 1\n")
@@ -242,16 +244,16 @@ def test_write_if_changed_on_a_full_disk_leaves_no_temporary_file(tmp_path, monk
 def test_runtime_estimates_scale():
     import copy
 
-    from seas.config import load_config
+    from seas.run.config import load_config
 
     cfg = load_config(REPO / "config" / "mvtec_ad.yaml")
     # paper: 35 min per type on an A100 -> the limit covers it with margin and grows with the type count
-    one, eight = wflib.generator_minutes(cfg, 1), wflib.generator_minutes(cfg, 8)
+    one, eight = STAGES["train_generator"].minutes(cfg, n_types=1), STAGES["train_generator"].minutes(cfg, n_types=8)
     assert 35 < one < 90 and eight > 7 * 35
     small = copy.deepcopy(cfg)
     small["model"]["resolution"] = 256
-    assert wflib.generator_minutes(small, 8) < eight
-    assert wflib.rmp_minutes(cfg, 1) > 25 and wflib.generate_minutes(cfg) > 12  # 1000 x 720 ms
+    assert STAGES["train_generator"].minutes(small, n_types=8) < eight
+    assert STAGES["train_rmp"].minutes(cfg, n_types=1) > 25 and STAGES["generate"].minutes(cfg) > 12  # 1000 x 720 ms
 
 
 # ----------------------------------------------------------------------------- the jobs' shell prefix
@@ -295,3 +297,9 @@ def test_config_overrides_are_typed():
     base = {"generation": {"guidance_scale": 8.0, "batch_size": 8}, "seed": 0}
     assert wflib.deep_update(base, got) is base
     assert base["generation"] == {"guidance_scale": 3.0, "batch_size": 8, "num_images_per_type": 10}
+
+
+def test_planning_options_are_recognised():
+    assert wflib.planning_only(["-n"]) and wflib.planning_only(["-np", "--cores", "2"])
+    assert wflib.planning_only(["--lint"]) and wflib.planning_only(["--summary"]) and wflib.planning_only(["--dag"])
+    assert not wflib.planning_only(["--cores", "2", "-p"]) and not wflib.planning_only(["--configfile", "n.yaml"])

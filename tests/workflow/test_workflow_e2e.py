@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from helpers import REPO, job_counts, snakemake_exe
-from seas.config import validate_config
-from seas.layout import Layout
+from seas.run.config import validate_config
+from seas.run.layout import Layout
 
 SNAKEFILE = REPO / "workflow" / "Snakefile"
 
@@ -91,7 +91,7 @@ def test_trimmed_demo_end_to_end(tmp_path):
 
     # 1. start the run and kill it hard (SIGKILL, like a crash or a lost node) while the generator trains
     proc = subprocess.Popen(_cmd(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
-    marker = run / "logs" / "train_generator" / lay.generator_key / "weave" / "all.log"
+    marker = run / "logs" / "train_generator" / lay.key("train_generator") / "weave" / "all.log"
     t0 = time.monotonic()
     while not marker.exists():
         assert proc.poll() is None, "the run ended before the generator started"
@@ -167,8 +167,8 @@ def test_trimmed_demo_end_to_end(tmp_path):
     assert all(0 <= float(r["pixel_auroc"]) <= 100 for r in study)
     lfd_seas = next(r for r in seg if (r["model"], r["method"]) == ("lfd", "seas"))
     assert study[0]["pixel_ap"] == lfd_seas["pixel_ap"]  # the same folders as the run's own lfd/seas
-    assert [p.name for p in (run / "generator").iterdir()] == [lay.generator_key]
-    assert [p.name for p in (run / "rmp").iterdir()] == [lay.rmp_key]
+    assert [p.name for p in (run / "generator").iterdir()] == [lay.key("train_generator")]
+    assert [p.name for p in (run / "rmp").iterdir()] == [lay.key("train_rmp")]
     assert len(list((run / "methods" / "seas").iterdir())) == 2  # one per tau
     assert len(list((run / "segmentation" / "lfd" / "seas").iterdir())) == 2
 

@@ -25,11 +25,12 @@ for _p in (str(REPO), str(WORKFLOW_DIR / "scripts")):
         sys.path.insert(0, _p)
 
 import wflib  # noqa: E402  (workflow/scripts/wflib.py)
-from seas.config import run_dir, stage_keys, validate_config  # noqa: E402
-from seas.errors import SeasError  # noqa: E402
-from seas.layout import KEY_LEN, Layout, group_of, job_file, pattern, scope_product, seg_scopes, stage_values  # noqa: E402
-from seas.pairs import BASELINE_METHODS, method_dir  # noqa: E402
-from seas.studies import load_studies, variant_configs  # noqa: E402
+from seas.run.config import run_dir, validate_config  # noqa: E402
+from seas.run.stages import STAGES, stage_keys, stage_values  # noqa: E402
+from seas.run.errors import SeasError  # noqa: E402
+from seas.run.layout import KEY_LEN, Layout, group_of, job_file, pattern, scope_product, seg_scopes  # noqa: E402
+from seas.run.labels import BASELINE_METHODS, method_dir  # noqa: E402
+from seas.run.studies import load_studies, variant_configs  # noqa: E402
 
 
 # --configfile replaces the default config, it is not merged over it: run as a module (snakedeploy), the deploying
@@ -56,12 +57,27 @@ except (SeasError, wflib.WorkflowConfigError) as _e:
 
 RUN = str(run_dir(CFG))
 RESOLVED_CONFIG = f"{RUN}/config.yaml"
-try:
-    wflib.write_if_changed(RESOLVED_CONFIG, yaml.safe_dump(CFG, sort_keys=True))
-except OSError as _e:  # a full or read-only results_dir: one line naming the folder, not a traceback
-    from seas.runtime import io_error_message
 
-    raise WorkflowError(io_error_message(_e) or str(_e))
+
+def _planning_only():
+    """True under `snakemake -n`, `--lint`, `--summary`, `--dag`, ...: the DAG is planned and nothing runs, so the
+    workflow writes nothing (the config files below are written only when jobs may run)."""
+    try:
+        if workflow.dryrun:
+            return True
+    except AttributeError:
+        pass
+    return wflib.planning_only(sys.argv[1:])
+
+
+PLANNING_ONLY = _planning_only()
+if not PLANNING_ONLY:
+    try:
+        wflib.write_if_changed(RESOLVED_CONFIG, yaml.safe_dump(CFG, sort_keys=True))
+    except OSError as _e:  # a full or read-only results_dir: one line naming the folder, not a traceback
+        from seas.run.runtime import io_error_message
+
+        raise WorkflowError(io_error_message(_e) or str(_e))
 TABLES = f"{CFG['results_dir']}/tables"
 
 ROOT = CFG["dataset"]["root"]
@@ -102,16 +118,32 @@ _PREFIX = wflib.shell_prefix(REPO, _interpreter(), WORKFLOW_DIR / "scripts")
 shell.prefix(_PREFIX.replace("{", "{{").replace("}", "}}"))  # shell.prefix formats its text: braces doubled
 
 
-def stage_params(module, **fields):
-    """JSON of the config keys stage `module` reads (its CONFIG_KEYS): the rule's `params: cfg`, the params rerun
-    trigger."""
-    return wflib.section_json(CFG, *stage_keys(module, **fields))
+def stage_params(name, **fields):
+    """JSON of the config keys stage `name` reads (seas.run.stages): the rule's `params: cfg`, the params rerun
+    trigger (for the stages that are not keyed: the demo tree, the tiny model, the tables)."""
+    return wflib.section_json(CFG, *stage_keys(name, **fields))
+
+
+def stage_runtime(name):
+    """resources.runtime of a keyed stage's jobs: the registry's time estimate under the job's configuration
+    (a generator / RMP group trains all its product's types, or one)."""
+
+    def runtime(wc):
+        fields = dict(wc.items())
+        extra = {}
+        if "group" in fields:
+            extra["n_types"] = len(types_of(wc.product)) if wc.group == "all" else 1
+        if "model" in fields:
+            extra["model"] = wc.model
+        return STAGES[name].minutes(layout_of(name, wc.k).cfg, **extra)
+
+    return runtime
 
 
 # ----------------------------------------------------------------------------- products and types
 @lru_cache(maxsize=None)
 def _discover_products():
-    from seas.data import selected_products
+    from seas.data.dataset import selected_products
 
     try:
         return tuple(selected_products(CFG))
@@ -121,7 +153,7 @@ def _discover_products():
 
 @lru_cache(maxsize=None)
 def _discover_types(product):
-    from seas.data import discover_types
+    from seas.data.dataset import discover_types
 
     try:
         return tuple(discover_types(ROOT, product))
@@ -159,9 +191,9 @@ def base_model_input(wildcards=None):
     return [PRETRAINED] if TINY else []
 
 
-# ----------------------------------------------------------------------------- stage instances (seas.layout)
+# ----------------------------------------------------------------------------- stage instances (seas.run.layout)
 # Every stage output lives in a folder keyed by the config values its CLI reads (+ its upstream stages' keys):
-# the {k} wildcard. The run's own configuration and every variant of every study (seas.studies) register their
+# the {k} wildcard. The run's own configuration and every variant of every study (seas.run.studies) register their
 # keys; a key shared by several configurations is one job. A rule finds the configuration behind its job's key
 # with layout_of(stage, k) and passes that configuration's file, written on first use (stage_config).
 try:
@@ -192,7 +224,7 @@ def _by_key(stage):
 
 
 def layout_of(stage, key):
-    """The configuration (a seas.layout.Layout) behind stage instance `key`."""
+    """The configuration (a seas.run.layout.Layout) behind stage instance `key`."""
     try:
         return _by_key(stage)[key]
     except KeyError:
@@ -205,10 +237,12 @@ def stage_config(stage, key):
     DAG needs it (only that path is a param: which of the configurations sharing the key wrote it does not matter,
     the CLI reads only the keys the key covers)."""
     path = f"{RUN}/configs/{stage}/{key}.yaml"
+    if PLANNING_ONLY:
+        return path
     try:
         wflib.write_if_changed(path, yaml.safe_dump(layout_of(stage, key).cfg, sort_keys=True))
     except OSError as e:
-        from seas.runtime import io_error_message
+        from seas.run.runtime import io_error_message
 
         raise WorkflowError(io_error_message(e) or str(e))
     return path
@@ -246,9 +280,53 @@ def scope_products(scope):
     return [p] if p is not None else products()
 
 
+def split_input(stage):
+    """Input function: the split manifest of the job's product, in the configuration of `stage`'s key."""
+    return lambda wc: layout_of(stage, wc.k).split(wc.product)
+
+
+def stage_cfg(stage):
+    """params.cfg of `stage`'s jobs: the values behind their key (seas.run.stages config keys)."""
+    return lambda wc: stage_json(stage, wc.k, **({"model": wc.model} if "model" in wc.keys() else {}))
+
+
+def stage_config_file(stage):
+    """params.config of `stage`'s jobs: <run>/configs/<stage>/<k>.yaml, the configuration the CLI reads."""
+    return lambda wc: stage_config(stage, wc.k)
+
+
+def job_method(stage):
+    """params.method: the configured method (seas, cutpaste, external:/path) behind the job's {method}."""
+    return lambda wc: method_spec(layout_of(stage, wc.k), wc.method)
+
+
+def rmp_inputs(wc):
+    """The split and the fine-tuned generator an RMP job trains on."""
+    lay = layout_of("train_rmp", wc.k)
+    return {"split": lay.split(wc.product), "generator": lay.generator(wc.product, wc.group)}
+
+
+def gen_metrics_inputs(wc):
+    """The split and the DAG files marking the method's pairs of the product as complete."""
+    lay = layout_of("gen_metrics", wc.k)
+    return {"split": lay.split(wc.product), "pairs": pairs_of_product(lay, method_spec(lay, wc.method), wc.product)}
+
+
+def gen_metrics_pairs(wc):
+    """The folder of the method's pairs of the product (an external folder is read in place)."""
+    lay = layout_of("gen_metrics", wc.k)
+    return lay.pairs_dir(method_spec(lay, wc.method), wc.product)
+
+
+def seg_pairs_root(wc):
+    """The folder holding the method's <product>/<type>/ pairs."""
+    lay = layout_of("train_seg", wc.k)
+    return lay.pairs_root(method_spec(lay, wc.method))
+
+
 def generation_inputs(wc):
     """The split, generator and RMP a generation job reads (its type's group)."""
-    lay = layout_of("generation", wc.k)
+    lay = layout_of("generate", wc.k)
     group = group_of(lay.cfg, wc.atype)
     return {"split": lay.split(wc.product), "generator": lay.generator(wc.product, group),
             "rmp": lay.rmp(wc.product, group)}
@@ -256,7 +334,7 @@ def generation_inputs(wc):
 
 def seg_inputs(wc):
     """The splits and pairs a segmentation model trains on (every product, or its scope's product)."""
-    lay = layout_of("segmentation", wc.k)
+    lay = layout_of("train_seg", wc.k)
     spec = method_spec(lay, wc.method)
     prods = scope_products(wc.scope)
     return {"splits": [lay.split(p) for p in prods],
@@ -265,7 +343,7 @@ def seg_inputs(wc):
 
 def eval_inputs(wc):
     """The splits a model is tested on and the model."""
-    lay = layout_of("evaluation", wc.k)
+    lay = layout_of("evaluate", wc.k)
     spec = method_spec(lay, wc.method)
     return {"splits": [lay.split(p) for p in scope_products(wc.scope)],
             "model": lay.seg_model(wc.model, spec, wc.scope)}
@@ -290,9 +368,9 @@ if CFG["gen_metrics"]["enabled"]:
 
 
 def _cost_inputs(wildcards=None):
-    """The benchmark files of every job the cost table reads (downstream.cost.expected_jobs): the table is rebuilt
+    """The benchmark files of every job the cost table reads (downstream.report.cost.expected_jobs): the table is rebuilt
     when a stage reruns. (The stage CLIs' run_record.json files live inside those jobs' outputs.)"""
-    from downstream.cost import benchmark_files
+    from downstream.report.cost import benchmark_files
 
     return benchmark_files(CFG, {p: types_of(p) for p in products()}, RUN)
 

@@ -9,7 +9,7 @@ if IS_DEMO:
         output:
             directory(ROOT),
         params:
-            cfg=stage_params("seas.demo_data"),
+            cfg=stage_params("demo_data"),
             config=RESOLVED_CONFIG,
         log:
             f"{RUN}/logs/demo_data.log",
@@ -18,11 +18,11 @@ if IS_DEMO:
         threads: job_threads(1)
         resources:
             mem_mb=2000,
-            runtime=15,
+            runtime=STAGES["demo_data"].minutes(CFG),
         conda:
             "../../envs/base.yaml"
         shell:
-            "seas_python -m seas.demo_data --config {params.config:q} --out {output:q} > {log:q} 2>&1"
+            "seas_python -m seas.data.demo_data --config {params.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 if TINY:
@@ -31,14 +31,14 @@ if TINY:
 
     rule tiny_sd:
         """A tiny model with Stable Diffusion v1-4's structure (NOT Stable Diffusion: tables say so): assembled from
-        the pretrained prior model.tiny_prior (hash-checked; `python -m seas.tiny_prior` regenerates it), or random
+        the pretrained prior model.tiny_prior (hash-checked; `python -m seas.models.tiny_prior` regenerates it), or random
         weights when that is null."""
         input:
             [] if TINY_PRIOR is None else [TINY_PRIOR, str(Path(TINY_PRIOR).with_suffix(".json"))],
         output:
             directory(PRETRAINED),
         params:
-            cfg=stage_params("seas.tiny_sd"),
+            cfg=stage_params("tiny_sd"),
             config=RESOLVED_CONFIG,
         log:
             f"{RUN}/logs/tiny_sd.log",
@@ -47,11 +47,11 @@ if TINY:
         threads: job_threads(1)
         resources:
             mem_mb=4000,
-            runtime=15,
+            runtime=STAGES["tiny_sd"].minutes(CFG),
         conda:
             "../../envs/seas.yaml"
         shell:
-            "seas_python -m seas.tiny_sd --config {params.config:q} --out {output:q} > {log:q} 2>&1"
+            "seas_python -m seas.models.tiny_sd --config {params.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule split:
@@ -61,15 +61,15 @@ rule split:
     output:
         PAT.split("{product}"),
     params:
-        cfg=lambda wc: stage_json("split", wc.k),
-        config=lambda wc: stage_config("split", wc.k),
+        cfg=stage_cfg("split"),
+        config=stage_config_file("split"),
     log:
         job_file(RUN, "logs", "split"),
     threads: job_threads(1)
     resources:
         mem_mb=1000,
-        runtime=10,
+        runtime=stage_runtime("split"),
     conda:
         "../../envs/base.yaml"
     shell:
-        "seas_python -m seas.data split --config {params.config:q} --product {wildcards.product:q} --out {output:q} > {log:q} 2>&1"
+        "seas_python -m seas.data.split --config {params.config:q} --product {wildcards.product:q} --out {output:q} > {log:q} 2>&1"

@@ -6,17 +6,14 @@
 rule gen_metrics:
     """IS (torch-fidelity), IC-LPIPS and KID of one method's pairs of one product."""
     input:
-        split=lambda wc: layout_of("gen_metrics", wc.k).split(wc.product),
-        pairs=lambda wc: pairs_of_product(layout_of("gen_metrics", wc.k),
-                                          method_spec(layout_of("gen_metrics", wc.k), wc.method), wc.product),
+        unpack(gen_metrics_inputs),
     output:
         PAT.gen_metrics("{method}", "{product}"),
     params:
-        cfg=lambda wc: stage_json("gen_metrics", wc.k),
-        config=lambda wc: stage_config("gen_metrics", wc.k),
-        pairs=lambda wc: layout_of("gen_metrics", wc.k).pairs_dir(method_spec(layout_of("gen_metrics", wc.k), wc.method),
-                                                                   wc.product),
-        method=lambda wc: method_spec(layout_of("gen_metrics", wc.k), wc.method),
+        cfg=stage_cfg("gen_metrics"),
+        config=stage_config_file("gen_metrics"),
+        pairs=gen_metrics_pairs,
+        method=job_method("gen_metrics"),
     log:
         job_file(RUN, "logs", "gen_metrics"),
     benchmark:
@@ -25,11 +22,11 @@ rule gen_metrics:
     resources:
         gpu=GPUS,
         mem_mb=16000,
-        runtime=60,
+        runtime=stage_runtime("gen_metrics"),
     conda:
         "../../envs/seas.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m seas.gen_metrics --config {params.config:q} --split {input.split:q}"
+        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m downstream.gen_metrics --config {params.config:q} --split {input.split:q}"
         " --pairs {params.pairs:q} --method {params.method:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -42,11 +39,10 @@ rule train_seg:
         model=PAT.seg_model("{model}", "{method}", "{scope}"),
         info=PAT.seg_info("{model}", "{method}", "{scope}"),
     params:
-        cfg=lambda wc: stage_json("segmentation", wc.k, model=wc.model),
-        config=lambda wc: stage_config("segmentation", wc.k),
-        pairs_root=lambda wc: layout_of("segmentation", wc.k).pairs_root(method_spec(layout_of("segmentation", wc.k),
-                                                                                      wc.method)),
-        method=lambda wc: method_spec(layout_of("segmentation", wc.k), wc.method),
+        cfg=stage_cfg("train_seg"),
+        config=stage_config_file("train_seg"),
+        pairs_root=seg_pairs_root,
+        method=job_method("train_seg"),
         outdir=lambda wc, output: str(Path(output[0]).parent),
     log:
         job_file(RUN, "logs", "train_seg"),
@@ -56,11 +52,11 @@ rule train_seg:
     resources:
         gpu=GPUS,
         mem_mb=32000,
-        runtime=lambda wc: wflib.seg_train_minutes(layout_of("segmentation", wc.k).cfg, wc.model),
+        runtime=stage_runtime("train_seg"),
     conda:
         "../../envs/downstream.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m downstream.train --config {params.config:q} --model {wildcards.model:q}"
+        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m downstream.train_seg --config {params.config:q} --model {wildcards.model:q}"
         " --pairs-root {params.pairs_root:q} --splits {input.splits:q} --method {params.method:q} --out {params.outdir:q}"
         " > {log:q} 2>&1"
 
@@ -73,8 +69,8 @@ rule evaluate:
     output:
         PAT.scores("{model}", "{method}", "{scope}"),
     params:
-        cfg=lambda wc: stage_json("evaluation", wc.k),
-        config=lambda wc: stage_config("evaluation", wc.k),
+        cfg=stage_cfg("evaluate"),
+        config=stage_config_file("evaluate"),
         ckpt=lambda wc, input: str(Path(input.model).parent),
     log:
         job_file(RUN, "logs", "evaluate"),
@@ -84,7 +80,7 @@ rule evaluate:
     resources:
         gpu=GPUS,
         mem_mb=16000,
-        runtime=60,
+        runtime=stage_runtime("evaluate"),
     conda:
         "../../envs/downstream.yaml"
     shell:
@@ -109,7 +105,7 @@ rule tables:
             for name in TABLE_NAMES
         ],
     params:
-        cfg=stage_params("downstream.tables"),
+        cfg=stage_params("tables"),
         config=RESOLVED_CONFIG,
         run_dir=RUN,
         out_dir=lambda wc, output: str(Path(output[0]).parent),
@@ -119,17 +115,17 @@ rule tables:
     threads: job_threads(1)
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=STAGES["tables"].minutes(CFG),
     conda:
         "../../envs/base.yaml"
     shell:
-        "seas_python -m downstream.tables --config {params.config:q} --run-dir {params.run_dir:q} --out-dir {params.out_dir:q}"
+        "seas_python -m downstream.report.tables --config {params.config:q} --run-dir {params.run_dir:q} --out-dir {params.out_dir:q}"
         " --gen-methods {params.gen_methods} > {log:q} 2>&1"
 
 
 rule study:
-    """One study's table (seas.studies): a row per variant x method, from the variants' scores and generation
-    metrics; every stage a variant does not change is shared with the others (seas.layout)."""
+    """One study's table (seas.run.studies): a row per variant x method, from the variants' scores and generation
+    metrics; every stage a variant does not change is shared with the others (seas.run.layout)."""
     input:
         study_inputs,
     output:
@@ -144,11 +140,11 @@ rule study:
     threads: job_threads(1)
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=STAGES["study"].minutes(CFG),
     conda:
         "../../envs/base.yaml"
     shell:
-        "seas_python -m downstream.study --config {params.config:q} --run-dir {params.run_dir:q} --study {wildcards.study:q}"
+        "seas_python -m downstream.report.study --config {params.config:q} --run-dir {params.run_dir:q} --study {wildcards.study:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 

@@ -1,8 +1,8 @@
 # Methods: the SeaS stages per product (or per anomaly type, generator.scope: type -- the {group} wildcard, see
-# seas.layout.group_of): fine-tune the generator -> train the RMP branch -> generate per anomaly type;
+# seas.run.layout.group_of): fine-tune the generator -> train the RMP branch -> generate per anomaly type;
 # and the built-in baselines (real / cutpaste / draem) per product.
-# Outputs are the cached artifacts, in folders keyed by the config values each stage reads ({k}, seas.layout).
-# Long stages resume from their own work state (seas.resume: generator/<k>/<P>/<G>.work/, rmp/<k>/<P>/<G>.work/,
+# Outputs are the cached artifacts, in folders keyed by the config values each stage reads ({k}, seas.run.layout).
+# Long stages resume from their own work state (seas.run.resume: generator/<k>/<P>/<G>.work/, rmp/<k>/<P>/<G>.work/,
 # the images already written of a type folder) after a crash; a folder is complete only once its CLI has renamed
 # it into place (generator/, rmp/, baselines) or written manifest.csv last (generation).
 
@@ -10,13 +10,13 @@
 rule train_generator:
     """Fine-tune the U-Net + the <ob>/<df> token embeddings on one product's few-shot anomalies and normals."""
     input:
-        split=lambda wc: layout_of("generator", wc.k).split(wc.product),
+        split=split_input("train_generator"),
         base=base_model_input,
     output:
         directory(PAT.generator("{product}", "{group}")),
     params:
-        cfg=lambda wc: stage_json("generator", wc.k),
-        config=lambda wc: stage_config("generator", wc.k),
+        cfg=stage_cfg("train_generator"),
+        config=stage_config_file("train_generator"),
         types=group_type_args,
     log:
         job_file(RUN, "logs", "train_generator"),
@@ -26,25 +26,23 @@ rule train_generator:
     resources:
         gpu=GPUS,
         mem_mb=32000,
-        runtime=lambda wc: wflib.generator_minutes(layout_of("generator", wc.k).cfg,
-                                                   len(types_of(wc.product)) if wc.group == "all" else 1),
+        runtime=stage_runtime("train_generator"),
     conda:
         "../../envs/seas.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m seas.train --config {params.config:q} --split {input.split:q}"
+        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m seas.method.train_generator --config {params.config:q} --split {input.split:q}"
         " {params.types} --out {output:q} > {log:q} 2>&1"
 
 
 rule train_rmp:
     """Train the Refined Mask Prediction branch on the frozen fine-tuned generator."""
     input:
-        split=lambda wc: layout_of("rmp", wc.k).split(wc.product),
-        generator=lambda wc: layout_of("rmp", wc.k).generator(wc.product, wc.group),
+        unpack(rmp_inputs),
     output:
         directory(PAT.rmp("{product}", "{group}")),
     params:
-        cfg=lambda wc: stage_json("rmp", wc.k),
-        config=lambda wc: stage_config("rmp", wc.k),
+        cfg=stage_cfg("train_rmp"),
+        config=stage_config_file("train_rmp"),
     log:
         job_file(RUN, "logs", "train_rmp"),
     benchmark:
@@ -53,12 +51,11 @@ rule train_rmp:
     resources:
         gpu=GPUS,
         mem_mb=32000,
-        runtime=lambda wc: wflib.rmp_minutes(layout_of("rmp", wc.k).cfg,
-                                             len(types_of(wc.product)) if wc.group == "all" else 1),
+        runtime=stage_runtime("train_rmp"),
     conda:
         "../../envs/seas.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m seas.train_rmp --config {params.config:q} --split {input.split:q}"
+        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m seas.method.train_rmp --config {params.config:q} --split {input.split:q}"
         " --generator {input.generator:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -69,8 +66,8 @@ rule generate:
     output:
         PAT.generation_manifest("{product}", "{atype}"),
     params:
-        cfg=lambda wc: stage_json("generation", wc.k),
-        config=lambda wc: stage_config("generation", wc.k),
+        cfg=stage_cfg("generate"),
+        config=stage_config_file("generate"),
         outdir=lambda wc, output: str(Path(output[0]).parent),
     log:
         job_file(RUN, "logs", "generate"),
@@ -80,25 +77,25 @@ rule generate:
     resources:
         gpu=GPUS,
         mem_mb=16000,
-        runtime=lambda wc: wflib.generate_minutes(layout_of("generation", wc.k).cfg),
+        runtime=stage_runtime("generate"),
     conda:
         "../../envs/seas.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m seas.generate --config {params.config:q} --split {input.split:q}"
+        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m seas.method.generate --config {params.config:q} --split {input.split:q}"
         " --generator {input.generator:q} --rmp {input.rmp:q} --type {wildcards.atype:q} --out {params.outdir:q} > {log:q} 2>&1"
 
 
 rule baselines:
     """Built-in comparison pairs (real / cutpaste / draem) for every anomaly type of one product."""
     input:
-        split=lambda wc: layout_of("baselines", wc.k).split(wc.product),
+        split=split_input("baselines"),
     output:
         directory(PAT.pairs_dir("{method}", "{product}")),
     wildcard_constraints:
         method="|".join(BASELINE_METHODS),
     params:
-        cfg=lambda wc: stage_json("baselines", wc.k),
-        config=lambda wc: stage_config("baselines", wc.k),
+        cfg=stage_cfg("baselines"),
+        config=stage_config_file("baselines"),
     log:
         job_file(RUN, "logs", "baselines"),
     benchmark:
@@ -106,7 +103,7 @@ rule baselines:
     threads: job_threads(1)
     resources:
         mem_mb=4000,
-        runtime=60,
+        runtime=stage_runtime("baselines"),
     conda:
         "../../envs/base.yaml"
     shell:

@@ -22,9 +22,9 @@ rule sample_grid:
     threads: job_threads(1)
     resources:
         mem_mb=1000,
-        runtime=10,
+        runtime=STAGES["sample_grid"].minutes(CFG),
     conda:
         "../../envs/base.yaml"
     shell:
-        "seas_python -m downstream.sample_grid --pairs {params.pairs:q} --per-type {params.per_type}"
+        "seas_python -m downstream.report.sample_grid --pairs {params.pairs:q} --per-type {params.per_type}"
         " --title {params.title:q} --out {output:q} > {log:q} 2>&1"

@@ -4,7 +4,7 @@
 Snakemake only *counts* GPUs (``--resources gpu=N`` keeps at most N GPU-jobs running); it never says
 *which* device a job may use. Every GPU rule therefore starts its command through this wrapper::
 
-    python workflow/scripts/gpu_claim.py --gpus 1 -- python -m seas.train ...
+    python workflow/scripts/gpu_claim.py --gpus 1 -- python -m seas.method.train_generator ...
 
 It takes an exclusive ``flock`` on ``<lock-dir>/gpu-<id>.lock`` for ``--gpus`` free devices (waiting while
 all are busy), sets ``CUDA_VISIBLE_DEVICES`` to them and ``exec``s the command. The lock file descriptors are

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 import yaml
 
-from seas.config import deep_update  # noqa: F401  (re-exported: the Snakefile's --config overrides)
-from seas.pairs import BASELINE_METHODS, method_dir  # the method names live with the pairs layout
+from seas.run.config import deep_update  # noqa: F401  (re-exported: the Snakefile's --config overrides)
+from seas.run.labels import BASELINE_METHODS, method_dir  # the method names live with the pairs layout
 
 
 class WorkflowConfigError(ValueError):
@@ -116,39 +116,18 @@ def write_if_changed(path: str | Path, text: str) -> bool:
     return True
 
 
-# ----------------------------------------------------------------------------- resources
-def generator_minutes(cfg: Mapping[str, Any], n_types: int) -> int:
-    """SLURM time limit for fine-tuning one product's generator.
-
-    Paper (A100, 512 px): 35 min per anomaly type at 800 steps -> ~2.6 s/step; x1.5 margin, +15 min load/save.
-    Scales with steps, accumulation and (resolution/512)^2.
-    """
-    g = cfg["generator"]
-    scale = (cfg["model"]["resolution"] / 512) ** 2
-    steps = g["steps_per_type"] * n_types * g["gradient_accumulation"]
-    return int(15 + 1.5 * steps * 2.6 * scale / 60) + 1
+#: Snakemake options that only plan or inspect the DAG (nothing runs): the workflow then writes no file
+PLANNING_OPTIONS = frozenset({"-n", "--dry-run", "--dryrun", "--lint", "--summary", "-S", "--detailed-summary", "-D",
+                              "--dag", "--rulegraph", "--filegraph",
+                              "--d3dag", "--list-changes", "--lc", "--list-input-changes", "--li",
+                              "--list-params-changes", "--lp", "--list-code-changes", "--list-untracked", "--lu"})
 
 
-def rmp_minutes(cfg: Mapping[str, Any], n_types: int) -> int:
-    """Paper: 25 min per type at 800 steps -> ~1.9 s/step; x1.5 margin, +15 min."""
-    scale = (cfg["model"]["resolution"] / 512) ** 2
-    steps = cfg["rmp"]["steps_per_type"] * n_types
-    return int(15 + 1.5 * steps * 1.9 * scale / 60) + 1
-
-
-def generate_minutes(cfg: Mapping[str, Any]) -> int:
-    """Paper: 720 ms per image (A100, 25 steps); x2 margin, +10 min."""
-    g = cfg["generation"]
-    scale = (cfg["model"]["resolution"] / 512) ** 2 * g["num_inference_steps"] / 25
-    n = g["num_images_per_type"]
-    return int(10 + 2 * n * 0.72 * scale / 60) + 1
-
-
-SEG_SECONDS_PER_ITER = {"bisenetv2": 0.15, "upernet": 0.45, "lfd": 0.1}  # GPU, batch 8 at 256 px, with margin
-
-
-def seg_train_minutes(cfg: Mapping[str, Any], model: str) -> int:
-    t = cfg["downstream"]["train"][model]
-    iters, bs = t["iterations"], t["batch_size"]
-    scale = (cfg["downstream"]["image_size"] / 256) ** 2 * bs / 8
-    return int(20 + 1.5 * iters * SEG_SECONDS_PER_ITER.get(model, 0.5) * scale / 60) + 1
+def planning_only(argv) -> bool:
+    """Whether a snakemake command line only plans (``-n``, ``-np``, ``--lint``, ``--summary``, ``--dag`` ...)."""
+    for a in argv:
+        if a.split("=", 1)[0] in PLANNING_OPTIONS:
+            return True
+        if len(a) > 2 and a[0] == "-" and a[1] != "-" and a[1:].isalpha() and "n" in a[1:]:
+            return True  # combined short flags: -np, -nr
+    return False

@@ -1,0 +1,1 @@
+"""Tables, study tables, the cost table, Markdown printing, sample grids."""

@@ -1,0 +1,1 @@
+"""Segmentation models (mmseg BiSeNet V2 / UPerNet, LFD) and their datasets."""

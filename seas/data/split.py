@@ -1,0 +1,236 @@
+"""The ``split`` stage: the few-shot split manifest every later stage reads.
+
+Split (docs/METHOD.md, "Split"): per anomaly type, the first max(floor(n/3), 1) images in file-number order
+(``split.rule: floor``, SeaS; ``ceil``: ceil(n/3), DualAnoDiff's code; or H for the H-shot ablations)
+with their masks train the generator; the rest plus every
+``test/good`` image form the downstream test set; the first ``num_normal_images`` of the sorted
+``train/good`` images are the normal training images. The split is written once as a JSON manifest
+(:meth:`Split.save`).
+
+CLI::
+
+    python -m seas.data.split --config config.yaml --product P --out results/<run>/split/<k>/P.json
+    python -m seas.data.split --config config.yaml --list      # the configured products and their anomaly types
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from seas.data.dataset import _product_dir, discover_products, discover_types, mask_path_for, selected_products
+from seas.data.images import _open, eight_bit_image, image_size, list_images, read_mask_array
+from seas.run.config import add_config_arguments, config_from_args
+from seas.run.errors import DataError
+from seas.run.runtime import atomic_write_text, cli, setup_logging
+from seas.run.stages import STAGES
+
+log = logging.getLogger(__name__)
+
+#: the config keys this stage reads: declared once, in the stage registry (seas.run.stages)
+CONFIG_KEYS = STAGES["split"].config_keys
+
+
+SPLIT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- split
+@dataclass
+class Split:
+    """The few-shot split of one product. Paths are absolute strings."""
+
+    product: str
+    root: str
+    shots: str | int
+    anomaly_types: list[str]
+    train_normals: list[str]
+    train_anomalies: dict[str, list[dict]]
+    test: list[dict]
+    version: int = SPLIT_VERSION
+    num_normal_images: int = 0
+    notes: list[str] = field(default_factory=list)
+    rule: str = "floor"  # how "1/3" is rounded (SPLIT_RULES); manifests written before the key existed: floor
+
+    # -- persistence
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Split":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"split manifest {path} does not exist (run `python -m seas.data.split split` first)") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"split manifest {path} is not valid JSON: {e}") from None
+        required = {"product", "root", "shots", "anomaly_types", "train_normals", "train_anomalies", "test"}
+        missing = required - set(data)
+        if missing:
+            raise DataError(f"split manifest {path} lacks keys: {', '.join(sorted(missing))}")
+        if data.get("version", SPLIT_VERSION) != SPLIT_VERSION:
+            raise DataError(f"split manifest {path} has version {data['version']}, expected {SPLIT_VERSION}")
+        return cls(**data)
+
+    # -- views
+    def restricted(self, anomaly_types: Sequence[str]) -> "Split":
+        """The same split with the generator's training anomalies limited to ``anomaly_types`` (a per-type
+        generator, ``generator.scope: type``); the test set is unchanged."""
+        unknown = [t for t in anomaly_types if t not in self.anomaly_types]
+        if unknown:
+            raise DataError(f"split of {self.product}: no anomaly type {', '.join(map(repr, unknown))} "
+                            f"(known: {', '.join(self.anomaly_types)})")
+        keep = [t for t in self.anomaly_types if t in set(anomaly_types)]
+        return replace(self, anomaly_types=keep, train_anomalies={t: self.train_anomalies[t] for t in keep})
+
+    # -- views
+    def train_pairs(self, anomaly_type: str | None = None) -> list[tuple[str, str, str]]:
+        """(image, mask, type) of the generator's training anomalies (one type or all)."""
+        types = [anomaly_type] if anomaly_type else self.anomaly_types
+        return [(d["image"], d["mask"], t) for t in types for d in self.train_anomalies[t]]
+
+
+SPLIT_RULES = ("floor", "ceil")
+
+
+def shots_for(n: int, shots: str | int, rule: str = "floor") -> int:
+    """Training anomalies out of ``n`` for a type. "1/3": max(floor(n/3), 1) with ``rule`` floor (SeaS), ceil(n/3)
+    with ``rule`` ceil (DualAnoDiff's code); an integer H: H (the rule does not apply)."""
+    if rule not in SPLIT_RULES:
+        raise DataError(f"split.rule: expected one of {', '.join(SPLIT_RULES)}, got {rule!r}")
+    if shots == "1/3":
+        return max(n // 3, 1) if rule == "floor" else max(-(-n // 3), 1)
+    if isinstance(shots, int) and shots >= 1:
+        return shots
+    raise DataError(f"split.shots: expected \"1/3\" or a positive integer, got {shots!r}")
+
+
+def _check_pair(image: Path, mask: Path) -> np.ndarray:
+    """Both files readable, the mask binary and of its image's size (compared from the headers, before decoding
+    either file); returns the mask."""
+    (iw, ih), (mw, mh) = image_size(image), image_size(mask)
+    if (mw, mh) != (iw, ih):
+        raise DataError(f"mask {mask} is {mw}x{mh} but its image {image} is {iw}x{ih}")
+    eight_bit_image(_open(image), image)
+    return read_mask_array(mask)
+
+
+def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_normal: int = 60,
+                validate: bool = True, rule: str = "floor") -> Split:
+    """The few-shot split of ``product``; every image is opened and every mask checked when ``validate``."""
+    pdir = _product_dir(root, product)
+    types = discover_types(root, product)
+    notes: list[str] = []
+
+    good_dir = pdir / "train" / "good"
+    if not good_dir.is_dir():
+        raise DataError(f"product {product!r}: missing folder {good_dir}")
+    normals = list_images(good_dir)
+    if not normals:
+        raise DataError(f"product {product!r}: {good_dir} has no images")
+    if len(normals) < num_normal:
+        notes.append(f"only {len(normals)} normal training images (< num_normal_images={num_normal}); using all")
+        log.warning("%s: %s", product, notes[-1])
+    normals = normals[:num_normal]
+
+    train_anoms: dict[str, list[dict]] = {}
+    test: list[dict] = []
+    for t in types:
+        imgs = list_images(pdir / "test" / t)
+        if not imgs:
+            raise DataError(f"product {product!r}: anomaly-type folder {pdir / 'test' / t} is empty")
+        gt_dir = pdir / "ground_truth" / t
+        pairs = [(p, mask_path_for(p, gt_dir)) for p in imgs]
+        k = shots_for(len(pairs), shots, rule)
+        if k >= len(pairs):
+            raise DataError(
+                f"product {product!r}, type {t!r}: {len(pairs)} images leave no test image with shots={shots!r}"
+                + (f" (rule {rule})" if shots == "1/3" else "")
+            )
+        train_anoms[t] = [{"image": str(i.resolve()), "mask": str(m.resolve())} for i, m in pairs[:k]]
+        test += [{"image": str(i.resolve()), "mask": str(m.resolve()), "type": t, "label": 1} for i, m in pairs[k:]]
+
+    good_test = pdir / "test" / "good"
+    if good_test.is_dir():
+        test += [{"image": str(p.resolve()), "mask": None, "type": "good", "label": 0} for p in list_images(good_test)]
+    else:
+        notes.append(f"no {good_test}: the test set has anomalous images only")
+        log.warning("%s: %s", product, notes[-1])
+
+    if validate:
+        for p in normals:
+            eight_bit_image(_open(p), p)
+        for t in types:
+            for d in train_anoms[t]:
+                if not _check_pair(Path(d["image"]), Path(d["mask"])).any():
+                    raise DataError(
+                        f"product {product!r}, type {t!r}: training anomaly {d['image']} has an empty mask "
+                        f"({d['mask']} is all background), so the generator could not learn where its defect is; "
+                        "annotate the defect, or remove the image (the first images of a type in file-number order "
+                        "train the generator, see split.shots)")
+        for d in test:
+            if d["mask"] is None:
+                eight_bit_image(_open(Path(d["image"])), Path(d["image"]))
+            else:
+                _check_pair(Path(d["image"]), Path(d["mask"]))
+
+    return Split(
+        product=product,
+        root=str(Path(root).resolve()),
+        shots=shots,
+        anomaly_types=types,
+        train_normals=[str(p.resolve()) for p in normals],
+        train_anomalies=train_anoms,
+        test=test,
+        num_normal_images=num_normal,
+        notes=notes,
+        rule=rule,
+    )
+
+
+def split_from_config(cfg: Mapping, product: str) -> Split:
+    # not checked against dataset.products: the split of a product does not depend on which others are selected
+    found = discover_products(cfg["dataset"]["root"])
+    if product not in found:
+        raise DataError(f"product {product!r} not found under {cfg['dataset']['root']} (available: {', '.join(found)})")
+    return build_split(cfg["dataset"]["root"], product, cfg["split"]["shots"], cfg["split"]["num_normal_images"],
+                       rule=cfg["split"]["rule"])
+
+
+# ----------------------------------------------------------------------------- CLI
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m seas.data.split", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(ap)
+    ap.add_argument("--product", help="the product whose split manifest to write (with --out)")
+    ap.add_argument("--out", help="manifest path (JSON), written atomically")
+    ap.add_argument("--list", action="store_true", help="print the configured products and their anomaly types")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = ap.parse_args(argv)
+    setup_logging(args.verbose)
+    if not args.list and (args.product is None or args.out is None):
+        ap.error("give --product and --out (or --list)")
+    cfg = config_from_args(args)
+    if args.list:
+        for prod in selected_products(cfg):
+            print(f"{prod}: {' '.join(discover_types(cfg['dataset']['root'], prod))}")
+        return 0
+    split = split_from_config(cfg, args.product)
+    split.save(args.out)
+    n_train = sum(len(v) for v in split.train_anomalies.values())
+    log.info("%s: %d types, %d training anomalies, %d normals, %d test images -> %s", split.product,
+             len(split.anomaly_types), n_train, len(split.train_normals), len(split.test), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,388 @@
+"""Pretraining the tiny SD-shaped model on the demo's normal training images: the prior the default run starts from.
+
+The role Stable Diffusion's own pretraining plays for a real run. Two phases, from scratch, deterministic
+(same seed -> same weights on the same machine and thread count):
+
+1. **VAE** (diffusers ``AutoencoderKL``, a KL autoencoder): reconstruction (L1 + L1 of the image gradients) + a
+   small KL term, on the normal training images of every demo product under the 8 flips/rotations by 90 degrees.
+   Then the latent space is rescaled (exactly: :func:`rescale_latent_space`) so that 1 / std of the training
+   latents -- SD's rule for its scaling factor -- is SD v1-4's 0.18215: generation's start from the reference
+   latent (``generation.scale_init_latent: false``, the authors') keeps the signal-to-noise ratio it has with SD.
+2. **U-Net** (``UNet2DConditionModel``): epsilon-prediction (DDPM, SD v1-4's scaled-linear schedule, 1000 steps,
+   random t per sample) on the VAE latents, each sample captioned with the generic prompt :data:`PRIOR_PROMPT`
+   (``"a object"``: the text of the normal prompt ``a <ob>`` before ``<ob>`` moves away from the word "object") or,
+   with probability ``recipe["product_captions"]`` (0.5), with its product's name (``"a washer"``: the class words
+   SD's own pretraining knows; with the generic caption alone the U-Net has no reason to read the text, and the
+   generator's learned tokens then steer a mixture of the products: measured, see the README), dropped to the empty
+   prompt with probability :data:`CAPTION_DROPOUT` so classifier-free guidance has an unconditional branch to work
+   with. The CLIP text encoder keeps its random (seeded) weights and is frozen.
+
+The architecture (:func:`prior_configs`) keeps SD v1-4's block structure (3 CrossAttnDownBlock2D + DownBlock2D,
+2 layers per block, UpBlock2D + 3 CrossAttnUpBlock2D, 4 latent channels) at CPU widths, with a x4 VAE (3 levels):
+every later stage (generator, RMP, generation) runs the same code as with SD v1-4.
+
+    python -m seas.models.tiny_prior --config config.yaml --out priors/tiny_prior.safetensors     # regenerate the prior
+
+writes ``<out>`` (every weight, keys ``vae.* unet.* text_encoder.*``) and ``<out stem>.json`` (architecture,
+recipe, the data it saw, its sha256, loss curve, CPU time). ``python -m seas.models.tiny_sd --prior <out>`` (the workflow's
+``tiny_sd`` rule, ``model.tiny_prior``) assembles the diffusers folder from it after checking the hash.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from seas.run.config import add_config_arguments, optional_config_from_args, schema_default
+from seas.run.errors import ConfigError
+from seas.data.demo_data import generate_demo_dataset
+from seas.data.images import image_to_tensor, load_image
+from seas.models.clip_vocab import make_clip_tokenizer
+from seas.models.tiny_sd import tiny_configs
+from seas.models.prior_file import PRIOR_VERSION, read_prior_manifest, write_prior
+from seas.run.runtime import cli, derive_seed, setup_logging
+
+log = logging.getLogger("seas.models.tiny_prior")
+
+#: the config keys this stage reads (dotted keys or whole sections): seas.run.config.stage_keys /
+#: tests/seas/run/test_config_keys.py
+CONFIG_KEYS = ("seed", "dataset.demo", "model.resolution")
+
+PRIOR_PROMPT = "a object"
+CAPTION_DROPOUT = 0.1
+#: the recipe of the committed prior (priors/tiny_prior.safetensors); --vae-steps / --unet-steps override it
+DEFAULT_RECIPE = {
+    "vae_steps": 300, "vae_batch": 8, "vae_crop": 64, "vae_lr": 1.0e-3, "kl_weight": 1.0e-6, "grad_weight": 1.0,
+    "unet_steps": 700, "unet_batch": 8, "unet_crop": 16, "unet_crop_steps": 550, "unet_lr": 1.0e-3, "warmup": 50,
+    "product_captions": 0.5, "caption_suffixes": 0.5,
+}
+#: ``product_captions`` p > 0: each U-Net sample is captioned ``a <product name>`` (PRODUCT_PROMPT) with probability
+#: p instead of the generic prompt -- the class words SD's own pretraining knows -- so the U-Net learns to read the
+#: text (a generic-only prior has no reason to: the generator's tokens then steer a mixture of the products)
+PRODUCT_PROMPT = "a {product}"
+#: ``caption_suffixes`` q > 0: with probability q a caption gets " with " + 1-4 of these neutral words (one of
+#: :data:`NUM_SUFFIXES` seeded draws per subject), so captions vary in length like SD's and the U-Net learns that
+#: later words do not change the product -- SeaS's prompt ``a <ob> with <df1>..<df4>`` is 7 tokens long, and a
+#: prior that saw only 2-token captions reads its trailing tokens as an arbitrary product (measured: README)
+SUFFIX_WORDS = ("texture", "surface", "pattern", "detail", "light", "shadow", "color", "material")
+NUM_SUFFIXES = 16
+
+__all__ = ["PRIOR_PROMPT", "DEFAULT_RECIPE", "prior_configs", "dihedral", "training_images", "vae_loss",
+           "train_vae", "latent_scaling_factor", "train_unet", "pretrain", "main"]
+
+
+# ----------------------------------------------------------------------------- architecture
+def prior_configs(sample_size: int = 128) -> dict:
+    """Configs of the pretrained tiny model: SD v1-4's blocks at CPU widths, x4 VAE (latent = image / 4)."""
+
+    base = tiny_configs(sample_size)
+    return {
+        "unet": dict(base["unet"], sample_size=sample_size // 4, block_out_channels=(32, 64, 64, 64),
+                     cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8),
+        "vae": dict(base["vae"], down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                    block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8),
+        "text_encoder": dict(base["text_encoder"]),
+        "scheduler": dict(base["scheduler"]),
+    }
+
+
+# ----------------------------------------------------------------------------- data
+def dihedral(x, k: int):
+    """The k-th of the 8 flips/rotations by 90 degrees of [..., H, W] tensors (k in 0..7)."""
+    import torch
+
+    x = torch.rot90(x, k % 4, dims=(-2, -1))
+    return torch.flip(x, dims=(-1,)) if k >= 4 else x
+
+
+def training_images(demo: Mapping, size: int):
+    """The normal training images (``train/good``) of every demo product, rendered exactly as seas.data.demo_data
+    writes them, as a float tensor [N,3,size,size] in [-1, 1], and their names (product/file)."""
+    import torch
+
+
+    keys = ("seed", "image_size", "num_train_good", "num_test_good", "num_per_type")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = generate_demo_dataset(Path(tmp) / "demo", **{k: demo[k] for k in keys})
+        files = sorted(root.glob("*/train/good/*.png"))
+        imgs = torch.stack([image_to_tensor(load_image(p, size, "shorter_side_center_crop")) for p in files])
+        names = [f"{p.parts[-4]}/{p.name}" for p in files]
+    return imgs, names
+
+
+# ----------------------------------------------------------------------------- VAE
+def vae_loss(recon, target, mean, logvar, kl_weight: float, grad_weight: float):
+    """(total, parts) for one VAE batch: L1 + grad_weight * L1 of horizontal/vertical differences + kl_weight * KL
+    (KL of N(mean, exp(logvar)) to N(0, I), summed over latent elements, averaged over the batch)."""
+
+    l1 = (recon - target).abs().mean()
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
+    grad = (dx(recon) - dx(target)).abs().mean() + (dy(recon) - dy(target)).abs().mean()
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1).mean()
+    total = l1 + grad_weight * grad + kl_weight * kl
+    return total, {"l1": float(l1.detach()), "grad": float(grad.detach()), "kl": float(kl.detach())}
+
+
+def _batch(images, idx, gen, crop: int = 0):
+    """Images ``idx`` under random flips/rotations, cut to random ``crop`` x ``crop`` windows when crop > 0."""
+    import torch
+
+    ks = torch.randint(0, 8, (len(idx),), generator=gen)
+    out = torch.stack([dihedral(images[i], int(k)) for i, k in zip(idx, ks)])
+    h, w = out.shape[-2:]
+    if 0 < crop < min(h, w):
+        ys = torch.randint(0, h - crop + 1, (len(idx),), generator=gen).tolist()
+        xs = torch.randint(0, w - crop + 1, (len(idx),), generator=gen).tolist()
+        out = torch.stack([o[:, y:y + crop, x:x + crop] for o, y, x in zip(out, ys, xs)])
+    return out
+
+
+def _optimizer_step(module, opt, sched, loss) -> None:
+    """One step of the prior's two trainings: backward, gradient norm clipped to 1, AdamW, the LR schedule."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
+def _log_every(steps: int) -> int:
+    return max(1, steps // 20)
+
+
+def train_vae(vae, images, *, steps: int, batch: int, lr: float, kl_weight: float, grad_weight: float, seed: int,
+              crop: int = 0, history: list | None = None):
+    """Train ``vae`` in place on ``images`` ([N,3,H,W] in [-1,1]) with random flips/rotations (and random
+    ``crop``-pixel windows: a convolutional autoencoder, cheaper on crops); returns ``vae``."""
+    import torch
+
+    gen = torch.Generator().manual_seed(derive_seed(seed, "prior", "vae"))
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    vae.train()
+    for step in range(steps):
+        idx = torch.randint(0, images.shape[0], (batch,), generator=gen).tolist()
+        x = _batch(images, idx, gen, crop)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        loss, parts = vae_loss(recon, x, post.mean, post.logvar, kl_weight, grad_weight)
+        _optimizer_step(vae, opt, sched, loss)
+        if history is not None and (step % _log_every(steps) == 0 or step == steps - 1):
+            history.append({"phase": "vae", "step": step + 1, "loss": float(loss), **parts})
+            log.info("vae step %d/%d  loss %.4f  l1 %.4f  grad %.4f  kl %.1f", step + 1, steps, float(loss),
+                     parts["l1"], parts["grad"], parts["kl"])
+    vae.eval()
+    return vae
+
+
+def latent_scaling_factor(latents) -> float:
+    """1 / std of the (unscaled) training latents, rounded to 5 digits: SD's rule for its 0.18215."""
+    return round(float(1.0 / latents.float().std()), 5)
+
+
+SD_SCALING_FACTOR = 0.18215
+
+
+def rescale_latent_space(vae, factor: float) -> None:
+    """Reparametrise ``vae``'s latent space z -> factor * z, exactly: the posterior mean (quant_conv's first half)
+    times ``factor``, its log-variance plus 2 ln(factor), and post_quant_conv's weights divided by ``factor``, so
+    decode(encode(x)) is unchanged. Used to give the prior SD v1-4's latent scale (unscaled std 1 / 0.18215), so
+    generation's start x_T = a * z_unscaled + b * eps keeps the reference signal it has with SD."""
+    import torch
+
+    c = float(factor)
+    half = vae.quant_conv.out_channels // 2
+    with torch.no_grad():
+        vae.quant_conv.weight[:half] *= c
+        vae.quant_conv.bias[:half] *= c
+        vae.quant_conv.bias[half:] += 2.0 * math.log(c)
+        vae.post_quant_conv.weight /= c
+
+
+# ----------------------------------------------------------------------------- U-Net
+def train_unet(unet, latents, cond, uncond, noise_scheduler, *, steps: int, batch: int, lr: float, warmup: int,
+               seed: int, crop: int = 0, crop_steps: int = 0, caption_dropout: float = CAPTION_DROPOUT,
+               history: list | None = None, cond_bank=None, subject_of=None, product_prob: float = 0.0,
+               suffix_prob: float = 0.0):
+    """Epsilon-prediction training of ``unet`` in place on scaled ``latents`` [N,4,h,w] (each
+    batch flips/rotates them) with text embedding ``cond`` ([1,77,D]) and, with probability
+    ``caption_dropout``, ``uncond`` (the empty prompt); returns ``unet``. The first ``crop_steps`` steps see random
+    ``crop`` x ``crop`` latent windows at twice the batch (a fully convolutional U-Net: local texture at a quarter
+    of the cost), the rest whole latents. ``cond_bank`` ([S,V,77,D]: subject 0 = the generic prompt, then one per
+    product; variant 0 = no suffix) with ``subject_of`` ([N], each latent's product subject) varies the captions:
+    the product's subject with probability ``product_prob``, a random suffixed variant with probability
+    ``suffix_prob`` (drawn only when a probability is > 0: the generic-only recipe's random stream is unchanged)."""
+    import torch
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(derive_seed(seed, "prior", "unet"))
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    n_t = noise_scheduler.config.num_train_timesteps
+    unet.train()
+    for step in range(steps):
+        cropped = step < crop_steps and 0 < crop < latents.shape[-1]
+        b = 2 * batch if cropped else batch
+        idx = torch.randint(0, latents.shape[0], (b,), generator=gen)
+        x0 = _batch(latents, idx.tolist(), gen, crop if cropped else 0)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, n_t, (b,), generator=gen)
+        drop = (torch.rand(b, generator=gen) < caption_dropout).view(-1, 1, 1)
+        ctx = cond.expand(b, -1, -1)
+        if cond_bank is not None and (product_prob > 0 or suffix_prob > 0):
+            subj = torch.where(torch.rand(b, generator=gen) < product_prob, subject_of[idx], 0)
+            var = torch.randint(1, cond_bank.shape[1], (b,), generator=gen)
+            var = torch.where(torch.rand(b, generator=gen) < suffix_prob, var, 0)
+            ctx = cond_bank[subj, var]
+        ctx = torch.where(drop, uncond.expand(b, -1, -1), ctx)
+        xt = noise_scheduler.add_noise(x0, noise, t)
+        pred = unet(xt, t, encoder_hidden_states=ctx, return_dict=False)[0]
+        loss = F.mse_loss(pred, noise)
+        _optimizer_step(unet, opt, sched, loss)
+        if history is not None and (step % _log_every(steps) == 0 or step == steps - 1):
+            history.append({"phase": "unet", "step": step + 1, "loss": float(loss)})
+            log.info("unet step %d/%d  loss %.4f", step + 1, steps, float(loss))
+    unet.eval()
+    return unet
+
+
+# ----------------------------------------------------------------------------- the whole prior
+def caption_bank(products: Sequence[str], seed: int) -> list[list[str]]:
+    """The prior's captions: row 0 the generic subject (PRIOR_PROMPT), then one row per product ("a washer"); column
+    0 the bare caption, then NUM_SUFFIXES seeded variants "<caption> with <1-4 of SUFFIX_WORDS>"."""
+    rng = np.random.default_rng(derive_seed(seed, "prior", "captions"))
+    rows = []
+    for base in [PRIOR_PROMPT] + [PRODUCT_PROMPT.format(product=p) for p in products]:
+        words = [rng.choice(SUFFIX_WORDS, size=rng.integers(1, 5), replace=False) for _ in range(NUM_SUFFIXES)]
+        rows.append([base] + [f"{base} with {' '.join(w)}" for w in words])
+    return rows
+
+
+def _recipe(overrides: Mapping | None) -> dict:
+    r = dict(DEFAULT_RECIPE)
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        if k not in r:
+            raise ConfigError(f"tiny prior recipe: unknown key {k!r} (known: {', '.join(r)})")
+        r[k] = type(r[k])(v)
+    return r
+
+
+def pretrain(demo: Mapping, resolution: int, seed: int = 0, recipe: Mapping | None = None):
+    """Build and pretrain the tiny model -> (state dict {vae.*, unet.*, text_encoder.*}, manifest dict)."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+
+    r = _recipe(recipe)
+    cfgs = prior_configs(resolution)
+    t_cpu, t_wall = time.process_time(), time.perf_counter()
+    images, names = training_images(demo, resolution)
+    log.info("prior training set: %d normal images (%s), %d px, x8 flips/rotations", len(names),
+             ", ".join(sorted({n.split('/')[0] for n in names})), resolution)
+    torch.manual_seed(derive_seed(seed, "prior", "init"))
+    vae = AutoencoderKL(**cfgs["vae"])
+    unet = UNet2DConditionModel(**cfgs["unet"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(**cfgs["text_encoder"])).eval().requires_grad_(False)
+    history: list = []
+    train_vae(vae, images, steps=r["vae_steps"], batch=r["vae_batch"], lr=r["vae_lr"], kl_weight=r["kl_weight"],
+              grad_weight=r["grad_weight"], seed=seed, crop=r["vae_crop"], history=history)
+    t_vae = time.process_time() - t_cpu
+    vae.requires_grad_(False)
+    with torch.no_grad():  # the latents of the images as they are (the U-Net's batches flip/rotate them)
+        means = torch.cat([vae.encode(images[i:i + 16]).latent_dist.mean for i in range(0, len(images), 16)])
+        recon = torch.cat([vae.decode(means[i:i + 16]).sample for i in range(0, len(images), 16)])
+        recon_l1 = float((recon.clamp(-1, 1) - images).abs().mean())
+    # SD v1-4's latent scale: 1 / std of the training latents = 0.18215 after an exact reparametrisation
+    rescale = (1.0 / SD_SCALING_FACTOR) / float(means.float().std())
+    rescale_latent_space(vae, rescale)
+    with torch.no_grad():
+        means = torch.cat([vae.encode(images[i:i + 16]).latent_dist.mean for i in range(0, len(images), 16)])
+    sf = SD_SCALING_FACTOR
+    vae.register_to_config(scaling_factor=sf)
+    cfgs["vae"]["scaling_factor"] = sf
+    log.info("VAE: reconstruction L1 %.4f (images in [-1,1]); latents x%.4f -> scaling factor %.5f (SD's; measured "
+             "1/std %.5f)", recon_l1, rescale, sf, latent_scaling_factor(means))
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = make_clip_tokenizer(Path(tmp))
+        products = sorted({n.split("/")[0] for n in names})
+        bank = caption_bank(products, seed)
+        prompts = [PRIOR_PROMPT, ""] + [c for row in bank for c in row]
+        ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            emb = text_encoder(ids.input_ids)[0]
+    cond, uncond = emb[:1], emb[1:2]
+    cond_bank = emb[2:].reshape(len(bank), len(bank[0]), *emb.shape[1:])
+    subject_of = torch.tensor([1 + products.index(n.split("/")[0]) for n in names])
+    noise_scheduler = DDPMScheduler(**{k: v for k, v in cfgs["scheduler"].items()
+                                       if k not in ("set_alpha_to_one", "skip_prk_steps")})
+    train_unet(unet, means * sf, cond, uncond, noise_scheduler, steps=r["unet_steps"], batch=r["unet_batch"],
+               lr=r["unet_lr"], warmup=r["warmup"], seed=seed, crop=r["unet_crop"],
+               crop_steps=r["unet_crop_steps"], history=history, cond_bank=cond_bank, subject_of=subject_of,
+               product_prob=r["product_captions"], suffix_prob=r["caption_suffixes"])
+    state = {}
+    for prefix, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
+        state.update({f"{prefix}.{k}": v.detach().contiguous() for k, v in m.state_dict().items()})
+    manifest = {
+        "version": PRIOR_VERSION, "seed": int(seed), "resolution": int(resolution), "prompt": PRIOR_PROMPT,
+        "caption_dropout": CAPTION_DROPOUT, "product_prompt": PRODUCT_PROMPT if r["product_captions"] else None,
+        "captions": bank if (r["product_captions"] or r["caption_suffixes"]) else None,
+        "recipe": r, "configs": cfgs,
+        "data": {"demo": {k: demo[k] for k in sorted(demo)}, "images": names, "augmentation": "8 flips/rotations"},
+        "vae_recon_l1": recon_l1, "latent_rescale": rescale, "history": history,
+        "parameters": {p: int(sum(v.numel() for k, v in state.items() if k.startswith(p + ".")))
+                       for p in ("vae", "unet", "text_encoder")},
+        "cpu_seconds": {"vae": round(t_vae, 1), "total": round(time.process_time() - t_cpu, 1)},
+        "wall_seconds": round(time.perf_counter() - t_wall, 1), "torch_threads": torch.get_num_threads(),
+    }
+    return state, manifest
+
+
+# ----------------------------------------------------------------------------- CLI
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m seas.models.tiny_prior", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="weights file to write (.safetensors; the manifest goes next to it)")
+    add_config_arguments(ap, required=False, help="run configuration: seed, dataset.demo, model.resolution")
+    ap.add_argument("--seed", type=int, default=None, help="seed (default: the config's seed, or 0)")
+    for k, v in DEFAULT_RECIPE.items():
+        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, help=f"recipe (default {v})")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (determinism: same seed + same "
+                    "threads -> same weights)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = ap.parse_args(argv)
+    setup_logging(args.verbose)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = optional_config_from_args(args)
+    if cfg is not None:
+        seed, demo, res = cfg["seed"], cfg["dataset"]["demo"], cfg["model"]["resolution"]
+    else:
+        seed, demo, res = 0, schema_default("dataset.demo"), 128
+    seed = seed if args.seed is None else args.seed
+    recipe = {k: getattr(args, k) for k in DEFAULT_RECIPE}
+    state, manifest = pretrain(demo, res, seed, recipe)
+    out = write_prior(state, manifest, args.out)
+    log.info("wrote %s (%.1f MB, sha256 %s) in %.0f CPU-s", out, out.stat().st_size / 1e6,
+             read_prior_manifest(out)["sha256"][:12], manifest["cpu_seconds"]["total"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

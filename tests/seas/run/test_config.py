@@ -1,0 +1,70 @@
+"""The one config schema: defaults filled, wrong/missing/unknown keys named in the error."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from seas.run.config import load_config, validate_config
+from seas.run.errors import ConfigError
+
+from helpers import REPO
+
+MINIMAL = {"dataset": {"name": "mvtec_ad", "root": "/data/mvtec"}, "model": {"pretrained": "CompVis/stable-diffusion-v1-4"}}
+
+
+def test_defaults_filled():
+    cfg = validate_config(MINIMAL)
+    assert cfg["generator"]["lr_unet"] == 4e-6 and cfg["generator"]["lr_embeddings"] == 4e-5
+    assert cfg["generator"]["num_df_tokens"] == 4 and cfg["generator"]["da_resolutions"] == [32, 16]
+    assert cfg["split"] == {"shots": "1/3", "rule": "floor", "num_normal_images": 60}
+    assert cfg["generation"]["mask_threshold"] == 0.2 and cfg["generation"]["num_inference_steps"] == 25
+    assert validate_config({**MINIMAL, "generation": {"mask_threshold": 0.999}})["generation"]["mask_threshold"] == 0.999
+    assert cfg["downstream"]["train"]["upernet"]["iterations"] > 0  # defaults through $ref'd definitions
+    assert cfg["model"]["resolution"] == 512 and cfg["dataset"]["products"] == "all"
+    assert MINIMAL["dataset"] == {"name": "mvtec_ad", "root": "/data/mvtec"}  # input not mutated
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({**MINIMAL, "generatr": {}}, r"<top level>: Additional properties are not allowed \('generatr' was unexpected\)"),
+    ({**MINIMAL, "generator": {"lr_unet": "fast"}}, r"generator.lr_unet: 'fast' is not of type 'number'"),
+    ({**MINIMAL, "generator": {"steps_per_type": 0}}, r"generator.steps_per_type: 0 is less than the minimum of 1"),
+    ({"model": {"pretrained": "x/y"}}, r"'dataset' is a required property"),
+    ({**MINIMAL, "dataset": {"name": "mvtec_ad"}}, r"dataset: 'root' is a required property"),
+    ({**MINIMAL, "dataset": {"name": "kitti", "root": "/x"}}, r"dataset.name: 'kitti' is not one of"),
+    ({**MINIMAL, "split": {"shots": "1/2"}}, r"split.shots: '1/2' is not valid"),
+    ({**MINIMAL, "downstream": {"methods": ["seas", "gan"]}}, r"downstream.methods.1: 'gan' does not match"),
+    ({**MINIMAL, "downstream": {"train": {"lfd": {"iters": 3}}}}, r"downstream.train.lfd: Additional properties"),
+    ({**MINIMAL, "model": {"pretrained": "x/y", "resolution": 100}}, r"model.resolution: 100 is not a multiple of 8"),
+    # tau at the bounds: 0 marks nearly every pixel anomalous, 1 makes every mask empty
+    ({**MINIMAL, "generation": {"mask_threshold": 0}}, r"generation.mask_threshold: 0 is less than or equal to the minimum of 0"),
+    ({**MINIMAL, "generation": {"mask_threshold": 1}}, r"generation.mask_threshold: 1 is greater than or equal to the maximum of 1"),
+    ({**MINIMAL, "generation": {"mask_threshold": 1.0}}, r"generation.mask_threshold: 1.0 is greater than or equal"),
+    # semantic checks at parse time (issue 12.6): before any stage runs, `snakemake -n` included
+    ({**MINIMAL, "rmp": {"num_heads": 5}}, r"rmp.num_heads x rmp.head_dim = 5 x 24 must equal"),
+    ({**MINIMAL, "downstream": {"train": {"lfd": {"lr": 1e-3, "min_lr": 1e-2}}}}, r"downstream.train.lfd: min_lr"),
+    ({**MINIMAL, "downstream": {"train": {"upernet": {"batch_size": 1}}}}, r"downstream.train.upernet.batch_size"),
+])
+def test_errors_name_the_key(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(raw, source="my.yaml")
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: [unclosed")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
+        load_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(MINIMAL))
+    cfg = load_config(good, {"generator.steps_per_type": 3})
+    assert cfg["generator"]["steps_per_type"] == 3
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "config/mvtec_ad.yaml", "config/visa.yaml", "config/mvtec_3d.yaml"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(REPO / name)
+    if name != "config.yaml":  # the presets carry the paper's settings
+        assert cfg["model"]["resolution"] == 512 and cfg["generator"]["steps_per_type"] == 800
+        assert cfg["generation"]["num_images_per_type"] == 1000 and cfg["generator"]["lr_unet"] == 4e-6
