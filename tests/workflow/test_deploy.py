@@ -28,7 +28,7 @@ def _snakedeploy() -> str:
     exe = Path(sys.executable).parent / "snakedeploy"
     found = str(exe) if exe.exists() else shutil.which("snakedeploy")
     if not found:
-        pytest.skip("snakedeploy is not installed (pip install -e '.[test]')")
+        pytest.fail("snakedeploy is not installed (a test dependency: bash scripts/install.sh --test)")
     return found
 
 

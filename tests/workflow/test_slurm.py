@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -117,7 +116,6 @@ def _dry_run_resources(workdir: Path, *args: str) -> dict[str, str]:
     return dict(re.findall(r"rule (\w+):\n(?:    .*\n)*?    resources: (.*)", text))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("snakemake") is None, reason="snakemake not installed")
 def test_flags_win_over_workflow_profile_but_profile_overlay_does_not(tmp_path):
     """Why the overlay is passed as flags: Snakemake applies the workflow profile after --profile."""
     (tmp_path / "Snakefile").write_text(HELLO_SNAKEFILE)
