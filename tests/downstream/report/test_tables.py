@@ -90,7 +90,7 @@ def test_segmentation_and_detection_tables(tmp_path, run_dir):
     t = tables.build_tables(_cfg(tmp_path), run_dir)
     seg, det = t["segmentation.csv"], t["detection.csv"]
     assert list(seg.columns) == ["dataset", "generator_model", "protocol", "model", "backbone_init", "method",
-                                 "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_fixed"]
+                                 "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_pooled", "pixel_iou_fixed"]
     assert list(det.columns) == ["dataset", "generator_model", "protocol", "model", "backbone_init", "method",
                                  "image_auroc", "image_ap", "image_f1max"]
     assert set(seg.protocol) == set(det.protocol) == {"seas-unified (split floor 1/3)"}
