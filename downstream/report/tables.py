@@ -391,7 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_args(args)
     tables = build_tables(cfg, args.run_dir, generation=False if args.no_generation else None,
                           gen_methods=args.gen_methods, with_pro={"auto": None, "yes": True, "no": False}[args.pro])
-    for path in write_tables(tables, args.out_dir):
+    written = write_tables(tables, args.out_dir)
+    from downstream.report.paper import write_all_vs_paper  # the paper's numbers beside ours
+
+    for path in written + write_all_vs_paper(written, cfg["dataset"]["name"]):
         log.info("wrote %s", path)
     return 0
 
