@@ -361,6 +361,8 @@ def run_outputs(lay):
 
 
 # ----------------------------------------------------------------------------- tables
+from downstream.report.paper import COMPARED_TABLES  # noqa: E402  (tables with a _vs_paper companion)
+
 TABLE_NAMES = ["segmentation", "detection", "segmentation_per_product", "detection_per_product", "cost",
                "cost_per_job"]
 if CFG["gen_metrics"]["enabled"]:
