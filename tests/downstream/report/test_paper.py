@@ -137,3 +137,10 @@ def test_shipped_studies_load_with_paper_tables_that_exist(tmp_path):
     studies = load_studies(_cfg(tmp_path, dataset="mvtec_ad"))
     index = paper.load_index()
     assert studies and all(s.paper_table in index for s in studies.values() if s.source != "config")
+
+
+def test_the_workflow_declares_the_same_companions():
+    text = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    block = text[text.index("COMPARED_TABLES = ["):]
+    block = block[:block.index("]") + 1]
+    assert eval(block.split("=", 1)[1]) == list(paper.COMPARED_TABLES)
