@@ -120,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     for path in write_tables({out.name: table}, out.parent):
         log.info("wrote %s (%d rows)", path, len(table))
+    from downstream.report.paper import write_vs_paper  # the paper's numbers beside ours
+
+    log.info("wrote %s", write_vs_paper(out, cfg["dataset"]["name"], paper_table=studies[args.study].paper_table))
     return 0
 
 

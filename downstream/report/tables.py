@@ -13,7 +13,7 @@ values its stage reads), the segmentation models' ``scores.csv`` (downstream.eva
                                   ``n/a (no LPIPS weights)`` when computed with random networks (weights not
                                   configured): plumbing, never a number to report.
 ``segmentation.csv``              Tab. 2: dataset, generator_model, protocol, model, backbone_init, method, pixel_auroc,
-                                  pixel_ap, pixel_f1max, pixel_iou_best, pixel_iou_fixed (+ pixel_pro for VisA);
+                                  pixel_ap, pixel_f1max, pixel_iou_best (the paper's IoU), pixel_iou_pooled, pixel_iou_fixed (+ pixel_pro for VisA);
                                   one row per model x method (the products' mean) + ``model = average`` rows
                                   (mean over models, per method, like Tab. 2's "average").
 ``detection.csv``                 Tab. 3: the same rows with image_auroc, image_ap, image_f1max.
@@ -70,7 +70,7 @@ __all__ = ["AVERAGE", "SEG_COLUMNS", "DET_COLUMNS", "NA_INCEPTION", "NA_LPIPS", 
            "PROTOCOL", "generator_label", "protocol_label", "build_tables", "write_tables", "main"]
 
 AVERAGE = "average"
-SEG_COLUMNS = ["pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_fixed"]
+SEG_COLUMNS = ["pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_pooled", "pixel_iou_fixed"]
 PRO_COLUMN = "pixel_pro"
 DET_COLUMNS = list(IMAGE_COLUMNS)
 NOT_RECORDED = "not recorded"
@@ -391,7 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_args(args)
     tables = build_tables(cfg, args.run_dir, generation=False if args.no_generation else None,
                           gen_methods=args.gen_methods, with_pro={"auto": None, "yes": True, "no": False}[args.pro])
-    for path in write_tables(tables, args.out_dir):
+    written = write_tables(tables, args.out_dir)
+    from downstream.report.paper import write_all_vs_paper  # the paper's numbers beside ours
+
+    for path in written + write_all_vs_paper(written, cfg["dataset"]["name"]):
         log.info("wrote %s", path)
     return 0
 
