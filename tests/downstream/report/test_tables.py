@@ -256,7 +256,10 @@ def test_protocol_column_names_the_split_rule(tmp_path, run_dir):
     t = tables.build_tables(cfg, run_dir)
     assert all(set(df.protocol) == {"seas-unified (split ceil 1/3)"} for df in t.values())
     cfg["split"]["shots"] = 2
-    assert tables.protocol_label(cfg) == "seas-unified (split 2-shot)"
+    assert tables.protocol_label(cfg) == "seas-unified (split 2-shot, test set of the ceil 1/3 split)"
+    cfg["split"]["test_set"] = "rest"  # the test set is named too: Tab. 22 keeps the 1/3 split's
+    assert tables.protocol_label(cfg) == "seas-unified (split 2-shot, test set the rest)"
+    cfg["split"]["test_set"] = "one_third"
     # a manifest built with another rule than the config's (written by hand into the folder) is named, not
     # silently labelled
     cfg["split"].update(shots="1/3", rule="ceil")
