@@ -9,11 +9,22 @@ Column names (used by ``downstream.evaluate`` and ``downstream.report.tables``),
 ``pixel_auroc``      ROC AUC over all pixels of a product (test anomalies + test good)
 ``pixel_ap``         average precision over the same pixels (``sklearn.metrics.average_precision_score``)
 ``pixel_f1max``      max F1 over all thresholds of the pixel precision-recall curve
-``pixel_iou_fixed``  IoU of ``map >= threshold`` (default 0.5) vs the masks, pooled over all pixels of a product
-``pixel_iou_best``   the SeaS/LFD authors' IoU: per anomalous image, the best IoU over all thresholds (optionally
-                     only thresholds whose per-image FPR <= ``best_iou_max_fpr``), averaged over anomalous images.
-                     It picks a threshold per image with the ground truth in hand, so it is an upper bound, not
-                     a deployable score; ``pixel_iou_fixed`` is the deployable one.
+Three IoUs, each TP / (TP + FP + FN) of ``map >= t`` against the masks, differing only in how t is chosen:
+
+``pixel_iou_best``   **the paper's IoU** (every IoU column of Tab. 2, 4, 5, 9, 11-13, 15, 17, 19-21, 24-29, 31, 33):
+                     the SeaS/LFD authors' definition (HUST-SLOW/LFD ``models/_LFD.py``: per test image with a
+                     non-empty mask, ``iou_curve(gt, pred).max()`` (``utils/utils.py``), then ``np.mean`` over
+                     those images; normal images do not enter). Per anomalous image the best IoU over every
+                     threshold (optionally only thresholds whose per-image FPR <= ``best_iou_max_fpr``), averaged
+                     over anomalous images. It picks a threshold per image with the ground truth in hand: an upper
+                     bound, not a deployable score.
+``pixel_iou_pooled`` one threshold for the whole product: the t that maximises the IoU of all the product's test
+                     pixels pooled (normal images included), i.e. an oracle threshold chosen on the test set like
+                     F1-max's. Since IoU = F1 / (2 - F1) is increasing in F1, that t is the F1-max threshold and
+                     the value is ``f1max / (2 - f1max)``, computed from the same pooled precision-recall curve
+                     (histogram mode included).
+``pixel_iou_fixed``  IoU at the fixed threshold ``downstream.iou_threshold`` (default **0.5**: "IoU at 0.5", the
+                     probability of the defect class), pooled over all pixels of a product; the deployable one.
 ``pixel_pro``        per-region overlap (MVTec AD's definition): mean over ground-truth connected components
                      (8-connectivity, ``scipy.ndimage.label``) of the covered fraction, as a function of the
                      pixel FPR over all normal pixels; area under that curve up to FPR 0.3, divided by 0.3.
@@ -29,7 +40,8 @@ When a product exceeds ``max_exact_pixels`` (default 2**25 ≈ 33.5 M pixels, i.
 accumulator switches to fixed-bin histograms over ``score_range`` (``bins`` bins, default 65,536):
 ``pixel_auroc/ap/f1max/pro`` are then the *exact* metrics of the scores quantised to bins of width
 (hi - lo) / bins (1.5e-5 for probabilities); scores of positives and negatives that fall in one bin count
-as ties. ``pixel_iou_fixed``, ``pixel_iou_best`` and the image metrics are always exact (per-image or counts).
+as ties (so is ``pixel_iou_pooled``, derived from the F1-max curve). ``pixel_iou_fixed``, ``pixel_iou_best`` and
+the image metrics are always exact (per-image or counts).
 """
 from __future__ import annotations
 
@@ -47,13 +59,14 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SCALE", "PIXEL_COLUMNS", "IMAGE_COLUMNS", "METRIC_COLUMNS", "INFO_COLUMNS",
-    "pixel_auroc", "pixel_ap", "f1_max", "iou_at_threshold", "best_iou", "best_iou_per_image",
+    "pixel_auroc", "pixel_ap", "f1_max", "iou_at_threshold", "iou_from_f1", "pooled_best_iou", "best_iou", "best_iou_per_image",
     "region_weights", "pro", "pro_from_weights", "image_scores", "image_metrics", "curve_metrics",
     "histogram_bins", "ProductMetrics",
 ]
 
 SCALE = 100.0  # fractions -> percent, for everything written to disk
-PIXEL_COLUMNS = ["pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_fixed", "pixel_iou_best", "pixel_pro"]
+PIXEL_COLUMNS = ["pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_fixed", "pixel_iou_best", "pixel_iou_pooled",
+                 "pixel_pro"]
 IMAGE_COLUMNS = ["image_auroc", "image_ap", "image_f1max"]
 METRIC_COLUMNS = PIXEL_COLUMNS + IMAGE_COLUMNS
 INFO_COLUMNS = ["n_images", "n_anomalous", "n_regions", "n_pixels", "pixel_mode"]
@@ -141,6 +154,17 @@ def iou_at_threshold(scores, labels, threshold: float = 0.5) -> float:
     tp, fp, fn = _iou_counts(scores, labels, threshold)
     denom = tp + fp + fn
     return tp / denom if denom else math.nan
+
+
+def iou_from_f1(f1: float) -> float:
+    """IoU of the threshold whose F1 is ``f1``: TP/(TP+FP+FN) = F1/(2-F1) (NaN stays NaN)."""
+    return f1 / (2.0 - f1) if math.isfinite(f1) else math.nan
+
+
+def pooled_best_iou(scores, labels, sample_weight=None) -> float:
+    """Max over thresholds of the IoU of all pixels given, pooled (one threshold for the set): the F1-max
+    threshold's IoU, ``f1max / (2 - f1max)``; NaN without positives."""
+    return iou_from_f1(f1_max(scores, labels, sample_weight))
 
 
 def best_iou(anomaly_map, mask, max_fpr: float = 1.0) -> float:
@@ -378,6 +402,7 @@ class ProductMetrics:
             "pixel_auroc": c["auroc"], "pixel_ap": c["ap"], "pixel_f1max": c["f1max"],
             "pixel_iou_fixed": self.tp / denom if denom else math.nan,
             "pixel_iou_best": float(np.mean(self.best_ious)) if self.best_ious else math.nan,
+            "pixel_iou_pooled": iou_from_f1(c["f1max"]),
             "pixel_pro": c["pro"],
             "image_auroc": img["auroc"], "image_ap": img["ap"], "image_f1max": img["f1max"],
         }

@@ -9,9 +9,11 @@ variant (shared folders included). Columns:
 
 ``study``, ``paper_table``, ``variant`` (the paper's name), ``overrides`` (the variant's config overrides, JSON),
 ``dataset``, ``generator_model``, ``protocol`` (as in every table), ``method``, ``models`` (the segmentation
-model(s) behind the scores: one name, or ``a+b+c (mean)``), ``is``, ``ic_lpips``, ``kid`` (mean over products;
+model(s) behind the scores: one name, or ``a+b+c (mean)``; a study with ``per_model: true``, Tab. 19, has a row
+per model and one ``average`` row per variant x method), ``is``, ``ic_lpips``, ``kid`` (mean over products;
 ``n/a (...)`` without the networks' weights, empty for the method ``real``), the pixel columns of
 ``segmentation.csv`` and the image columns of ``detection.csv`` (mean over products, then over the models).
+Numbers are rounded to the study's ``digits`` (as the paper prints that table; Tab. 22: 3).
 
 The CLI reads the whole run config (it rebuilds every variant's configuration); the workflow reruns it when a
 variant's score files change (their paths carry the stage keys) or the study's definition does.
@@ -65,22 +67,25 @@ def variant_rows(study: Study, variant: str, cfg: Mapping, run_dir: Path) -> lis
     if cfg["gen_metrics"]["enabled"] and lay.gen_metrics_methods():
         gen = generation_table(cfg, run_dir, lay.gen_metrics_methods(), _products(lay))
     rows = []
+    # per_model (Tab. 19): a row per segmentation model, then the models' average; else the average alone
+    per = [(mod, mod) for mod in models] + [(AVERAGE, AVERAGE)] if study.per_model else [(AVERAGE, _models_label(models))]
     for m in methods:
         label = method_label(m)
-        s = seg[(seg["model"] == AVERAGE) & (seg["method"] == label)].iloc[0]
-        t = det[(det["model"] == AVERAGE) & (det["method"] == label)].iloc[0]
-        row = {"study": study.name, "paper_table": study.paper_table, "variant": variant,
-               "overrides": json.dumps(study.variants[variant], sort_keys=True),
-               "dataset": s["dataset"], "generator_model": s["generator_model"], "protocol": s["protocol"],
-               "method": label, "models": _models_label(models)}
-        if gen is not None and m != "real":
-            g = gen[(gen["method"] == label) & (gen["product"] == "mean")].iloc[0]
-            row.update({c: g[c] for c in GEN_COLUMNS})
-        else:
-            row.update({c: "" for c in GEN_COLUMNS})
-        row.update({c: s[c] for c in seg_cols})
-        row.update({c: t[c] for c in DET_COLUMNS})
-        rows.append(row)
+        for key, models_cell in per:
+            s = seg[(seg["model"] == key) & (seg["method"] == label)].iloc[0]
+            t = det[(det["model"] == key) & (det["method"] == label)].iloc[0]
+            row = {"study": study.name, "paper_table": study.paper_table, "variant": variant,
+                   "overrides": json.dumps(study.variants[variant], sort_keys=True),
+                   "dataset": s["dataset"], "generator_model": s["generator_model"], "protocol": s["protocol"],
+                   "method": label, "models": models_cell}
+            if gen is not None and m != "real":
+                g = gen[(gen["method"] == label) & (gen["product"] == "mean")].iloc[0]
+                row.update({c: g[c] for c in GEN_COLUMNS})
+            else:
+                row.update({c: "" for c in GEN_COLUMNS})
+            row.update({c: s[c] for c in seg_cols})
+            row.update({c: t[c] for c in DET_COLUMNS})
+            rows.append(row)
     return rows
 
 
@@ -118,8 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "(the config's `studies:` and config/studies/*.yaml)")
     table = study_table(cfg, studies[args.study], args.run_dir)
     out = Path(args.out)
-    for path in write_tables({out.name: table}, out.parent):
+    for path in write_tables({out.name: table}, out.parent, digits=studies[args.study].digits):
         log.info("wrote %s (%d rows)", path, len(table))
+    from downstream.report.paper import write_vs_paper  # the paper's numbers beside ours
+
+    log.info("wrote %s", write_vs_paper(out, cfg["dataset"]["name"], paper_table=studies[args.study].paper_table))
     return 0
 
 

@@ -13,7 +13,7 @@ values its stage reads), the segmentation models' ``scores.csv`` (downstream.eva
                                   ``n/a (no LPIPS weights)`` when computed with random networks (weights not
                                   configured): plumbing, never a number to report.
 ``segmentation.csv``              Tab. 2: dataset, generator_model, protocol, model, backbone_init, method, pixel_auroc,
-                                  pixel_ap, pixel_f1max, pixel_iou_best, pixel_iou_fixed (+ pixel_pro for VisA);
+                                  pixel_ap, pixel_f1max, pixel_iou_best (the paper's IoU), pixel_iou_pooled, pixel_iou_fixed (+ pixel_pro for VisA);
                                   one row per model x method (the products' mean) + ``model = average`` rows
                                   (mean over models, per method, like Tab. 2's "average").
 ``detection.csv``                 Tab. 3: the same rows with image_auroc, image_ap, image_f1max.
@@ -70,7 +70,7 @@ __all__ = ["AVERAGE", "SEG_COLUMNS", "DET_COLUMNS", "NA_INCEPTION", "NA_LPIPS", 
            "PROTOCOL", "generator_label", "protocol_label", "build_tables", "write_tables", "main"]
 
 AVERAGE = "average"
-SEG_COLUMNS = ["pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_fixed"]
+SEG_COLUMNS = ["pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_pooled", "pixel_iou_fixed"]
 PRO_COLUMN = "pixel_pro"
 DET_COLUMNS = list(IMAGE_COLUMNS)
 NOT_RECORDED = "not recorded"
@@ -81,6 +81,10 @@ NOT_COMPUTED = "not computed"
 PROTOCOL = "seas-unified"
 PROTOCOLS = {"unified": PROTOCOL, "per_product": "seas-per-product"}
 PAPER_DIGITS = 2  # written CSVs round like the paper (round_paper)
+#: decimals of each main table as the paper prints it (Tab. 1-3, 8-10, 13-18, 30-32: 2). cost.csv keeps 2 although
+#: Tab. 7 prints whole hours and ms: a small run's GPU hours would round to 0. Study tables: their YAML's ``digits``.
+TABLE_DIGITS = {"generation.csv": 2, "segmentation.csv": 2, "detection.csv": 2, "segmentation_per_product.csv": 2,
+                "detection_per_product.csv": 2, "cost.csv": 2, "cost_per_job.csv": 2}
 
 
 
@@ -109,7 +113,8 @@ def protocol_label(cfg: Mapping, run_dir: str | Path | None = None) -> str:
             if got != (shots, rule) and not (isinstance(shots, int) and got[0] == shots):
                 raise DataError(f"split manifest {f} was built with shots={got[0]!r} rule={got[1]!r} but the config "
                                 f"says shots={shots!r} rule={rule!r}; rebuild the split (python -m seas.data.split split)")
-    split = f"{rule} 1/3" if shots == "1/3" else f"{shots}-shot"
+    split = f"{rule} 1/3" if shots == "1/3" else f"{shots}-shot, " + (
+        f"test set of the {rule} 1/3 split" if cfg["split"]["test_set"] == "one_third" else "test set the rest")
     return f"{PROTOCOLS[cfg['downstream']['protocol']]} (split {split})"
 
 
@@ -353,12 +358,14 @@ def paper_rounding(df: pd.DataFrame, digits: int = PAPER_DIGITS) -> pd.DataFrame
     return out
 
 
-def write_tables(tables: Mapping, out_dir: str | Path) -> list[Path]:
+def write_tables(tables: Mapping, out_dir: str | Path, digits: int | None = None) -> list[Path]:
+    """Each table rounded to ``digits`` decimals (default: its :data:`TABLE_DIGITS`, else :data:`PAPER_DIGITS`)."""
     out_dir = Path(out_dir)
     written = []
     for name, df in tables.items():
         buf = io.StringIO()
-        paper_rounding(df).to_csv(buf, index=False, lineterminator="\n")
+        paper_rounding(df, TABLE_DIGITS.get(name, PAPER_DIGITS) if digits is None else digits).to_csv(
+            buf, index=False, lineterminator="\n")
         written.append(atomic_write_text(out_dir / name, buf.getvalue()))
     return written
 
@@ -391,7 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_args(args)
     tables = build_tables(cfg, args.run_dir, generation=False if args.no_generation else None,
                           gen_methods=args.gen_methods, with_pro={"auto": None, "yes": True, "no": False}[args.pro])
-    for path in write_tables(tables, args.out_dir):
+    written = write_tables(tables, args.out_dir)
+    from downstream.report.paper import write_all_vs_paper  # the paper's numbers beside ours
+
+    for path in written + write_all_vs_paper(written, cfg["dataset"]["name"]):
         log.info("wrote %s", path)
     return 0
 

@@ -1,6 +1,6 @@
 """Converters from VisA and MVTec 3D AD into the MVTec AD layout the pipeline reads.
 
-    python -m seas.data.convert visa    --src VISA_ROOT --dst OUT [--split-csv PATH] [--type-name bad]
+    python -m seas.data.convert visa    --src VISA_ROOT --dst OUT [--split-csv PATH] [--single-type NAME]
     python -m seas.data.convert mvtec3d --src M3D_ROOT  --dst OUT [--include-validation]
 
 Output (per product)::
@@ -17,10 +17,25 @@ to 0/255: with values below 128 only (0/1 or label masks) every non-zero pixel i
 pixels >= 128 are. The whole tree is built in a temporary directory beside ``dst`` and renamed onto it at
 the end; an existing non-empty ``dst`` is only replaced with ``--overwrite``.
 
-VisA: ``<src>/split_csv/1cls.csv`` (columns object,split,label,image,mask; label normal/anomaly; paths relative
-to ``<src>``). VisA has one anomaly class per object, written as ``test/<type-name>`` (default ``bad``).
-Normal rows go to train/good or test/good by their split; anomalies of any split go to test/<type-name>
-(the pipeline draws its few training shots from there).
+VisA, per defect type as the authors do (HUST-SLOW/SeaS README "VisA": "we divided the dataset according to defect
+categories", their layout ``test/chunk_of_wax_missing``, ``test/combined``; their type list
+``configs/product-anomaly-visa.txt``; a maintainer in their issue #29: the types come from VisA's official CSV, and
+an image with several anomaly types goes to ``combined``):
+
+- ``<src>/split_csv/1cls.csv`` (columns object,split,label,image,mask; label normal/anomaly; paths relative to
+  ``<src>``) says which images are normal and which normals train: normal rows go to train/good or test/good by their
+  split, anomalies of any split to test/<type> with their masks (the pipeline draws its few training shots there).
+- ``<src>/<object>/image_anno.csv`` (columns image,label[,mask]; image paths relative to ``<src>`` as VisA ships
+  them) gives each anomaly its defect names: ``label`` is ``normal`` or one or more names separated by commas
+  (``"melt, scratch"``). The folder name of a defect is its name lower-cased with every run of characters other than
+  ``a-z 0-9 . -`` (spaces first) replaced by ``_`` ("Chunk Of Wax Missing" -> ``chunk_of_wax_missing``, as in the
+  authors' folders); an image with two or more different names goes to ``combined`` (its mask, the union of its
+  defects, is kept whole). The split CSV and the annotation CSV must agree (normal is normal), every anomaly needs an
+  annotation row, and every annotated image must exist. Products whose types differ from the authors' list are
+  logged (a warning, not an error).
+- ``--single-type NAME`` writes every anomaly to test/NAME instead (the 1-class layout of VisA's own
+  ``utils/prepare_data.py``, NAME ``bad`` there; not the paper's protocol: one type per product changes the split,
+  the tokens, the step count and IC-LPIPS); image_anno.csv is then not read.
 
 MVTec 3D AD: ``<class>/{train,validation,test}/<type>/{rgb,gt,xyz}/NNN.png``; only rgb/ and gt/ are used.
 train/good/rgb -> train/good (validation/good/rgb appended with --include-validation),
@@ -53,6 +68,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Entry",
     "plan_visa",
+    "defect_folder",
     "plan_mvtec3d",
     "write_plan",
     "convert_visa",
@@ -101,9 +117,118 @@ def _numbered(product: str, bucket: str, items: list[tuple[Path, Path | None]], 
     return out
 
 
-def plan_visa(src: str | Path, split_csv: str | Path | None = None, type_name: str = "bad",
+COMBINED = "combined"
+ANNO_NAME = "image_anno.csv"
+_UNSAFE_RUN = re.compile(r"[^a-z0-9.-]+")
+
+#: The authors' VisA types per product (HUST-SLOW/SeaS ``configs/product-anomaly-visa.txt``, one ``product+type``
+#: a line): only used to log where a converted tree differs from theirs.
+AUTHORS_VISA_TYPES: dict[str, tuple[str, ...]] = {
+    "candle": ("chunk_of_wax_missing", "combined", "damaged_corner_of_packaging", "different_colour_spot",
+               "extra_wax_in_candle", "foreign_particals_on_candle", "wax_melded_out_of_the_candle",
+               "weird_candle_wick"),
+    "capsules": ("bubble", "combined"),
+    "cashew": ("burnt", "combined", "corner_or_edge_breakage", "different_colour_spot", "middle_breakage",
+               "same_colour_spot", "small_holes", "small_scratches", "stuck_together"),
+    "chewinggum": ("chunk_of_gum_missing", "combined", "corner_missing", "scratches", "similar_colour_spot"),
+    "fryum": ("burnt", "combined", "corner_or_edge_breakage", "different_colour_spot", "fryum_stuck_together",
+              "middle_breakage", "similar_colour_spot", "small_scratches"),
+    "macaroni1": ("chip_around_edge_and_corner", "combined", "different_colour_spot", "similar_colour_spot",
+                  "small_cracks", "small_scratches"),
+    "macaroni2": ("breakage_down_the_middle", "color_spot_similar_to_the_object", "combined", "different_color_spot",
+                  "small_chip_around_edge", "small_cracks", "small_scratches"),
+    "pcb1": ("bent", "combined", "melt", "missing", "scratch"),
+    "pcb2": ("bent", "combined", "melt", "missing", "scratch"),
+    "pcb3": ("bent", "combined", "melt", "missing", "scratch"),
+    "pcb4": ("burnt", "combined", "damage", "extra", "missing", "scratch", "wrong_place"),
+    "pipe_fryum": ("burnt", "combined", "corner_and_edge_breakage", "different_colour_spot", "similar_colour_spot",
+                   "small_scratches", "stuck_together"),
+}
+
+
+def defect_folder(name: str) -> str:
+    """Folder name of one VisA defect name: lower case, each run of characters other than a-z 0-9 . - (spaces
+    first) -> ``_``, no leading/trailing ``_`` or ``.``: "Chunk Of Wax Missing" -> ``chunk_of_wax_missing``.
+    Returns "" when nothing is left."""
+    return _UNSAFE_RUN.sub("_", name.strip().lower()).strip("_.")
+
+
+def _read_csv(path: Path, required: set[str], what: str) -> list[tuple[dict[str, str], int]]:
+    """Rows of a CSV (stripped keys and values) with their line numbers; DataError naming the file."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [(h or "").strip() for h in (reader.fieldnames or [])]
+            missing = required - set(header)
+            if missing:
+                raise DataError(f"{what} {path}: missing column(s) {sorted(missing)} (header: {header})")
+            return [({(k or "").strip(): (v or "").strip() for k, v in row.items() if isinstance(v, str) or v is None},
+                     reader.line_num) for row in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{what} {path}: not a readable CSV ({e})") from None
+
+
+def _rel_key(src: Path, rel: str) -> str:
+    """Comparable form of a path relative to the VisA root (separators, ./ and case of the root kept)."""
+    return (src / rel.replace("\\", "/")).as_posix()
+
+
+def _visa_types(src: Path, obj: str, anomalies: dict[str, str], normals: dict[str, str]) -> dict[str, str]:
+    """Defect folder of each anomaly of ``obj`` from ``<src>/<obj>/image_anno.csv``.
+
+    ``anomalies`` / ``normals``: path key -> "<split csv>:<line>" of the object's split rows."""
+    anno = src / obj / ANNO_NAME
+    if not anno.is_file():
+        raise DataError(f"VisA annotation CSV {anno}: not found (VisA ships one per object, with the defect names of "
+                        "its anomalies; pass --single-type NAME to write all anomalies of a product as one type)")
+    seen: dict[str, str] = {}
+    types: dict[str, str] = {}
+    for row, line in _read_csv(anno, {"image", "label"}, "VisA annotation CSV"):
+        where = f"{anno}:{line}"
+        if not row["image"]:
+            raise DataError(f"{where}: empty image column")
+        key = _rel_key(src, row["image"])
+        img = src / row["image"]
+        if not img.is_file():
+            raise DataError(f"{where}: image {img} not found (unknown image; paths are relative to the VisA root "
+                            f"{src})")
+        if key in seen:
+            raise DataError(f"{where}: image {row['image']} is annotated twice (first at line {seen[key]})")
+        seen[key] = str(line)
+        label = row["label"]
+        if label.lower() == "normal":
+            if key in anomalies:
+                raise DataError(f"{where}: {row['image']} is labelled normal but {anomalies[key]} lists it as an "
+                                "anomaly")
+            continue
+        names = [n for n in (part.strip() for part in label.split(",")) if n]
+        if not names:
+            raise DataError(f"{where}: empty label for {row['image']} (expected normal or defect names)")
+        if key in normals:
+            raise DataError(f"{where}: {row['image']} is labelled {label!r} but {normals[key]} lists it as normal")
+        if key not in anomalies:
+            continue  # an image this split CSV leaves out (or another product's)
+        folders = []
+        for n in names:
+            f = defect_folder(n)
+            if not f:
+                raise DataError(f"{where}: defect name {n!r} gives no usable folder name")
+            if f == "good":
+                raise DataError(f"{where}: defect name {n!r}: 'good' is reserved for normal images")
+            if f not in folders:
+                folders.append(f)
+        types[key] = folders[0] if len(folders) == 1 else COMBINED
+    missing = [k for k in anomalies if k not in types]
+    if missing:
+        raise DataError(f"{anomalies[missing[0]]}: anomaly image {missing[0]} has no row in {anno} "
+                        f"({len(missing)} anomalies of {obj} unannotated)")
+    return types
+
+
+def plan_visa(src: str | Path, split_csv: str | Path | None = None, single_type: str | None = None,
               products: Sequence[str] | None = None) -> list[Entry]:
-    """Read VisA's split CSV and list the files to write (checks every named file exists)."""
+    """Read VisA's split CSV (and, per defect type, each object's image_anno.csv) and list the files to write
+    (checks every named file exists). ``single_type``: every anomaly to test/<single_type> instead."""
     src = Path(src)
     if not src.is_dir():
         raise DataError(f"VisA root {src}: not a directory")
@@ -111,22 +236,18 @@ def plan_visa(src: str | Path, split_csv: str | Path | None = None, type_name: s
     if not csv_path.is_file():
         raise DataError(f"VisA split CSV {csv_path}: not found (expected <src>/split_csv/1cls.csv; "
                         "pass --split-csv to use another one)")
-    _check_name(type_name, "--type-name")
-    if type_name == "good":
-        raise DataError("--type-name 'good': that name is reserved for normal images")
+    if single_type is not None:
+        _check_name(single_type, "--single-type")
+        if single_type == "good":
+            raise DataError("--single-type 'good': that name is reserved for normal images")
 
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = {"object", "split", "label", "image", "mask"} - set(header)
-        if missing:
-            raise DataError(f"VisA split CSV {csv_path}: missing column(s) {sorted(missing)} (header: {header})")
-        rows = [({(k or "").strip(): (v or "").strip() for k, v in row.items()}, n) for n, row in
-                enumerate(reader, start=2)]
+    rows = _read_csv(csv_path, {"object", "split", "label", "image", "mask"}, "VisA split CSV")
     if not rows:
         raise DataError(f"VisA split CSV {csv_path}: no rows")
 
-    buckets: dict[tuple[str, str], list[tuple[Path, Path | None]]] = {}
+    normals: dict[tuple[str, str], list[Path]] = {}
+    anomalies: dict[str, dict[str, tuple[Path, Path, str]]] = {}  # obj -> key -> (image, mask, where)
+    normal_where: dict[str, dict[str, str]] = {}
     train_anomalies = 0
     for row, line in rows:
         where = f"{csv_path}:{line}"
@@ -143,8 +264,10 @@ def plan_visa(src: str | Path, split_csv: str | Path | None = None, type_name: s
         img = src / row["image"]
         if not img.is_file():
             raise DataError(f"{where}: image {img} not found")
+        key = _rel_key(src, row["image"])
         if label == "normal":
-            buckets.setdefault((obj, f"{split}/good"), []).append((img, None))
+            normals.setdefault((obj, split), []).append(img)
+            normal_where.setdefault(obj, {})[key] = where
             continue
         if not row["mask"]:
             raise DataError(f"{where}: anomaly image {img} has no mask in the mask column")
@@ -152,16 +275,36 @@ def plan_visa(src: str | Path, split_csv: str | Path | None = None, type_name: s
         if not mask.is_file():
             raise DataError(f"{where}: mask {mask} not found")
         train_anomalies += split == "train"
-        buckets.setdefault((obj, f"test/{type_name}"), []).append((img, mask))
+        anomalies.setdefault(obj, {})[key] = (img, mask, where)
+    objects = sorted({o for o, _ in normals} | set(anomalies))
     if products is not None:
-        unknown = sorted(set(products) - {o for o, _ in buckets})
+        unknown = sorted(set(products) - set(objects))
         if unknown:
             raise DataError(f"VisA split CSV {csv_path}: no rows for product(s) {unknown}")
-    if not buckets:
+    if not objects:
         raise DataError(f"VisA split CSV {csv_path}: no usable rows")
+
+    buckets: dict[tuple[str, str], list[tuple[Path, Path | None]]] = {
+        (obj, f"{split}/good"): [(p, None) for p in imgs] for (obj, split), imgs in normals.items()}
+    for obj in objects:
+        found = anomalies.get(obj, {})
+        if single_type is not None or not found:
+            types = {k: single_type for k in found}
+        else:
+            types = _visa_types(src, obj, {k: w for k, (_, _, w) in found.items()}, normal_where.get(obj, {}))
+        for k, (img, mask, _) in found.items():
+            buckets.setdefault((obj, f"test/{types[k]}"), []).append((img, mask))
+        if single_type is None and found:
+            counts = {t: list(types.values()).count(t) for t in sorted(set(types.values()))}
+            log.info("VisA %s: %d anomalies in %d types %s", obj, len(types), len(counts), counts)
+            theirs = AUTHORS_VISA_TYPES.get(obj)
+            if theirs is not None and set(counts) != set(theirs):
+                log.warning("VisA %s: types differ from the authors' (HUST-SLOW/SeaS configs/product-anomaly-visa.txt):"
+                            " only here %s, only theirs %s", obj, sorted(set(counts) - set(theirs)),
+                            sorted(set(theirs) - set(counts)))
     if train_anomalies:
-        log.warning("%s: %d anomalies are in the train split; they go to test/%s with the others",
-                    csv_path, train_anomalies, type_name)
+        log.warning("%s: %d anomalies are in the train split; they go to test/<type> with the others",
+                    csv_path, train_anomalies)
     entries: list[Entry] = []
     for (obj, bucket) in sorted(buckets):
         entries += _numbered(obj, bucket, buckets[(obj, bucket)], src)
@@ -306,10 +449,10 @@ def write_plan(entries: Iterable[Entry], dst: str | Path, workers: int = 1, over
     return dst
 
 
-def convert_visa(src: str | Path, dst: str | Path, split_csv: str | Path | None = None, type_name: str = "bad",
+def convert_visa(src: str | Path, dst: str | Path, split_csv: str | Path | None = None, single_type: str | None = None,
                  products: Sequence[str] | None = None, workers: int = 1, overwrite: bool = False) -> Path:
-    """VisA -> MVTec layout (see the module docstring)."""
-    return write_plan(plan_visa(src, split_csv, type_name, products), dst, workers, overwrite)
+    """VisA -> MVTec layout, one test/<type> per defect type (see the module docstring)."""
+    return write_plan(plan_visa(src, split_csv, single_type, products), dst, workers, overwrite)
 
 
 def convert_mvtec3d(src: str | Path, dst: str | Path, include_validation: bool = False,
@@ -336,11 +479,20 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--overwrite", action="store_true", help="replace a non-empty --dst")
         sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
-    v = sub.add_parser("visa", help="VisA (split_csv/1cls.csv)", description="VisA -> MVTec layout. " + (
-        "Normal rows go to train/good or test/good by split; anomalies to test/<type-name> with their masks."))
+    v = sub.add_parser("visa", help="VisA (split_csv/1cls.csv + <object>/image_anno.csv), one folder per defect type",
+                       description="VisA -> MVTec layout, split per defect type as the SeaS authors do. Normal rows of "
+                       "the split CSV go to train/good or test/good by their split; each anomaly (any split) goes to "
+                       "test/<type> with its mask, <type> from the label column of <src>/<object>/image_anno.csv: "
+                       "the defect name lower-cased, spaces and other characters outside a-z 0-9 . - as _ ('chunk of "
+                       "wax missing' -> chunk_of_wax_missing). An image labelled with two or more different defects "
+                       "(e.g. 'melt, scratch') goes to test/combined, its whole mask kept, as the authors do. Split "
+                       "CSV and annotations must agree; products whose types differ from the authors' list "
+                       "(HUST-SLOW/SeaS configs/product-anomaly-visa.txt) are logged.")
     common(v)
     v.add_argument("--split-csv", type=Path, help="split CSV (default <src>/split_csv/1cls.csv)")
-    v.add_argument("--type-name", default="bad", help="folder name of VisA's single anomaly class (default bad)")
+    v.add_argument("--single-type", metavar="NAME",
+                   help="write every anomaly to test/NAME instead (VisA's own 1-class layout uses 'bad'); not the "
+                   "paper's protocol, image_anno.csv is not read")
 
     m = sub.add_parser("mvtec3d", help="MVTec 3D AD (rgb/ and gt/ only)",
                        description="MVTec 3D AD -> MVTec layout, using rgb/ and gt/ only (xyz/ is ignored).")
@@ -358,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         raise DataError(f"--workers {args.workers}: must be at least 1")
     if args.dataset == "visa":
-        convert_visa(args.src, args.dst, args.split_csv, args.type_name, args.products, args.workers, args.overwrite)
+        convert_visa(args.src, args.dst, args.split_csv, args.single_type, args.products, args.workers,
+                     args.overwrite)
     else:
         convert_mvtec3d(args.src, args.dst, args.include_validation, args.products, args.workers, args.overwrite)
     return 0

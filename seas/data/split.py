@@ -3,7 +3,8 @@
 Split (docs/METHOD.md, "Split"): per anomaly type, the first max(floor(n/3), 1) images in file-number order
 (``split.rule: floor``, SeaS; ``ceil``: ceil(n/3), DualAnoDiff's code; or H for the H-shot ablations)
 with their masks train the generator; the rest plus every
-``test/good`` image form the downstream test set; the first ``num_normal_images`` of the sorted
+``test/good`` image form the downstream test set (for H: the rest of the 1/3 split, the same for every H as the
+paper's Tab. 22, ``split.test_set: one_third``; or the rest after the first H, ``rest``); the first ``num_normal_images`` of the sorted
 ``train/good`` images are the normal training images. The split is written once as a JSON manifest
 (:meth:`Split.save`).
 
@@ -55,6 +56,7 @@ class Split:
     num_normal_images: int = 0
     notes: list[str] = field(default_factory=list)
     rule: str = "floor"  # how "1/3" is rounded (SPLIT_RULES); manifests written before the key existed: floor
+    test_set: str = "rest"  # TEST_SETS; manifests written before the key existed: rest
 
     # -- persistence
     def to_json(self) -> str:
@@ -99,6 +101,9 @@ class Split:
 
 
 SPLIT_RULES = ("floor", "ceil")
+#: ``split.test_set`` for an integer H: the rest of the 1/3 split (fixed across H, the paper's Tab. 22) or the rest
+#: after the first H images
+TEST_SETS = ("one_third", "rest")
 
 
 def shots_for(n: int, shots: str | int, rule: str = "floor") -> int:
@@ -124,8 +129,14 @@ def _check_pair(image: Path, mask: Path) -> np.ndarray:
 
 
 def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_normal: int = 60,
-                validate: bool = True, rule: str = "floor") -> Split:
-    """The few-shot split of ``product``; every image is opened and every mask checked when ``validate``."""
+                validate: bool = True, rule: str = "floor", test_set: str = "one_third") -> Split:
+    """The few-shot split of ``product``; every image is opened and every mask checked when ``validate``.
+
+    With an integer H, ``test_set`` ``one_third`` tests on the images after the shots "1/3" split's training images
+    (the same test set for every H, as the paper's Tab. 22; H must not exceed that count), ``rest`` on every image
+    after the first H."""
+    if test_set not in TEST_SETS:
+        raise DataError(f"split.test_set: expected one of {', '.join(TEST_SETS)}, got {test_set!r}")
     pdir = _product_dir(root, product)
     types = discover_types(root, product)
     notes: list[str] = []
@@ -150,13 +161,25 @@ def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_no
         gt_dir = pdir / "ground_truth" / t
         pairs = [(p, mask_path_for(p, gt_dir)) for p in imgs]
         k = shots_for(len(pairs), shots, rule)
+        first_test = k
+        if shots != "1/3" and test_set == "one_third":
+            first_test = shots_for(len(pairs), "1/3", rule)
+            if k > first_test:
+                raise DataError(
+                    f"product {product!r}, type {t!r}: shots={shots} exceeds the {first_test} training image(s) of "
+                    f"the 1/3 split (rule {rule}), whose test set split.test_set: one_third keeps; use fewer shots "
+                    "or split.test_set: rest")
+            if k < first_test:
+                notes.append(f"type {t!r}: images {k + 1}-{first_test} of the 1/3 split's training set are unused "
+                             f"(shots={shots}; the test set stays the 1/3 split's)")
         if k >= len(pairs):
             raise DataError(
                 f"product {product!r}, type {t!r}: {len(pairs)} images leave no test image with shots={shots!r}"
                 + (f" (rule {rule})" if shots == "1/3" else "")
             )
         train_anoms[t] = [{"image": str(i.resolve()), "mask": str(m.resolve())} for i, m in pairs[:k]]
-        test += [{"image": str(i.resolve()), "mask": str(m.resolve()), "type": t, "label": 1} for i, m in pairs[k:]]
+        test += [{"image": str(i.resolve()), "mask": str(m.resolve()), "type": t, "label": 1}
+                 for i, m in pairs[first_test:]]
 
     good_test = pdir / "test" / "good"
     if good_test.is_dir():
@@ -193,6 +216,7 @@ def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_no
         num_normal_images=num_normal,
         notes=notes,
         rule=rule,
+        test_set=test_set,
     )
 
 
@@ -202,7 +226,7 @@ def split_from_config(cfg: Mapping, product: str) -> Split:
     if product not in found:
         raise DataError(f"product {product!r} not found under {cfg['dataset']['root']} (available: {', '.join(found)})")
     return build_split(cfg["dataset"]["root"], product, cfg["split"]["shots"], cfg["split"]["num_normal_images"],
-                       rule=cfg["split"]["rule"])
+                       rule=cfg["split"]["rule"], test_set=cfg["split"]["test_set"])
 
 
 # ----------------------------------------------------------------------------- CLI

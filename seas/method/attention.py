@@ -16,8 +16,8 @@ Scores and softmax run in float32 with autocast off. The :class:`AttentionStore`
 averaged over heads and over that resolution's captured layers: ``store.maps() -> {h: [rows, h, w, 77]}``.
 
 Resolutions are named as at SD v1-4's 64x64 latent (512 px): 64 -> ``down_blocks[0]``, 32 -> ``[1]``,
-16 -> ``[2]``; on a smaller latent the same blocks run at proportionally smaller sizes, and the maps are keyed
-by their actual side.
+16 -> ``[2]``, 8 -> ``mid_block`` (the paper's A^4: the authors' "8" map; :func:`capture_layer_names`); on a
+smaller latent the same blocks run at proportionally smaller sizes, and the maps are keyed by their actual side.
 
 With gradient checkpointing the U-Net re-runs its blocks during backward: call ``store.freeze()`` after the
 forward pass so the re-run computes the same operations without recording again.
@@ -173,17 +173,29 @@ def _down_block_index(resolution: int) -> int:
 
 
 def capture_layer_names(unet, resolutions: Iterable[int]) -> dict[str, int]:
-    """{processor name: factor} of the down-path cross-attention layers at ``resolutions`` (SD-64 names)."""
+    """{processor name: factor} of the cross-attention layers at ``resolutions`` (SD-64 names).
+
+    64 / 32 / 16 are the ``attn2`` layers of ``down_blocks[0]`` / ``[1]`` / ``[2]``. 8 (the paper's A^4, Tab. 24,
+    "down-4"): SD v1-4's ``down_blocks[3]`` is a ``DownBlock2D`` without attention, and the only cross-attention at
+    8x8 is the mid block's; the authors' U-Net files the mid block's map under "8" (``cross_map_di["8"]``, their
+    ``models/modules/_unet_2d_condition.py``), so 8 taps ``mid_block``'s ``attn2`` (at the bottom of the down path,
+    factor 8 at SD's latent).
+    """
     names = list(unet.attn_processors)
     out: dict[str, int] = {}
     for res in resolutions:
         i = _down_block_index(res)
-        if i >= len(unet.down_blocks) or not getattr(unet.down_blocks[i], "attentions", None):
+        last = len(unet.down_blocks) - 1
+        if i < len(unet.down_blocks) and getattr(unet.down_blocks[i], "attentions", None):
+            prefix, where = f"down_blocks.{i}.", f"down_blocks[{i}]"
+        elif i == last and getattr(getattr(unet, "mid_block", None), "attentions", None):
+            prefix, where = "mid_block.", f"mid_block (down_blocks[{i}] has no attention)"
+        else:
             raise ConfigError(f"generator.da_resolutions: resolution {res} is down_blocks[{i}], which has no "
                               "cross-attention layers in this U-Net")
-        sel = [n for n in names if n.startswith(f"down_blocks.{i}.") and n.endswith(".attn2.processor")]
+        sel = [n for n in names if n.startswith(prefix) and n.endswith(".attn2.processor")]
         if not sel:
-            raise ConfigError(f"generator.da_resolutions: no attn2 layers found in down_blocks[{i}]")
+            raise ConfigError(f"generator.da_resolutions: no attn2 layers found in {where}")
         out.update({n: 1 << i for n in sel})
     return out
 

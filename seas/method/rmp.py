@@ -54,6 +54,8 @@ __all__ = [
     "RefinedMaskPredictor",
     "MaskRefinementModule",
     "MRM_VARIANTS",
+    "MRM_PAPER_CASES",
+    "MRM_MODULES",
     "mrm_fuse",
     "latent_size",
     "arch_from_configs",
@@ -186,24 +188,39 @@ def _c131(dim: int) -> nn.Sequential:
     return nn.Sequential(_cbr(dim, dim, 1), _cbr(dim, dim, 3), _cbr(dim, dim, 1))
 
 
-#: ``rmp.mrm_variant`` (paper Tab. 28): the structures :func:`mrm_fuse` computes
-MRM_VARIANTS = ("full", "additive", "no_branches", "no_residual")
+#: ``rmp.mrm_variant`` (paper Tab. 28): the structures :func:`mrm_fuse` computes. ``one_conv`` / ``one_block`` /
+#: ``full`` are the paper's cases (a) / (b) / (c) (Sec. A.8: "without conv blocks" -- one convolution alone; "one
+#: conv block" of two 1x1 and one 3x3 convolutions; "chained conv blocks"), the others component ablations of (c)
+MRM_VARIANTS = ("full", "one_block", "one_conv", "additive", "no_branches", "no_residual")
+#: the paper's letter of each variant it prints (Tab. 28)
+MRM_PAPER_CASES = {"one_conv": "(a)", "one_block": "(b)", "full": "(c)"}
+#: the modules of one MRM per variant: project = CBR1(v), mid = C131(u'), skip = CBR1(u'), post = C131(m)
+MRM_MODULES = {"full": ("project", "mid", "skip", "post"), "one_block": ("project", "mid", "skip"),
+               "one_conv": ("project", "skip"), "additive": ("project", "mid", "skip", "post"),
+               "no_branches": ("project", "mid"), "no_residual": ("project", "mid", "skip", "post")}
 
 
-def mrm_fuse(variant: str, v: torch.Tensor, u: torch.Tensor, m: torch.Tensor, skip: torch.Tensor | None = None,
-             post: torch.Tensor | None = None) -> torch.Tensor:
+def mrm_fuse(variant: str, v: torch.Tensor, u: torch.Tensor, m: torch.Tensor | None = None,
+             skip: torch.Tensor | None = None, post: torch.Tensor | None = None) -> torch.Tensor:
     """One MRM's output from its pieces: ``v = CBR1(vae feature)``, ``u`` the upsampled input, ``m = C131(u)``,
-    ``skip = CBR1(u)``, ``post = C131(m)`` (the last two unused by ``no_branches``).
+    ``skip = CBR1(u)``, ``post = C131(m)`` (each variant reads only its own, :data:`MRM_MODULES`).
 
-    ``full`` (the method): ``v * (m + skip + post) + u``; ``additive``: ``v + (m + skip + post) + u``;
-    ``no_branches``: ``v * m + u``; ``no_residual``: ``v * (m + skip + post)``.
+    ``full`` (the method, Tab. 28 (c)): ``v * (m + skip + post) + u``; ``one_block`` ((b), one conv block):
+    ``v * (m + skip) + u``; ``one_conv`` ((a), one convolution alone): ``v * skip + u``; ``additive``:
+    ``v + (m + skip + post) + u``; ``no_branches``: ``v * m + u``; ``no_residual``: ``v * (m + skip + post)``.
     """
-    if variant == "no_branches":
-        return v * m + u
     if variant not in MRM_VARIANTS:
         raise ValueError(f"unknown MRM variant {variant!r} (one of {list(MRM_VARIANTS)})")
-    if skip is None or post is None:
-        raise ValueError(f"MRM variant {variant!r} needs the CBR1(u') and C131(m) branches")
+    given = {"mid": m, "skip": skip, "post": post}
+    lacking = [k for k in MRM_MODULES[variant][1:] if given[k] is None]
+    if lacking:
+        raise ValueError(f"MRM variant {variant!r} needs the {', '.join(lacking)} branches")
+    if variant == "no_branches":
+        return v * m + u
+    if variant == "one_conv":
+        return v * skip + u
+    if variant == "one_block":
+        return v * (m + skip) + u
     if variant == "full":
         return v * (m + skip + post) + u
     if variant == "additive":
@@ -213,7 +230,7 @@ def mrm_fuse(variant: str, v: torch.Tensor, u: torch.Tensor, m: torch.Tensor, sk
 
 class MaskRefinementModule(nn.Module):
     """``u' = up(u)``; ``m = C131(u')``; ``out = CBR1(v) * (m + CBR1(u') + C131(m)) + u'`` (``variant`` "full";
-    the others: :func:`mrm_fuse`)."""
+    the others: :func:`mrm_fuse`; only the modules a variant uses are built, :data:`MRM_MODULES`)."""
 
     def __init__(self, dim: int, vae_channels: int, scale: int = 2, variant: str = "full"):
         super().__init__()
@@ -221,10 +238,13 @@ class MaskRefinementModule(nn.Module):
             raise ValueError(f"unknown MRM variant {variant!r} (one of {list(MRM_VARIANTS)})")
         self.scale = scale
         self.variant = variant
+        mods = MRM_MODULES[variant]
         self.project = _cbr(vae_channels, dim, 1)  # CBR1(v)
-        self.mid = _c131(dim)  # m = C131(u')
-        if variant != "no_branches":
+        if "mid" in mods:
+            self.mid = _c131(dim)  # m = C131(u')
+        if "skip" in mods:
             self.skip = _cbr(dim, dim, 1)  # CBR1(u')
+        if "post" in mods:
             self.post = _c131(dim)  # C131(m)
 
     def forward(self, x: torch.Tensor, vae_feature: torch.Tensor) -> torch.Tensor:
@@ -233,11 +253,12 @@ class MaskRefinementModule(nn.Module):
             raise ValueError(
                 f"MRM: VAE feature {tuple(vae_feature.shape[-2:])} does not match the upsampled map {tuple(u.shape[-2:])}"
             )
+        mods = MRM_MODULES[self.variant]
         v = self.project(vae_feature.to(u.dtype))
-        m = self.mid(u)
-        if self.variant == "no_branches":
-            return mrm_fuse(self.variant, v, u, m)
-        return mrm_fuse(self.variant, v, u, m, self.skip(u), self.post(m))
+        m = self.mid(u) if "mid" in mods else None
+        skip = self.skip(u) if "skip" in mods else None
+        post = self.post(m) if "post" in mods else None
+        return mrm_fuse(self.variant, v, u, m, skip, post)
 
 
 def _head(dim: int) -> nn.Sequential:

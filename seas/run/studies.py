@@ -8,6 +8,8 @@ A study is declared in the run config's ``studies:`` section (part of the run's 
     paper_table: Tab. 29
     models: [bisenetv2]            # the segmentation model(s) the paper's table reports; null = the run's
     methods: [seas]
+    digits: 2                      # decimals of the table, as the paper prints it (Tab. 22: 3)
+    per_model: false               # true: a row per segmentation model + their average (Tab. 19)
     variants:
       "tau=0.1": {generation: {mask_threshold: 0.1}}
       "tau=0.2 (SeaS)": {}
@@ -47,6 +49,8 @@ class Study:
     models: tuple | None = None
     methods: tuple = ("seas",)
     variants: dict = field(default_factory=dict)
+    digits: int = 2                  # decimals of the study table, as the paper prints it
+    per_model: bool = False          # a row per segmentation model + their average (Tab. 19)
 
 
 def _plain(value: Any) -> Any:
@@ -79,7 +83,8 @@ def _parse(name: str, raw: Any, source: str) -> Study:
     models = raw.get("models")
     return Study(name=name, source=source, title=raw.get("title", ""), paper_table=raw.get("paper_table", ""),
                  models=tuple(models) if models else None, methods=tuple(raw.get("methods", ("seas",))),
-                 variants={str(k): dict(v) for k, v in raw["variants"].items()})
+                 variants={str(k): dict(v) for k, v in raw["variants"].items()}, digits=int(raw.get("digits", 2)),
+                 per_model=bool(raw.get("per_model", False)))
 
 
 def shipped_study_files(folder: str | Path = STUDY_DIR) -> dict[str, Path]:

@@ -101,7 +101,8 @@ def test_blurred_maps_match_direct_metrics(cfg, splits, datasets, tmp_path):
         y = np.concatenate([k.ravel() for k in masks])
         direct = {"pixel_auroc": M.pixel_auroc(s, y), "pixel_ap": M.pixel_ap(s, y), "pixel_f1max": M.f1_max(s, y),
                   "pixel_iou_fixed": M.iou_at_threshold(s, y, cfg["downstream"]["iou_threshold"]),
-                  "pixel_iou_best": M.best_iou_per_image(maps, masks), "pixel_pro": M.pro(maps, masks, 0.3),
+                  "pixel_iou_best": M.best_iou_per_image(maps, masks),
+                  "pixel_iou_pooled": M.pooled_best_iou(s, y), "pixel_pro": M.pro(maps, masks, 0.3),
                   **M.image_metrics(maps, labels)}
         for k in M.METRIC_COLUMNS:
             assert r[k] == pytest.approx(100 * direct[k], rel=1e-6), (r["product"], k)

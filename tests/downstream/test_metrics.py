@@ -197,6 +197,7 @@ def test_product_metrics_equals_direct_computation():
         "pixel_auroc": M.pixel_auroc(s, y), "pixel_ap": M.pixel_ap(s, y), "pixel_f1max": M.f1_max(s, y),
         "pixel_iou_fixed": M.iou_at_threshold(s, y, 0.55),
         "pixel_iou_best": M.best_iou_per_image(maps, masks, max_fpr=0.5),
+        "pixel_iou_pooled": M.pooled_best_iou(s, y),
         "pixel_pro": M.pro(maps, masks, 0.3), **M.image_metrics(maps, labels),
     }
     for k in M.METRIC_COLUMNS:
@@ -232,7 +233,7 @@ def test_histogram_mode_close_on_continuous_scores():
     exact = _accumulate(maps, masks, labels)
     hist = _accumulate(maps, masks, labels, bins=4096, max_exact_pixels=1)
     # documented accuracy: bin width 1/4096; here within 0.1 percentage points
-    for k in ("pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_pro"):
+    for k in ("pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_pooled", "pixel_pro"):
         assert hist[k] == pytest.approx(exact[k], abs=0.1), k
     for k in ("pixel_iou_fixed", "pixel_iou_best", "image_auroc", "image_ap", "image_f1max"):
         assert hist[k] == exact[k], k  # always exact
@@ -255,3 +256,64 @@ def test_product_metrics_errors():
     assert row["pixel_auroc"] == 100.0 and row["image_auroc"] == 100.0
     with pytest.raises(RuntimeError):
         acc.update(np.zeros((1, 2)), np.zeros((1, 2), np.uint8), 0)
+
+
+# ----------------------------------------------------------------------------- the three IoUs, re-derived
+def _iou_brute(s, y, t) -> float:
+    """TP / (TP + FP + FN) of ``s >= t`` by counting (independent of scikit-learn's curves)."""
+    pred = s >= t
+    tp, fp, fn = np.sum(pred & y), np.sum(pred & ~y), np.sum(~pred & y)
+    return tp / (tp + fp + fn) if tp + fp + fn else math.nan
+
+
+def _authors_iou_curve_max(gt, pred) -> float:
+    """The authors' per-image IoU (HUST-SLOW/LFD utils.iou_curve, then .max()), re-derived from its steps: scores
+    sorted in decreasing order, cumulative TP / FP at each distinct score, the collinear points dropped
+    (drop_intermediate=True), a (0, 0) point prepended, IoU = tps / (tps + fps + fns), fns = P - tps."""
+    order = np.argsort(-pred, kind="mergesort")
+    p, g = pred[order], gt[order].astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(p)), p.size - 1]  # the last index of each distinct score
+    tps = np.cumsum(g)[last]
+    fps = (last + 1) - tps
+    if len(fps) > 2:
+        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        tps, fps = tps[keep], fps[keep]
+    if fps[0] != 0:
+        tps, fps = np.r_[0, tps], np.r_[0, fps]
+    fns = tps[-1] - tps
+    return float(np.max(tps / (tps + fps + fns)))
+
+
+def test_three_ious_equal_independent_rederivations_on_random_maps():
+    rng = np.random.default_rng(20)
+    maps, masks, labels = _random_product(rng, n=9)
+    maps = [np.round(m, 2).astype(np.float32) for m in maps]  # ties, as probabilities written with 2 decimals have
+    row = _accumulate(maps, masks, labels, iou_threshold=0.5)
+    s = np.concatenate([m.ravel() for m in maps]).astype(np.float64)
+    y = np.concatenate([k.ravel() for k in masks]).astype(bool)
+    # the paper's (authors'): per anomalous image the best threshold, then the mean over anomalous images
+    per_image = [_authors_iou_curve_max(k.ravel().astype(np.uint8), m.ravel().astype(np.float64))
+                 for m, k in zip(maps, masks) if k.any()]
+    brute_per_image = [max(_iou_brute(m.ravel(), k.ravel().astype(bool), t) for t in np.unique(m))
+                       for m, k in zip(maps, masks) if k.any()]
+    assert per_image == pytest.approx(brute_per_image, abs=1e-12)
+    assert row["pixel_iou_best"] == pytest.approx(100 * np.mean(per_image), rel=1e-9)
+    # pooled: one threshold for the product, the one maximising the pooled IoU
+    pooled = max(_iou_brute(s, y, t) for t in np.unique(s))
+    assert row["pixel_iou_pooled"] == pytest.approx(100 * pooled, rel=1e-9)
+    # IoU at 0.5, pooled
+    assert row["pixel_iou_fixed"] == pytest.approx(100 * _iou_brute(s, y, 0.5), rel=1e-9)
+    # three different numbers on these maps (the columns are not aliases of each other)
+    assert len({round(row[k], 6) for k in ("pixel_iou_best", "pixel_iou_pooled", "pixel_iou_fixed")}) == 3
+    assert row["pixel_iou_best"] >= row["pixel_iou_pooled"] >= row["pixel_iou_fixed"]
+
+
+def test_pooled_iou_is_exact_in_histogram_mode_on_quantised_scores():
+    rng = np.random.default_rng(21)
+    maps, masks, labels = _random_product(rng, n=6)
+    q = [((np.floor(m * 32).clip(0, 31) + 0.5) / 32).astype(np.float32) for m in maps]
+    hist = _accumulate(q, masks, labels, bins=32, max_exact_pixels=256)
+    s = np.concatenate([m.ravel() for m in q]).astype(np.float64)
+    y = np.concatenate([k.ravel() for k in masks]).astype(bool)
+    assert hist["pixel_mode"] == "histogram"
+    assert hist["pixel_iou_pooled"] == pytest.approx(100 * max(_iou_brute(s, y, t) for t in np.unique(s)), rel=1e-9)

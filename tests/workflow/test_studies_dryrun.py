@@ -27,20 +27,25 @@ def _seas(variants, generators, rmps, generations, seg_models, splits=1, scopes=
 EXPECTED = {
     # 4 generators per product + 1 per type (w/o Mixed); everything below them per variant
     "tab4_components": _seas(5, 4 * P + T, 4 * P + T, 5, 5),
-    # one generator per product shared by all; an RMP per variant
+    # one generator per product shared by all; an RMP per variant (cumulative: none, MRM, MRM+PM, MRM+PM+CMS)
     "tab5_rmp": _seas(4, P, 4 * P, 4, 4),
+    "tab5_extra": None,  # RMP-only: w/o MRM, w/o PM, Ours
     # generation shared; 3 models for all products + 3 x 2 per-product models
     "tab19_segmentation_protocol": _seas(2, P, P, 1, 1, gm=1) | {"train_seg": 3 + 3 * P, "evaluate": 3 + 3 * P},
-    "tab20_tokens": _seas(6, 6 * P, 6 * P, 6, 6),
+    "tab20_tokens": _seas(3, 3 * P, 3 * P, 3, 3),  # N'=1,N=1; Ours; N'=4,N=4
+    "tab20_extra": _seas(4, 4 * P, 4 * P, 4, 4),
     "tab21_second_term": _seas(3, 3 * P, 3 * P, 3, 3),
     # the split moves: every stage per variant
     "tab22_shots": _seas(3, 3 * P, 3 * P, 3, 3, splits=3),
     "tab23_training_order": _seas(3, 3 * P, 3 * P, 3, 3),
-    "tab24_da_layers": _seas(6, 6 * P, 6 * P, 6, 6),
-    "tab25_unet_features": None,  # filled below (RMP-only variants)
+    "tab24_da_layers": _seas(3, 3 * P, 3 * P, 3, 3),  # l = 1,2,3; l = 2,3,4 (A^4 = mid block); Ours
+    "tab24_extra": _seas(5, 5 * P, 5 * P, 5, 5),
+    "tab25_unet_features": None,  # filled below (RMP-only variants: 3)
+    "tab25_extra": None,
     "tab26_vae_features": _seas(2, P, 2 * P, 2, 2),
     "tab27_normal_supervision": _seas(2, P, 2 * P, 2, 2),
-    "tab28_mrm_variants": None,
+    "tab28_mrm_variants": None,  # (a), (b), (c)
+    "tab28_extra": None,
     # one generator and one RMP per product; generation, its metrics and a model per tau
     "tab29_tau": _seas(5, P, P, 5, 5),
 }

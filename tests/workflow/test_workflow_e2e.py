@@ -126,7 +126,7 @@ def test_trimmed_demo_end_to_end(tmp_path):
          "detection_per_product.csv", "cost.csv", "cost_per_job.csv", "study_e2e_tau.csv"])
     seg = _read_csv(tables / "segmentation.csv")
     assert list(seg[0]) == ["dataset", "generator_model", "protocol", "model", "backbone_init", "method",
-                            "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_fixed"]
+                            "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_pooled", "pixel_iou_fixed"]
     assert {r["protocol"] for r in seg} == {"seas-unified (split floor 1/3)"}
     assert sorted((r["model"], r["method"]) for r in seg) == sorted(
         (m, k) for m in ("lfd", "bisenetv2", "average") for k in ("seas", "cutpaste"))

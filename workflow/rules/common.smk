@@ -361,6 +361,10 @@ def run_outputs(lay):
 
 
 # ----------------------------------------------------------------------------- tables
+#: tables with a `_vs_paper` companion: downstream.report.paper.COMPARED_TABLES (kept equal by
+#: tests/downstream/report/test_paper.py; not imported here, so parsing the workflow needs no pandas)
+COMPARED_TABLES = ["generation.csv", "segmentation.csv", "detection.csv", "segmentation_per_product.csv",
+                   "detection_per_product.csv"]
 TABLE_NAMES = ["segmentation", "detection", "segmentation_per_product", "detection_per_product", "cost",
                "cost_per_job"]
 if CFG["gen_metrics"]["enabled"]:

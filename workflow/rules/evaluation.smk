@@ -104,6 +104,8 @@ rule tables:
             )
             for name in TABLE_NAMES
         ],
+        # the paper's numbers beside ours (downstream.report.paper; header only without a paper table)
+        vs_paper=[f"{TABLES}/{name}_vs_paper.csv" for name in TABLE_NAMES if f"{name}.csv" in COMPARED_TABLES],
     params:
         cfg=stage_params("tables"),
         config=RESOLVED_CONFIG,
@@ -129,8 +131,9 @@ rule study:
     input:
         study_inputs,
     output:
-        report(f"{TABLES}/study_{{study}}.csv", category="Studies", caption="../report/tables.rst",
-               labels={"study": "{study}"}),
+        table=report(f"{TABLES}/study_{{study}}.csv", category="Studies", caption="../report/tables.rst",
+                     labels={"study": "{study}"}),
+        vs_paper=f"{TABLES}/study_{{study}}_vs_paper.csv",
     params:
         cfg=study_json,
         config=RESOLVED_CONFIG,
@@ -145,7 +148,7 @@ rule study:
         "../../envs/base.yaml"
     shell:
         "seas_python -m downstream.report.study --config {params.config:q} --run-dir {params.run_dir:q} --study {wildcards.study:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output.table:q} > {log:q} 2>&1"
 
 
 for _name in STUDIES:

@@ -90,7 +90,7 @@ def test_segmentation_and_detection_tables(tmp_path, run_dir):
     t = tables.build_tables(_cfg(tmp_path), run_dir)
     seg, det = t["segmentation.csv"], t["detection.csv"]
     assert list(seg.columns) == ["dataset", "generator_model", "protocol", "model", "backbone_init", "method",
-                                 "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_fixed"]
+                                 "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_pooled", "pixel_iou_fixed"]
     assert list(det.columns) == ["dataset", "generator_model", "protocol", "model", "backbone_init", "method",
                                  "image_auroc", "image_ap", "image_f1max"]
     assert set(seg.protocol) == set(det.protocol) == {"seas-unified (split floor 1/3)"}
@@ -118,7 +118,7 @@ def test_per_product_tables(tmp_path, run_dir):
     assert list(pp.columns) == ["dataset", "generator_model", "protocol", "product", "metric"] + names
     assert set(pp.protocol) == {"seas-unified (split floor 1/3)"}
     assert list(pp["product"].unique()) == PRODUCTS + ["mean"]
-    assert len(pp) == 3 * 5  # (2 products + mean) x 5 segmentation metrics
+    assert len(pp) == 3 * 6  # (2 products + mean) x 6 segmentation metrics
     cell = pp[(pp["product"] == "weave") & (pp.metric == "pixel_ap")]["lfd/seas"].iloc[0]
     assert cell == pytest.approx(_value("lfd", "seas", "weave", "pixel_ap"))
     dp = t["detection_per_product.csv"]
@@ -209,7 +209,9 @@ def test_cli_writes_every_table(tmp_path, run_dir, capsys):
     assert tables.main(["--config", str(cfg_path), "--run-dir", str(run_dir), "--out-dir", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["generation.csv", "segmentation.csv", "detection.csv", "segmentation_per_product.csv",
-         "detection_per_product.csv", "cost.csv", "cost_per_job.csv"])
+         "detection_per_product.csv", "cost.csv", "cost_per_job.csv"]
+        + [f"{t}_vs_paper.csv" for t in ("generation", "segmentation", "detection", "segmentation_per_product",
+                                         "detection_per_product")])
     assert len(pd.read_csv(out / "segmentation.csv")) == 9
     # no benchmark file in this fabricated run: every stage row says "not measured", no number is invented
     c = pd.read_csv(out / "cost.csv")
@@ -254,7 +256,10 @@ def test_protocol_column_names_the_split_rule(tmp_path, run_dir):
     t = tables.build_tables(cfg, run_dir)
     assert all(set(df.protocol) == {"seas-unified (split ceil 1/3)"} for df in t.values())
     cfg["split"]["shots"] = 2
-    assert tables.protocol_label(cfg) == "seas-unified (split 2-shot)"
+    assert tables.protocol_label(cfg) == "seas-unified (split 2-shot, test set of the ceil 1/3 split)"
+    cfg["split"]["test_set"] = "rest"  # the test set is named too: Tab. 22 keeps the 1/3 split's
+    assert tables.protocol_label(cfg) == "seas-unified (split 2-shot, test set the rest)"
+    cfg["split"]["test_set"] = "one_third"
     # a manifest built with another rule than the config's (written by hand into the folder) is named, not
     # silently labelled
     cfg["split"].update(shots="1/3", rule="ceil")

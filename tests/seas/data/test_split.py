@@ -172,7 +172,44 @@ def test_error_missing_root_and_no_products(tmp_path):
 def test_error_too_few_for_shots(tmp_path):
     root = make_tree(tmp_path / "ds", types={"crack": 2})
     with pytest.raises(DataError, match=r"type 'crack': 2 images leave no test image with shots=2"):
+        build_split(root, "prod", 2, test_set="rest")
+    # the fixed (1/3) test set cannot give a type more training images than the 1/3 split has
+    with pytest.raises(DataError, match=r"type 'crack': shots=2 exceeds the 1 training image\(s\) of the 1/3 split.*"
+                                        r"split.test_set: rest"):
         build_split(root, "prod", 2)
+    with pytest.raises(DataError, match=r"split.test_set"):
+        build_split(root, "prod", 1, test_set="all")
+
+
+def test_h_shot_test_set_is_the_one_third_splits(tmp_path):
+    """split.test_set (paper Tab. 22): with one_third every H tests on the 1/3 split's test images; with rest the
+    images after the first H join the test set."""
+    root = make_tree(tmp_path / "ds", types={"crack": 9, "dent": 10})  # 1/3: 3 and 3 training images
+    third = build_split(root, "prod", "1/3", num_normal=3, validate=False)
+    for h in (1, 2):
+        s = build_split(root, "prod", h, num_normal=3, validate=False)
+        assert s.test == third.test and s.test_set == "one_third"
+        assert {t: [Path(d["image"]).name for d in v] for t, v in s.train_anomalies.items()} == \
+            {"crack": [f"{i:03d}.png" for i in range(h)], "dent": [f"{i:03d}.png" for i in range(h)]}
+    rest = build_split(root, "prod", 1, num_normal=3, validate=False, test_set="rest")
+    assert len(rest.test) == len(third.test) + 4 and {Path(d[0]).name for d in rest.train_pairs()} == {"000.png"}
+    assert Split.load(rest.save(tmp_path / "m.json")).test_set == "rest"
+
+
+def test_tab22_variants_share_one_test_set(tmp_path):
+    """Every variant of the shipped Tab. 22 study (config/studies/tab22_shots.yaml) tests on the same images."""
+    from seas.data.split import split_from_config
+    from seas.run.config import validate_config
+    from seas.run.studies import load_studies, variant_configs
+
+    root = make_tree(tmp_path / "ds", types={"crack": 9, "dent": 10})
+    base = validate_config({"dataset": {"name": "demo", "root": str(root)}, "model": {"pretrained": "sd", "tiny": True},
+                            "split": {"num_normal_images": 3}}, source="<test>")
+    cfgs = variant_configs(base, load_studies(base)["tab22_shots"])
+    assert [c["split"]["shots"] for c in cfgs.values()] == [1, 2, "1/3"]
+    splits = {v: split_from_config(c, "prod") for v, c in cfgs.items()}
+    assert len({json.dumps(s.test) for s in splits.values()}) == 1, sorted(splits)
+    assert len({json.dumps(s.train_anomalies) for s in splits.values()}) == len(cfgs) == 3
 
 
 def test_load_geometry(tmp_path):

@@ -115,9 +115,11 @@ RMP_SWITCHES = [
     {"unet_features": [0, 2]},
     {"unet_features": [2], "reduce_channels": [24]},
     {"unet_features": [1, 2, 3], "reduce_channels": [8, 8, 8]},
-    {"mrm_variant": "additive"},       # Tab. 28 (same parameters as the default: only the fusion differs)
-    {"mrm_variant": "no_residual"},    # Tab. 28 (same parameters as the default)
-    {"mrm_variant": "no_branches"},    # Tab. 28
+    {"mrm_variant": "additive"},       # extra (tab28_extra; same parameters as the default: only the fusion differs)
+    {"mrm_variant": "no_residual"},    # extra (tab28_extra; same parameters as the default)
+    {"mrm_variant": "no_branches"},    # extra (tab28_extra)
+    {"mrm_variant": "one_block"},      # Tab. 28 (b)
+    {"mrm_variant": "one_conv"},       # Tab. 28 (a)
 ]
 
 

@@ -38,8 +38,12 @@ def test_processors_only_on_chosen_attn2_layers(unet):
             assert type(proc) is AttnProcessor2_0, name  # fused kernel everywhere else
     assert capture_layer_names(unet, [64]) == {f"down_blocks.0.attentions.{i}.transformer_blocks.0.attn2.processor": 1
                                                for i in (0, 1)}
+    # 8 (Tab. 24's A^4): down_blocks[3] is a DownBlock2D without attention; the authors' "8" map is the mid block's
+    assert capture_layer_names(unet, [8]) == {"mid_block.attentions.0.transformer_blocks.0.attn2.processor": 8}
+    assert set(capture_layer_names(unet, [32, 16, 8])) == set(names) | {
+        "mid_block.attentions.0.transformer_blocks.0.attn2.processor"}
     with pytest.raises(ConfigError, match="no cross-attention"):
-        capture_layer_names(unet, [8])  # down_blocks[3] is a DownBlock2D
+        capture_layer_names(unet, [4])  # below the bottom of the down path
     with pytest.raises(ConfigError):
         capture_layer_names(unet, [48])
     restore_default_processors(unet)
@@ -122,3 +126,24 @@ def test_gradient_flows_from_maps_into_the_unet(unet):
     assert q.grad is not None and q.grad.abs().sum() > 0
     # only the captured (abnormal) rows of the text input receive gradient from the maps
     assert ehs.grad[:2].abs().sum() > 0 and ehs.grad[2:].abs().sum() == 0
+
+
+def test_a4_mid_block_map_feeds_the_da_loss(unet):
+    """da_resolutions 8 (Tab. 24's A^4): the mid block's map is captured at latent/8 and the DA loss pools the mask
+    to it (on this 8x8 latent: 16 -> 2x2, 8 -> 1x1)."""
+    from seas.method.losses import da_loss
+
+    x, t, ehs = _inputs(unet)
+    store = AttentionStore()
+    install_capture(unet, store, [16, 8])
+    store.begin(2, (LATENT, LATENT))
+    with torch.no_grad():
+        unet(x, t, encoder_hidden_states=ehs)
+    maps = store.maps()
+    assert {k: tuple(v.shape) for k, v in maps.items()} == {2: (2, 2, 2, 77), 1: (2, 1, 1, 77)}
+    assert store.counts == {2: 2, 1: 1}  # one transformer in the mid block
+    masks = torch.zeros(2, 64, 64)
+    masks[:, :16, :16] = 1
+    loss = da_loss(maps, [[4, 5]] * 2, [[2]] * 2, masks, base_size=LATENT, normalize="image")
+    assert torch.isfinite(loss.total)
+    restore_default_processors(unet)

@@ -58,9 +58,32 @@ def test_mrm_fuse_known_answers():
 
     v, u, m, skip, post = (torch.tensor(float(x)) for x in (2, 1, 3, 5, 7))
     got = {k: float(mrm_fuse(k, v, u, m, skip, post)) for k in MRM_VARIANTS}
-    assert got == {"full": 2 * 15 + 1, "additive": 2 + 15 + 1, "no_branches": 2 * 3 + 1, "no_residual": 2 * 15}
+    assert got == {"full": 2 * 15 + 1, "one_block": 2 * (3 + 5) + 1, "one_conv": 2 * 5 + 1, "additive": 2 + 15 + 1,
+                   "no_branches": 2 * 3 + 1, "no_residual": 2 * 15}
     with pytest.raises(ValueError, match="branches"):
         mrm_fuse("full", v, u, m)
+    assert float(mrm_fuse("one_conv", v, u, skip=skip)) == 11  # (a) needs neither C131 block
+
+
+def test_mrm_paper_cases_structure_at_sd14_widths():
+    """Tab. 28's cases at SD v1-4 widths (dim 192, VAE 512 ch): (a) one_conv = CBR1(v) and one 1x1 CBR on u' and
+    no conv block; (b) one_block adds one C131 block (1x1, 3x3, 1x1); (c) full chains a second C131 on m."""
+    from seas.method.rmp import MRM_PAPER_CASES, MaskRefinementModule
+
+    assert MRM_PAPER_CASES == {"one_conv": "(a)", "one_block": "(b)", "full": "(c)"}
+    cbr = lambda cin, cout, k: cin * cout * k * k + 2 * cout  # conv without bias + BatchNorm weight and bias
+    c131 = 2 * cbr(192, 192, 1) + cbr(192, 192, 3)
+    want = {"one_conv": ({"project", "skip"}, cbr(512, 192, 1) + cbr(192, 192, 1)),
+            "one_block": ({"project", "mid", "skip"}, cbr(512, 192, 1) + cbr(192, 192, 1) + c131),
+            "full": ({"project", "mid", "skip", "post"}, cbr(512, 192, 1) + cbr(192, 192, 1) + 2 * c131)}
+    for variant, (modules, count) in want.items():
+        mrm = MaskRefinementModule(192, 512, 2, variant)
+        assert {n.split(".")[0] for n, _ in mrm.named_parameters()} == modules, variant
+        assert sum(p.numel() for p in mrm.parameters()) == count, variant
+        kernels = [m.kernel_size[0] for m in mrm.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert kernels == {"one_conv": [1, 1], "one_block": [1, 1, 3, 1, 1],
+                           "full": [1, 1, 3, 1, 1, 1, 3, 1]}[variant], variant  # project, mid, skip, post
+    assert want["one_conv"][1] == 135_936 and want["one_block"][1] == 542_592 and want["full"][1] == 949_248
 
 
 def test_arch_rejects_a_unet_without_four_levels():

@@ -16,7 +16,8 @@ def test_defaults_filled():
     cfg = validate_config(MINIMAL)
     assert cfg["generator"]["lr_unet"] == 4e-6 and cfg["generator"]["lr_embeddings"] == 4e-5
     assert cfg["generator"]["num_df_tokens"] == 4 and cfg["generator"]["da_resolutions"] == [32, 16]
-    assert cfg["split"] == {"shots": "1/3", "rule": "floor", "num_normal_images": 60}
+    assert cfg["split"] == {"shots": "1/3", "rule": "floor", "num_normal_images": 60,
+                            "test_set": "one_third"}
     assert cfg["generation"]["mask_threshold"] == 0.2 and cfg["generation"]["num_inference_steps"] == 25
     assert validate_config({**MINIMAL, "generation": {"mask_threshold": 0.999}})["generation"]["mask_threshold"] == 0.999
     assert cfg["downstream"]["train"]["upernet"]["iterations"] > 0  # defaults through $ref'd definitions
