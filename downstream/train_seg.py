@@ -4,7 +4,7 @@
         --splits split/*.json --out segmentation/MODEL/M [--method M]
 
 Training data: the method's image-mask pairs (``<pairs-root>/<product>/<type>/``) of every split's product + the
-splits' normal training images (all-zero masks) (+ the real training anomalies with
+splits' normal training images (all-zero masks; ``downstream.normal_images``: every train/good image by default) (+ the real training anomalies with
 ``downstream.include_real_anomalies``), at ``downstream.image_size``, random flips (downstream.segmentation.data).
 Optimisation (``downstream.train.<model>``): SGD with momentum (or AdamW), weight decay, ``iterations`` steps of
 ``batch_size`` samples drawn with replacement, poly learning-rate decay with optional linear warm-up; the loss is
@@ -193,6 +193,7 @@ def train_segmentation(cfg: Mapping, model_name: str, pairs_root: str | Path, sp
         "train_items": dataset.counts(), "final_loss": float(np.mean(tail)), "first_loss": history[0],
         "seconds": round(seconds, 2), "device": str(device), "seed": seed,
         "include_real_anomalies": bool(cfg["downstream"]["include_real_anomalies"]),
+        "normal_images": cfg["downstream"]["normal_images"],
     }
     model.eval()
     with atomic_dir(out) as tmp:

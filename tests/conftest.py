@@ -78,7 +78,8 @@ def make_cfg(demo_root, tiny_sd_dir, tmp_path):
         "rmp": {"steps_per_type": 2, "checkpoint_every": 2, "log_every": 1},
         "generation": {"num_images_per_type": 2, "batch_size": 2, "num_inference_steps": 3},
         "gen_metrics": {"image_size": 64},
-        "downstream": {"image_size": 64, "num_baseline_images_per_type": 2},
+        "downstream": {"image_size": 64, "num_baseline_images_per_type": 2,
+                       "pretrained_backbones": {"resnet50": "random", "resnet18": "random"}},
     }
 
     def factory(overrides: dict | None = None, **kw) -> dict:

@@ -25,8 +25,9 @@ values its stage reads), the segmentation models' ``scores.csv`` (downstream.eva
 
 ``protocol`` (every table) names the evaluation protocol: ``seas-unified`` (one segmentation model per dataset,
 trained on a method's pairs of every product, tested on each product's held-out 2/3 of the real anomalies + its
-good test images; ``seas-per-product`` with ``downstream.protocol: per_product``, Tab. 19) with the split rule,
-e.g. ``seas-unified (split floor 1/3)`` (:func:`protocol_label`).
+good test images; ``seas-per-product`` with ``downstream.protocol: per_product``, Tab. 19) with the split rule
+and every departure from the authors' training settings, e.g. ``seas-unified (split floor 1/3)`` (the paper's
+setting) or ``seas-unified (split floor 1/3; bf16 autocast; generator accumulation 1)`` (:func:`protocol_label`).
 
 Metrics are in percent (downstream.metrics.SCALE); IS, IC-LPIPS and KID as computed; the CSVs round every number
 to 2 decimals like the paper (:func:`round_paper`; a non-zero value below 0.005, e.g. a KID, keeps 2 significant
@@ -53,12 +54,12 @@ import pandas as pd
 from seas.run.config import add_config_arguments, config_from_args
 from seas.run.errors import ConfigError, DataError
 from seas.run.layout import Layout, seg_scopes
-from seas.run.labels import method_dir, method_label, tiny_label
+from seas.run.labels import method_dir, method_label, setting_deviations, tiny_label
 
 from downstream.evaluate import MEAN_ROW, add_mean_row, read_scores
 from downstream.metrics import IMAGE_COLUMNS
 from seas.models.tiny_sd import read_marker
-from seas.run.runtime import atomic_write_text, cli, setup_logging
+from seas.run.runtime import RUN_RECORD, atomic_write_text, cli, setup_logging
 from seas.run.stages import STAGES
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,11 @@ def generator_label(cfg: Mapping) -> str:
 
 
 def protocol_label(cfg: Mapping, run_dir: str | Path | None = None) -> str:
-    """``seas-unified (split floor 1/3)`` (or ``(split 2-shot)`` for an integer split.shots). The run's split
-    manifests, where they record ``shots``/``rule``, must agree with the config (else: rerun the split)."""
+    """``seas-unified (split floor 1/3)`` (or ``(split 2-shot)`` for an integer split.shots), followed by every way
+    the run departs from the authors' training settings (:func:`seas.run.labels.setting_deviations`, e.g.
+    ``seas-unified (split floor 1/3; bf16 autocast; generator accumulation 1)``), so a faster run is never read as
+    the paper's setting. The run's split manifests, where they record ``shots``/``rule``, must agree with the
+    config (else: rerun the split)."""
     shots, rule = cfg["split"]["shots"], cfg["split"]["rule"]
     split_dir = Path(Layout(run_dir, cfg).split_dir()) if run_dir is not None else None
     if split_dir is not None and split_dir.is_dir():
@@ -115,7 +119,20 @@ def protocol_label(cfg: Mapping, run_dir: str | Path | None = None) -> str:
                                 f"says shots={shots!r} rule={rule!r}; rebuild the split (python -m seas.data.split split)")
     split = f"{rule} 1/3" if shots == "1/3" else f"{shots}-shot, " + (
         f"test set of the {rule} 1/3 split" if cfg["split"]["test_set"] == "one_third" else "test set the rest")
-    return f"{PROTOCOLS[cfg['downstream']['protocol']]} (split {split})"
+    records = _generator_records(cfg, run_dir) if run_dir is not None else []
+    return f"{PROTOCOLS[cfg['downstream']['protocol']]} ({'; '.join([f'split {split}', *setting_deviations(cfg, records)])})"
+
+
+def _generator_records(cfg: Mapping, run_dir: str | Path) -> list[dict]:
+    """The run records of this config's generators (the optimizer and precision they used)."""
+    root = Path(Layout(run_dir, cfg).generator("p", "g")).parents[1]
+    out = []
+    for f in sorted(root.rglob(RUN_RECORD)) if root.is_dir() else []:
+        try:
+            out.append(json.loads(f.read_text()))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{f} is not valid JSON: {e}") from None
+    return out
 
 
 def _check_unique(methods: Sequence[str]) -> None:

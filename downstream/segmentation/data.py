@@ -1,8 +1,10 @@
 """torch Datasets for the downstream segmentation models.
 
 * :class:`SegTrainDataset` — a method's image-mask pairs (``seas.data.pairs.iter_pairs``) + the normal training
-  images of every split (all-zero masks) (+ the splits' real training anomalies when
-  ``downstream.include_real_anomalies``), brought to ``downstream.image_size`` by ``dataset.image_policy``,
+  images of every split (all-zero masks: every ``train/good`` image with ``downstream.normal_images: all``, the
+  paper and the authors' downstream code, else the first N; independent of the generator's
+  ``split.num_normal_images``) (+ the splits' real training anomalies, the generator's 1/3, when
+  ``downstream.include_real_anomalies``, as the authors' downstream code), brought to ``downstream.image_size`` by ``dataset.image_policy``,
   random horizontal / vertical flips. Items: ``(image float[3,H,W] ImageNet-normalised, mask int64[H,W])``.
   Indexable by ``i`` or by ``(i, seed)``: the training loop passes a per-sample seed so that the flips are
   reproducible across resumes and DataLoader workers.
@@ -89,8 +91,9 @@ class SegTrainDataset(Dataset):
         if pairs is None:
             pairs = iter_pairs(pairs_root, products)
         items = [TrainItem(p.image, p.mask, p.product, p.type, "pairs") for p in pairs]
+        n_normal = cfg["downstream"]["normal_images"]
         for s in splits:
-            items += [TrainItem(n, None, s.product, "good", "normal") for n in s.train_normals]
+            items += [TrainItem(n, None, s.product, "good", "normal") for n in s.downstream_normals(n_normal)]
             if cfg["downstream"]["include_real_anomalies"]:
                 items += [TrainItem(d["image"], d["mask"], s.product, t, "real")
                           for t in s.anomaly_types for d in s.train_anomalies.get(t, [])]

@@ -6,10 +6,10 @@
 * ``upernet``   — mmsegmentation's UPerNet on ResNet-50-V1c (``configs/_base_/models/upernet_r50.py``):
   UPerHead (pool scales 1/2/3/6, 512 channels) + auxiliary FCN head on stage 3 (loss weight 0.4). ImageNet
   weights from ``downstream.pretrained_backbones.resnet50`` — mmseg's ``open-mmlab://resnet50_v1c`` file
-  (``resnet50_v1c-2cccc1ad.pth``; deep-stem ``stem.*`` keys) — else random init.
+  (``resnet50_v1c-2cccc1ad.pth``; deep-stem ``stem.*`` keys) — or random init where it says ``random``.
 * ``lfd``       — :class:`downstream.segmentation.lfd.LFD` (ours, 0.94M parameters) with mmseg's CrossEntropyLoss. ImageNet
   weights for its two ResNet-18 trunks from ``downstream.pretrained_backbones.resnet18`` (a torchvision
-  ``resnet18`` state dict), else random init.
+  ``resnet18`` state dict, ``resnet18-f37072fd.pth``), or random init where it says ``random``.
 
 The mmseg models are built from ``mmengine.config.ConfigDict`` through ``mmseg.registry.MODELS``; their
 losses are mmseg's own (decode head + auxiliary heads, ``EncoderDecoder.loss``). No mmengine Runner and no
@@ -28,6 +28,7 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
+from seas.run.config import resolve_backbone
 from seas.run.errors import CheckpointError, ConfigError
 from downstream.segmentation.lfd import LFD
 # Lazy imports: mmseg / mmengine are imported inside the builders (heavy: registering mmseg's modules takes seconds).
@@ -217,7 +218,7 @@ def load_resnet50_v1c_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(
             f"downstream.pretrained_backbones.resnet50: {path} not found (mmseg's ImageNet ResNet-50-V1c weights, "
-            "resnet50_v1c-2cccc1ad.pth from open-mmlab://resnet50_v1c; set it to null for random init)"
+            "resnet50_v1c-2cccc1ad.pth from open-mmlab://resnet50_v1c; set it to `random` for random init)"
         )
     return _load_state_file(path)
 
@@ -228,7 +229,7 @@ def load_resnet18_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(
             f"downstream.pretrained_backbones.resnet18: {path} not found (an ImageNet torchvision resnet18 "
-            "state dict, e.g. resnet18-f37072fd.pth; set it to null for random init)"
+            "state dict, e.g. resnet18-f37072fd.pth; set it to `random` for random init)"
         )
     return _load_state_file(path)
 
@@ -236,12 +237,15 @@ def load_resnet18_state(path: str | Path) -> dict[str, torch.Tensor]:
 def build_model(name: str, cfg: Mapping, num_classes: int = 2, load_pretrained: bool = True) -> SegModel:
     """The segmentation model ``name`` (one of MODEL_NAMES); pretrained backbone per config when asked.
 
-    ``model.backbone_init`` is ``"pretrained:<path>"`` or ``"random-init"``.
+    ``model.backbone_init`` is ``"pretrained:<path>"`` or ``"random-init"`` (``downstream.pretrained_backbones``
+    set to ``random``, or ``load_pretrained`` off: :func:`load_trained` restores the recorded value).
     """
     if name not in MODEL_NAMES:
         raise ConfigError(f"downstream model {name!r} unknown (choose from {', '.join(MODEL_NAMES)})")
     key = {"upernet": "resnet50", "lfd": "resnet18"}.get(name)
-    path = cfg["downstream"]["pretrained_backbones"][key] if key and load_pretrained else None
+    # a path, a file name under $TORCH_HOME/hub/checkpoints, or `random` (seas.run.config.resolve_backbone: a
+    # missing file or an unset key is a ConfigError naming the file and where it comes from)
+    path = resolve_backbone(cfg, key) if key and load_pretrained else None
     state = None
     if path:  # read (and fail on a missing file) before building the network
         state = load_resnet50_v1c_state(path) if name == "upernet" else load_resnet18_state(path)

@@ -4,9 +4,10 @@ Split (docs/METHOD.md, "Split"): per anomaly type, the first max(floor(n/3), 1) 
 (``split.rule: floor``, SeaS; ``ceil``: ceil(n/3), DualAnoDiff's code; or H for the H-shot ablations)
 with their masks train the generator; the rest plus every
 ``test/good`` image form the downstream test set (for H: the rest of the 1/3 split, the same for every H as the
-paper's Tab. 22, ``split.test_set: one_third``; or the rest after the first H, ``rest``); the first ``num_normal_images`` of the sorted
-``train/good`` images are the normal training images. The split is written once as a JSON manifest
-(:meth:`Split.save`).
+paper's Tab. 22, ``split.test_set: one_third``; or the rest after the first H, ``rest``); the first
+``num_normal_images`` of the sorted ``train/good`` images are the generator's normal training images
+(``train_normals``); every ``train/good`` image is listed too (``all_train_normals``: the segmenters' normals,
+``downstream.normal_images``). The split is written once as a JSON manifest (:meth:`Split.save`).
 
 CLI::
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -37,7 +38,9 @@ log = logging.getLogger(__name__)
 CONFIG_KEYS = STAGES["split"].config_keys
 
 
-SPLIT_VERSION = 1
+#: 2: ``all_train_normals`` (every train/good image, for the segmenters); version-1 manifests still load (without it)
+SPLIT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 # ----------------------------------------------------------------------------- split
@@ -57,6 +60,8 @@ class Split:
     notes: list[str] = field(default_factory=list)
     rule: str = "floor"  # how "1/3" is rounded (SPLIT_RULES); manifests written before the key existed: floor
     test_set: str = "rest"  # TEST_SETS; manifests written before the key existed: rest
+    #: every sorted train/good image (version 2); None in a version-1 manifest
+    all_train_normals: list[str] | None = None
 
     # -- persistence
     def to_json(self) -> str:
@@ -78,9 +83,32 @@ class Split:
         missing = required - set(data)
         if missing:
             raise DataError(f"split manifest {path} lacks keys: {', '.join(sorted(missing))}")
-        if data.get("version", SPLIT_VERSION) != SPLIT_VERSION:
-            raise DataError(f"split manifest {path} has version {data['version']}, expected {SPLIT_VERSION}")
-        return cls(**data)
+        if data.get("version", SPLIT_VERSION) not in READABLE_VERSIONS:
+            raise DataError(f"split manifest {path} has version {data['version']}, expected one of "
+                            f"{', '.join(map(str, READABLE_VERSIONS))}")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise DataError(f"split manifest {path} has unknown keys: {', '.join(sorted(unknown))}")
+        split = cls(**data)
+        split.source = str(path)
+        return split
+
+    # -- the segmenters' normal images
+    def downstream_normals(self, n: str | int = "all") -> list[str]:
+        """The normal images the segmenters train on (``downstream.normal_images``): every train/good image
+        (``all``, the paper and the authors' downstream code) or the first ``n`` of them, independent of the
+        generator's ``train_normals``. A version-1 manifest lists only the generator's; it serves ``n`` up to
+        their number, else rebuild the split."""
+        every = self.all_train_normals
+        if every is None:
+            if n != "all" and int(n) <= len(self.train_normals):
+                return list(self.train_normals[:int(n)])
+            raise DataError(
+                f"split manifest {getattr(self, 'source', self.product)} (version {self.version}) lists only the "
+                f"generator's {len(self.train_normals)} normal images, not every train/good image that "
+                f"downstream.normal_images: {n} asks for; rebuild the split (python -m seas.data.split, or delete "
+                "the manifest and rerun the workflow)")
+        return list(every) if n == "all" else list(every[:int(n)])
 
     # -- views
     def restricted(self, anomaly_types: Sequence[str]) -> "Split":
@@ -150,6 +178,7 @@ def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_no
     if len(normals) < num_normal:
         notes.append(f"only {len(normals)} normal training images (< num_normal_images={num_normal}); using all")
         log.warning("%s: %s", product, notes[-1])
+    every_normal = normals
     normals = normals[:num_normal]
 
     train_anoms: dict[str, list[dict]] = {}
@@ -189,7 +218,7 @@ def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_no
         log.warning("%s: %s", product, notes[-1])
 
     if validate:
-        for p in normals:
+        for p in every_normal:  # the segmenters read them all (downstream.normal_images)
             eight_bit_image(_open(p), p)
         for t in types:
             for d in train_anoms[t]:
@@ -217,6 +246,7 @@ def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_no
         notes=notes,
         rule=rule,
         test_set=test_set,
+        all_train_normals=[str(p.resolve()) for p in every_normal],
     )
 
 

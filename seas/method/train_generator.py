@@ -9,7 +9,9 @@ once per image and augmentation (seas.method.latents), and each distinct prompt 
 prompt + NA loss (ε-MSE on the normal images with ``a <ob>``) + DA loss on the cross-attention probabilities of the
 down-path layers at ``generator.da_resolutions``. Trains the whole U-Net (``lr_unet``) and only the new token
 embeddings of the text encoder (``lr_embeddings``; every other text-encoder weight is restored bit-exactly after
-each step), AdamW, constant learning rate. bf16 autocast on CUDA, fp32 on CPU.
+each step), AdamW (``generator.optimizer``: bitsandbytes' 8-bit AdamW on CUDA as the authors, else torch's AdamW,
+logged), constant learning rate. Autocast per ``model.mixed_precision`` (the authors: fp32; auto = bf16 on CUDA),
+fp32 on CPU.
 
 Resumable (seas.run.resume: one policy for every stage): the training state (U-Net, embeddings, optimizer, step, RNG
 states, log) is saved every ``generator.checkpoint_every`` steps in ``<out>.work/``; re-running the same command
@@ -225,8 +227,38 @@ class FrozenRows:
             self.weight[self.keep] = self.values
 
 
-def setup_training(unet, vae, text_encoder, new_token_ids: Sequence[int], g: Mapping[str, Any]):
-    """Freeze/unfreeze per SeaS and build AdamW: -> (optimizer, FrozenRows | None).
+#: 8-bit AdamW needs these; elsewhere torch's AdamW stands in (logged, recorded, named in the tables' protocol)
+ADAMW8BIT_NEEDS = "CUDA and bitsandbytes"
+
+
+def optimizer_class(kind: str, device) -> tuple[type, str]:
+    """(optimizer class, what is used) for ``generator.optimizer``: ``adamw8bit`` -> bitsandbytes' AdamW8bit on
+    CUDA (the authors' setting), else torch's AdamW with a warning saying why (on the CPU, or without
+    bitsandbytes); ``adamw`` -> torch's AdamW. The second element ("adamw8bit" | "adamw") goes into the
+    checkpoint and the run record; downstream.report.tables names it in the ``protocol`` column."""
+    if kind == "adamw":
+        return torch.optim.AdamW, "adamw"
+    if kind != "adamw8bit":
+        raise SeasError(f"generator.optimizer: unknown optimizer {kind!r} (adamw8bit, adamw)")
+    dev = getattr(device, "type", str(device))
+    if dev != "cuda":
+        log.warning("generator.optimizer: adamw8bit (the authors' 8-bit AdamW) needs %s; on %s torch.optim.AdamW "
+                    "(32-bit states) is used instead: the tables' protocol column says so", ADAMW8BIT_NEEDS, dev)
+        return torch.optim.AdamW, "adamw"
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        log.warning("generator.optimizer: adamw8bit (the authors' 8-bit AdamW) needs %s, but bitsandbytes is not "
+                    "installed (pip install bitsandbytes); torch.optim.AdamW (32-bit states) is used instead: the "
+                    "tables' protocol column says so", ADAMW8BIT_NEEDS)
+        return torch.optim.AdamW, "adamw"
+    log.info("generator.optimizer: bitsandbytes AdamW8bit (the authors' setting)")
+    return bnb.optim.AdamW8bit, "adamw8bit"
+
+
+def setup_training(unet, vae, text_encoder, new_token_ids: Sequence[int], g: Mapping[str, Any], device="cpu"):
+    """Freeze/unfreeze per SeaS and build the optimizer (``generator.optimizer``, :func:`optimizer_class` on
+    ``device``): -> (optimizer, FrozenRows | None); ``optimizer.seas_kind`` is what is used.
 
     The whole U-Net trains at ``lr_unet``; the token-embedding matrix joins at ``lr_embeddings`` when there are new
     tokens (only their rows may change: restore the others with ``FrozenRows.restore()`` after every step) or when
@@ -247,8 +279,10 @@ def setup_training(unet, vae, text_encoder, new_token_ids: Sequence[int], g: Map
         if not full:
             frozen = FrozenRows(emb, new_token_ids)
         groups.append({"params": [emb], "lr": g["lr_embeddings"]})
-    opt = torch.optim.AdamW(groups, betas=(g["adam_beta1"], g["adam_beta2"]), weight_decay=g["adam_weight_decay"],
-                            eps=g["adam_epsilon"])
+    cls, kind = optimizer_class(g["optimizer"], device)
+    opt = cls(groups, betas=(g["adam_beta1"], g["adam_beta2"]), weight_decay=g["adam_weight_decay"],
+              eps=g["adam_epsilon"])
+    opt.seas_kind = kind
     return opt, frozen
 
 
@@ -284,7 +318,8 @@ class GeneratorTrainer:
         self.embedding = self.text_encoder.get_input_embeddings()
         self.train_full = bool(g["train_full_embedding"])
         self.new_ids = sorted(self.token_map.token_ids.values())
-        self.optimizer, self.frozen_rows = setup_training(self.unet, self.vae, self.text_encoder, self.new_ids, g)
+        self.optimizer, self.frozen_rows = setup_training(self.unet, self.vae, self.text_encoder, self.new_ids, g,
+                                                          self.device)
         self.train_text = len(self.optimizer.param_groups) > 1
 
         self.store = None
@@ -312,7 +347,7 @@ class GeneratorTrainer:
         return fingerprint(self.cfg, "train_generator", product=self.product,
                            anomaly_types=list(self.split.anomaly_types), train_anomalies=self.split.train_anomalies,
                            train_normals=list(self.split.train_normals), augmentation=[self.rotate90, self.flip],
-                           tokens=self.token_map.token_ids)
+                           tokens=self.token_map.token_ids, optimizer=self.optimizer.seas_kind)
 
     def restore_frozen_rows(self) -> None:
         if self.frozen_rows is not None:
@@ -456,6 +491,9 @@ class GeneratorTrainer:
                              m["pretrained"], revision=m["revision"], tiny=bool(self.sd.is_tiny or m["tiny"]),
                              train_full_embedding=self.train_full, train_log_csv=self.log_csv(),
                              extra={"steps": self.total_steps, "generator_config": dict(self.g),
+                                    "optimizer": self.optimizer.seas_kind,
+                                    "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype,
+                                                                                                   "fp32"),
                                     "captured_layers": self.captured_layers, "resolution": m["resolution"]})
         shutil.rmtree(self.work_dir, ignore_errors=True)
         return out
@@ -502,8 +540,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out is None:
         log.info("stopped before the end; re-run the same command to resume")
     if out is not None:  # what this stage cost (tables/cost.csv)
+        tokens = json.loads((Path(out) / "tokens.json").read_text())
         run_record(Path(out) / RUN_RECORD, stage="generator", anomaly_types=split.anomaly_types,
-                   steps=json.loads((Path(out) / "tokens.json").read_text()).get("steps"))
+                   steps=tokens.get("steps"), optimizer=tokens.get("optimizer"), precision=tokens.get("precision"))
     return 0
 
 

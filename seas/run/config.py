@@ -18,7 +18,8 @@ from jsonschema import Draft7Validator, validators
 from seas.run.errors import ConfigError
 
 __all__ = ["ConfigError", "load_config", "validate_config", "deep_update", "parse_override", "run_dir", "SCHEMA_PATH",
-           "add_config_arguments", "config_from_args"]
+           "add_config_arguments", "config_from_args", "BACKBONES", "RANDOM_BACKBONE", "torch_hub_checkpoints",
+           "resolve_backbone", "check_backbones"]
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -84,11 +85,79 @@ def validate_config(raw: Mapping[str, Any], source: str = "<config>") -> dict:
         if t["batch_size"] < 2:
             raise ConfigError(f"{source}: downstream.train.{model}.batch_size: BatchNorm training needs at least 2 "
                               f"samples per batch, got {t['batch_size']}")
+    for name in BACKBONES:
+        if cfg["downstream"]["pretrained_backbones"][name] == "":
+            raise ConfigError(f"{source}: downstream.pretrained_backbones.{name}: empty; give the weights file or "
+                              f"`{RANDOM_BACKBONE}`")
     g = cfg["generator"]
     if g["training_order"] != "mixed" and not (g["na_loss"] and g["batch_normal"] > 0):
         raise ConfigError(f"{source}: generator.training_order: {g['training_order']} trains on normal images in "
                           "its own phase; it needs generator.na_loss: true and generator.batch_normal > 0")
     return cfg
+
+
+# ----------------------------------------------------------------------------- segmentation backbones
+#: the value that asks for a randomly initialised backbone (said explicitly; the tables' backbone_init: random-init)
+RANDOM_BACKBONE = "random"
+#: downstream.pretrained_backbones key -> (segmentation models using it, the paper's file, where it comes from)
+BACKBONES = {
+    "resnet50": (("upernet",), "resnet50_v1c-2cccc1ad.pth",
+                 "mmseg's ImageNet ResNet-50-V1c, open-mmlab://resnet50_v1c: "
+                 "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth"),
+    "resnet18": (("lfd",), "resnet18-f37072fd.pth",
+                 "torchvision's ImageNet ResNet-18 (resnet18(weights='IMAGENET1K_V1')): "
+                 "https://download.pytorch.org/models/resnet18-f37072fd.pth"),
+}
+
+
+def torch_hub_checkpoints() -> Path:
+    """``$TORCH_HOME/hub/checkpoints`` as torch.hub resolves it ($TORCH_HOME, else $XDG_CACHE_HOME/torch, else
+    ~/.cache/torch): where torchvision and mmengine keep the weights they downloaded."""
+    import os
+
+    home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                         os.path.expanduser("~/.cache"), "torch")
+    return Path(home) / "hub" / "checkpoints"
+
+
+def resolve_backbone(cfg: Mapping[str, Any], name: str) -> Path | None:
+    """The weights file of ``downstream.pretrained_backbones.<name>``: the value as a path if it is a file, else (a
+    bare file name) that name under :func:`torch_hub_checkpoints`; None for ``random``. ConfigError naming the key,
+    the file, the folders looked in and where the weights come from when it is not set (null) or not found."""
+    models, paper_file, origin = BACKBONES[name]
+    key = f"downstream.pretrained_backbones.{name}"
+    value = cfg["downstream"]["pretrained_backbones"][name]
+    if value == RANDOM_BACKBONE:
+        return None
+    if value is None:
+        raise ConfigError(f"{key} is not set but {'/'.join(models)} uses it: give the ImageNet weights the paper's "
+                          f"model starts from ({paper_file}, {origin}) as a path or a file name under "
+                          f"{torch_hub_checkpoints()}, or `{RANDOM_BACKBONE}` for a randomly initialised backbone")
+    path = Path(str(value)).expanduser()
+    if path.is_file():
+        return path
+    looked = [str(path)]
+    if path.name == str(value):  # a bare file name: also torch.hub's checkpoint folder
+        hub = torch_hub_checkpoints() / path.name
+        if hub.is_file():
+            return hub
+        looked.append(str(hub))
+    what = origin if path.name == paper_file else f"the backbone of {'/'.join(models)} (the paper's: {paper_file}, {origin})"
+    raise ConfigError(f"{key}: weights file {value} not found (looked for {' and '.join(looked)}); it is {what}. "
+                      f"Put it there, give its path, or set `{RANDOM_BACKBONE}` for a randomly initialised backbone")
+
+
+def check_backbones(cfg: Mapping[str, Any], source: str = "<config>") -> dict[str, Path | None]:
+    """Resolve the backbones of the configured segmentation models (``downstream.models``), before any job runs
+    (the workflow calls it at parse time): ConfigError naming ``source`` and the missing file."""
+    out = {}
+    for name, (models, _, _) in BACKBONES.items():
+        if any(m in cfg["downstream"]["models"] for m in models):
+            try:
+                out[name] = resolve_backbone(cfg, name)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+    return out
 
 
 def check_rmp_features(unet_features, reduce_channels) -> None:

@@ -50,3 +50,53 @@ TINY_PRETRAINED_LABEL = "tiny-pretrained"
 def tiny_label(marker: Mapping | None) -> str:
     """How tables name a tiny model from its ``seas_tiny.json`` marker: pretrained prior or random weights."""
     return TINY_PRETRAINED_LABEL if (marker or {}).get("weights") == "pretrained" else TINY_RANDOM_LABEL
+
+
+# ----------------------------------------------------------------------------- the settings a run departs from
+#: the authors' settings (their code: HUST-SLOW/SeaS configs/seas.yaml, HUST-SLOW/LFD datasets/*.py) the paper
+#: presets reproduce; a run's departures from them are named in the tables' ``protocol`` column
+AUTHORS_GENERATOR_ACCUMULATION = 2
+AUTHORS_OPTIMIZER = "adamw8bit"
+
+
+def setting_deviations(cfg: Mapping, records=()) -> list[str]:
+    """The ways this run departs from the authors' training settings, as the tables' ``protocol`` column names
+    them (empty: the paper's setting). ``records``: the generator stage's run records (``optimizer`` and
+    ``precision`` actually used, where the stage ran; else the config decides).
+
+    * segmenters' data (downstream; the authors' LFD code: every train/good image + the real 1/3 anomalies):
+      ``seg normals N/product`` (``downstream.normal_images``), ``seg without real anomalies``
+      (``downstream.include_real_anomalies: false``);
+    * the generator (only where ``seas`` is a method; the authors: fp32, 2 batches per update, 8-bit AdamW):
+      ``bf16 autocast`` / ``fp16 autocast`` (``model.mixed_precision``; ``auto`` is bf16 on CUDA: without records
+      ``bf16 autocast on CUDA (mixed_precision auto)``), ``generator accumulation N``, ``torch AdamW``
+      (``generator.optimizer: adamw``) or ``torch AdamW (8-bit AdamW needs CUDA + bitsandbytes)`` (asked for
+      adamw8bit, run without it).
+    """
+    out: list[str] = []
+    d = cfg["downstream"]
+    if d["normal_images"] != "all":
+        out.append(f"seg normals {d['normal_images']}/product")
+    if not d["include_real_anomalies"]:
+        out.append("seg without real anomalies")
+    if "seas" not in d["methods"]:
+        return out
+    records = [r for r in records if r]
+    used_precision = {str(r["precision"]) for r in records if r.get("precision")}
+    if used_precision:
+        out += [f"{p} autocast" for p in sorted(used_precision - {"fp32"})]
+    else:
+        mp = cfg["model"]["mixed_precision"]
+        if mp == "auto":
+            out.append("bf16 autocast on CUDA (mixed_precision auto)")
+        elif mp != "no":
+            out.append(f"{mp} autocast")
+    g = cfg["generator"]
+    if int(g["gradient_accumulation"]) != AUTHORS_GENERATOR_ACCUMULATION:
+        out.append(f"generator accumulation {g['gradient_accumulation']}")
+    used_optimizer = {str(r["optimizer"]) for r in records if r.get("optimizer")}
+    if g["optimizer"] != AUTHORS_OPTIMIZER:
+        out.append("torch AdamW")
+    elif used_optimizer - {AUTHORS_OPTIMIZER}:
+        out.append("torch AdamW (8-bit AdamW needs CUDA + bitsandbytes)")
+    return out

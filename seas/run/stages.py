@@ -38,11 +38,12 @@ RESULT_FREE = frozenset({"checkpoint_every", "log_every", "num_workers"})
 
 # ----------------------------------------------------------------------------- time estimates (SLURM limits)
 def _generator_minutes(cfg: Mapping[str, Any], n_types: int = 1, **_) -> int:
-    """Paper (A100, 512 px): 35 min per anomaly type at 800 steps -> ~2.6 s/step; x1.5 margin, +15 min load/save.
-    Scales with steps, accumulation and (resolution/512)^2."""
+    """Paper (A100, 512 px, the authors' settings: 2 batches per update): 35 min per anomaly type at 800 steps ->
+    ~2.6 s/step; x1.5 margin, +15 min load/save. Scales with steps, accumulation (relative to the authors' 2) and
+    (resolution/512)^2."""
     g = cfg["generator"]
     scale = (cfg["model"]["resolution"] / 512) ** 2
-    steps = g["steps_per_type"] * n_types * g["gradient_accumulation"]
+    steps = g["steps_per_type"] * n_types * g["gradient_accumulation"] / 2
     return int(15 + 1.5 * steps * 2.6 * scale / 60) + 1
 
 
@@ -134,7 +135,8 @@ _ENTRIES = (
           cost_stage="baselines"),
     Stage("train_seg", "downstream.train_seg",
           ("seed", "device", "dataset.image_policy", "model.mixed_precision", "downstream.image_size",
-           "downstream.include_real_anomalies", "downstream.pretrained_backbones", "downstream.train.{model}"),
+           "downstream.include_real_anomalies", "downstream.normal_images", "downstream.pretrained_backbones",
+           "downstream.train.{model}"),
           upstream=("pairs", "split"), folder="segmentation/{model}/{method}", parts=("model", "method", "k", "scope"),
           gpu=True, minutes=_train_seg_minutes, cost_stage="segmentation", record="{scope}"),
     Stage("evaluate", "downstream.evaluate",

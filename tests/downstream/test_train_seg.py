@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +88,37 @@ def test_datasets(demo_setup, tmp_path):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(bad)
     with pytest.raises(DataError, match="differs from image size"):
         SegTrainDataset.from_config(cfg, pairs_root, splits)
+
+
+def test_paper_preset_trains_on_every_normal_and_the_real_third(demo_setup, tmp_path):
+    """The authors' downstream (HUST-SLOW/LFD datasets/mvtec_ad.py): generated pairs + every train/good image + the
+    real 1/3 anomalies, whatever the generator's split.num_normal_images."""
+    import yaml
+    from seas.data.split import build_split
+    from helpers import REPO
+
+    cfg, _, pairs_root = demo_setup
+    preset = yaml.safe_load((REPO / "config" / "mvtec_ad.yaml").read_text())["downstream"]
+    paper = make_cfg_with(cfg, normal_images=preset["normal_images"],
+                          include_real_anomalies=preset["include_real_anomalies"])
+    splits = []
+    for p in PRODUCTS:  # the generator sees 3 normals per product
+        splits.append(build_split(cfg["dataset"]["root"], p, "1/3", num_normal=3).save(tmp_path / f"{p}.json"))
+    loaded = [Split.load(sp) for sp in splits]
+    good = {p: sorted(str(f.resolve()) for f in (Path(cfg["dataset"]["root"]) / p / "train" / "good").iterdir())
+            for p in PRODUCTS}
+    assert all(len(s.train_normals) == 3 < len(good[s.product]) for s in loaded)
+    train = SegTrainDataset.from_config(paper, pairs_root, splits)
+    for s in loaded:
+        mine = [it for it in train.items if it.product == s.product]
+        assert sorted(it.image for it in mine if it.origin == "normal") == good[s.product]
+        assert sorted(it.image for it in mine if it.origin == "real") == \
+            sorted(d["image"] for v in s.train_anomalies.values() for d in v)
+    # N normals: the first N of train/good, independent of the generator's
+    three = SegTrainDataset.from_config(make_cfg_with(paper, normal_images=5), pairs_root, splits)
+    assert three.counts()["normal"] == 5 * len(PRODUCTS)
+    assert sorted(it.image for it in three.items if it.origin == "normal" and it.product == PRODUCTS[0]) == \
+        good[PRODUCTS[0]][:5]
 
 
 def make_cfg_with(cfg: dict, **downstream) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, job_counts, snakemake_exe, write_tree
+from helpers import REPO, fake_torch_home, job_counts, snakemake_exe, write_tree
 
 
 
@@ -52,7 +52,8 @@ def _clone(dest: Path) -> Path:
 
 
 def _env() -> dict:
-    env = {**os.environ, "SNAKEMAKE_OUTPUT_CACHE": "", "OMP_NUM_THREADS": "1"}
+    # the presets' backbone files (downstream.pretrained_backbones) are found in a stand-in $TORCH_HOME
+    env = {**os.environ, "SNAKEMAKE_OUTPUT_CACHE": "", "OMP_NUM_THREADS": "1", "TORCH_HOME": str(fake_torch_home())}
     env.pop("PYTHONPATH", None)  # the jobs and the parse find the packages through the clone, not through us
     return env
 

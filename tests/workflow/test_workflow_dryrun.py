@@ -183,6 +183,27 @@ def test_bad_config_names_the_key(mvtec_tree, tmp_path):
     assert res.returncode != 0 and "downstream.train.lfd: min_lr" in res.stdout + res.stderr
 
 
+def test_missing_backbone_file_stops_the_preset_at_parse_time(mvtec_tree, tmp_path):
+    """config/mvtec_ad.yaml names the paper's ImageNet backbones; without the files (an empty $TORCH_HOME) the dry
+    run fails before planning, naming the file and where it comes from; `random` (said explicitly) plans."""
+    cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree)
+    empty = tmp_path / "empty_torch_home"
+    res = dry_run(cfg, check=False, torch_home=empty)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Job stats" not in out
+    assert "downstream.pretrained_backbones.resnet50: weights file resnet50_v1c-2cccc1ad.pth not found" in out
+    assert f"{empty}/hub/checkpoints/resnet50_v1c-2cccc1ad.pth" in out and "open-mmlab://resnet50_v1c" in out
+    # UPerNet's backbone given, LFD's still missing: named next
+    r50 = tmp_path / "r50.pth"
+    r50.write_bytes(b"stand-in")
+    cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{"downstream.pretrained_backbones.resnet50": str(r50)})
+    res = dry_run(cfg, check=False, torch_home=empty)
+    assert res.returncode != 0 and "resnet18: weights file resnet18-f37072fd.pth not found" in res.stdout + res.stderr
+    cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{"downstream.pretrained_backbones.resnet50": str(r50),
+                                                                  "downstream.pretrained_backbones.resnet18": "random"})
+    assert job_counts(dry_run(cfg, torch_home=empty).stdout)["train_seg"] == 12
+
+
 def test_workflow_profile_resolves_from_repo_root(mvtec_tree, tmp_path):
     """`--workflow-profile profiles/slurm` from the repo root finds the profile (profiles -> workflow/profiles);
     without a flag, workflow/profiles/default is used."""

@@ -25,7 +25,7 @@ for _p in (str(REPO), str(WORKFLOW_DIR / "scripts")):
         sys.path.insert(0, _p)
 
 import wflib  # noqa: E402  (workflow/scripts/wflib.py)
-from seas.run.config import run_dir, validate_config  # noqa: E402
+from seas.run.config import check_backbones, run_dir, validate_config  # noqa: E402
 from seas.run.stages import STAGES, stage_keys, stage_values  # noqa: E402
 from seas.run.errors import SeasError  # noqa: E402
 from seas.run.layout import KEY_LEN, Layout, group_of, job_file, pattern, scope_product, seg_scopes  # noqa: E402
@@ -51,6 +51,10 @@ if workflow.config_settings.config:
     _SOURCE = f"{_SOURCE} (with --config overrides)"
 try:
     CFG = validate_config(config, source=_SOURCE)
+    # the segmenters' pretrained backbones (downstream.pretrained_backbones), of the run's models and its studies':
+    # a missing weights file stops the run here, before any job, naming the file and where it comes from
+    _seg_models = set(CFG["downstream"]["models"]).union(*(s["models"] or [] for s in CFG["studies"].values()))
+    check_backbones({**CFG, "downstream": {**CFG["downstream"], "models": sorted(_seg_models)}}, source=_SOURCE)
     METHODS = wflib.method_table(CFG["downstream"]["methods"])
 except (SeasError, wflib.WorkflowConfigError) as _e:
     raise WorkflowError(str(_e))

@@ -32,8 +32,10 @@ def _cfg(tmp_path, dataset="demo", tiny=True, **downstream):
     raw = {
         "results_dir": str(tmp_path / "results"), "run_name": "r",
         "dataset": {"name": dataset, "root": str(tmp_path / "data")},
-        "model": {"pretrained": str(tmp_path / "sd"), "tiny": tiny},
-        "downstream": {"models": MODELS, "methods": METHODS, **downstream},
+        # the authors' training settings: the protocol label names no departure (test_protocol_names_each_...)
+        "model": {"pretrained": str(tmp_path / "sd"), "tiny": tiny, "mixed_precision": "no"},
+        "generator": {"gradient_accumulation": 2, "optimizer": "adamw8bit"},
+        "downstream": {"models": MODELS, "methods": METHODS, "include_real_anomalies": True, **downstream},
     }
     return validate_config(raw, source="<test>")
 
@@ -270,6 +272,39 @@ def test_protocol_column_names_the_split_rule(tmp_path, run_dir):
     assert set(tables.build_tables(cfg, run_dir)["segmentation.csv"].protocol) == {"seas-unified (split floor 1/3)"}
     cfg["downstream"]["protocol"] = "per_product"
     assert tables.protocol_label(cfg) == "seas-per-product (split floor 1/3)"
+
+
+def test_protocol_names_each_departure_from_the_authors_settings(tmp_path, run_dir):
+    cfg = _cfg(tmp_path)
+    assert tables.protocol_label(cfg, run_dir) == "seas-unified (split floor 1/3)"  # the paper's setting
+    for key, value, words in [
+            ("downstream.normal_images", 60, "seg normals 60/product"),
+            ("downstream.include_real_anomalies", False, "seg without real anomalies"),
+            ("model.mixed_precision", "bf16", "bf16 autocast"),
+            ("model.mixed_precision", "auto", "bf16 autocast on CUDA (mixed_precision auto)"),
+            ("generator.gradient_accumulation", 1, "generator accumulation 1"),
+            ("generator.optimizer", "adamw", "torch AdamW")]:
+        sec, leaf = key.split(".")
+        one = _cfg(tmp_path)
+        one[sec][leaf] = value
+        assert tables.protocol_label(one) == f"seas-unified (split floor 1/3; {words})", key
+    both = _cfg(tmp_path, include_real_anomalies=False)
+    both["generator"]["gradient_accumulation"] = 1
+    assert tables.protocol_label(both) == \
+        "seas-unified (split floor 1/3; seg without real anomalies; generator accumulation 1)"
+    # what the generators used, from their run records: a CPU run of adamw8bit trained with torch's AdamW ...
+    cfg["model"]["mixed_precision"] = "auto"
+    rec = Path(Layout(run_dir, cfg).generator("weave", "all")) / "run_record.json"
+    rec.parent.mkdir(parents=True)
+    rec.write_text(json.dumps({"stage": "generator", "optimizer": "adamw", "precision": "fp32"}))
+    assert tables.protocol_label(cfg, run_dir) == \
+        "seas-unified (split floor 1/3; torch AdamW (8-bit AdamW needs CUDA + bitsandbytes))"
+    # ... and a CUDA run under auto in bf16
+    rec.write_text(json.dumps({"stage": "generator", "optimizer": "adamw8bit", "precision": "bf16"}))
+    assert tables.protocol_label(cfg, run_dir) == "seas-unified (split floor 1/3; bf16 autocast)"
+    # the generator's settings do not concern a table without the seas method
+    cfg["downstream"]["methods"] = ["cutpaste"]
+    assert tables.protocol_label(cfg, run_dir) == "seas-unified (split floor 1/3)"
 
 
 def test_backbone_init_label(tmp_path):

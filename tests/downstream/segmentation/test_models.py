@@ -60,13 +60,16 @@ def test_lfd_pretrained_backbone(make_cfg, tmp_path):
     for trunk in (model.net.detail, model.net.context):
         assert torch.equal(trunk.state_dict()["layer1.0.conv1.weight"], ref["layer1.0.conv1.weight"])
     assert build_model("lfd", make_cfg()).backbone_init == "random-init"
-    with pytest.raises(CheckpointError, match="nope.pth not found"):
+    with pytest.raises(ConfigError, match="nope.pth not found"):
         build_model("lfd", make_cfg(downstream__pretrained_backbones={"resnet18": str(tmp_path / "nope.pth")}))
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "bad.pth")
     with pytest.raises(CheckpointError, match="lacks"):
         build_model("lfd", make_cfg(downstream__pretrained_backbones={"resnet18": str(tmp_path / "bad.pth")}))
     with pytest.raises(ConfigError, match="unknown"):
         build_model("segformer", make_cfg())
+    # random initialisation only when said: an unset (null) backbone is an error naming the file it needs
+    with pytest.raises(ConfigError, match="resnet18 is not set but lfd uses it.*resnet18-f37072fd.pth"):
+        build_model("lfd", make_cfg(downstream__pretrained_backbones={"resnet18": None}))
 
 
 def _check_model(model, n_losses: int):
@@ -121,5 +124,5 @@ def test_upernet_mmseg(make_cfg, tmp_path):
     # a torchvision-style ResNet-50 (7x7 stem `conv1`, no deep `stem.*`) is not V1c: a clear error
     with pytest.raises(CheckpointError, match="tv50.pth: not a ResNet-50-V1c"):
         pre.load_backbone({"conv1.weight": torch.zeros(64, 3, 7, 7)}, str(tmp_path / "tv50.pth"))
-    with pytest.raises(CheckpointError, match="missing.pth not found"):
+    with pytest.raises(ConfigError, match="missing.pth not found"):
         build_model("upernet", make_cfg(downstream__pretrained_backbones={"resnet50": str(tmp_path / "missing.pth")}))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seas.data.split import Split, build_split, shots_for
+from seas.data.split import SPLIT_VERSION, Split, build_split, shots_for
 from seas.data.augment import augment_pair, augmentation_for
 from seas.data.dataset import discover_products, discover_types, selected_products
 from seas.data.images import image_to_tensor, load_image, load_mask, read_mask_array
@@ -112,6 +112,27 @@ def test_split_roundtrip(tmp_path):
         Split.load(tmp_path / "bad.json")
     with pytest.raises(DataError, match="missing.json.*does not exist"):
         Split.load(tmp_path / "missing.json")
+
+
+def test_split_lists_every_normal_for_the_segmenters_and_reads_version_1(tmp_path):
+    root = make_tree(tmp_path / "ds", n_good=5)
+    s = build_split(root, "prod", num_normal=2)
+    good = sorted(str((root / "prod" / "train" / "good" / f"{i:03d}.png").resolve()) for i in range(5))
+    assert s.version == SPLIT_VERSION == 2 and s.train_normals == good[:2] and s.all_train_normals == good
+    assert s.downstream_normals("all") == good and s.downstream_normals(3) == good[:3] and s.downstream_normals(0) == []
+    # a version-1 manifest (before all_train_normals) still loads; it serves up to the generator's normals
+    old = json.loads(s.to_json())
+    old.pop("all_train_normals")
+    old["version"] = 1
+    (tmp_path / "v1.json").write_text(json.dumps(old))
+    v1 = Split.load(tmp_path / "v1.json")
+    assert v1.all_train_normals is None and v1.train_normals == good[:2] and v1.downstream_normals(2) == good[:2]
+    with pytest.raises(DataError, match=r"v1.json \(version 1\) lists only the generator's 2 normal images.*"
+                                        r"downstream.normal_images: all.*rebuild the split"):
+        v1.downstream_normals("all")
+    (tmp_path / "v9.json").write_text(json.dumps({**old, "version": 9}))
+    with pytest.raises(DataError, match="v9.json has version 9, expected one of 1, 2"):
+        Split.load(tmp_path / "v9.json")
 
 
 def test_error_anomaly_without_mask(tmp_path):

@@ -195,3 +195,46 @@ def test_cli_help_and_errors(capsys, write_cfg, tmp_path):
     path, _ = write_cfg()
     assert main(["--config", str(path), "--split", str(tmp_path / "missing.json"), "--out", str(tmp_path / "g")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_8bit_adamw_on_cuda_else_torch_adamw_logged(monkeypatch, caplog):
+    """generator.optimizer adamw8bit: bitsandbytes' AdamW8bit on CUDA (the authors'); on the CPU, or on CUDA without
+    bitsandbytes, torch's AdamW, with a warning naming what is used and why."""
+    import logging
+    import sys
+    import types
+
+    from seas.method.train_generator import optimizer_class
+
+    with caplog.at_level(logging.WARNING, logger="seas.method.train_generator"):
+        assert optimizer_class("adamw8bit", torch.device("cpu")) == (torch.optim.AdamW, "adamw")
+    assert "adamw8bit (the authors' 8-bit AdamW) needs CUDA and bitsandbytes; on cpu torch.optim.AdamW" in caplog.text
+    caplog.clear()
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not installed
+    with caplog.at_level(logging.WARNING, logger="seas.method.train_generator"):
+        assert optimizer_class("adamw8bit", "cuda") == (torch.optim.AdamW, "adamw")
+    assert "bitsandbytes is not installed" in caplog.text and "torch.optim.AdamW (32-bit states) is used" in caplog.text
+    fake = types.ModuleType("bitsandbytes")
+    fake.optim = types.SimpleNamespace(AdamW8bit=type("AdamW8bit", (torch.optim.AdamW,), {}))
+    monkeypatch.setitem(sys.modules, "bitsandbytes", fake)
+    assert optimizer_class("adamw8bit", "cuda") == (fake.optim.AdamW8bit, "adamw8bit")
+    assert optimizer_class("adamw", "cuda") == (torch.optim.AdamW, "adamw")
+
+
+def test_optimizer_used_is_recorded(make_cfg, split_path, tmp_path, caplog):
+    """A CPU run asked for the authors' 8-bit AdamW: torch's AdamW trains, the checkpoint and run record say so."""
+    import logging
+
+    from seas.method.train_generator import main
+
+    cfg = make_cfg({"generator.optimizer": "adamw8bit", "generator.steps_per_type": 1, "dataset.products": ["weave"]})
+    import yaml
+    c = tmp_path / "c.yaml"
+    c.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "gen"
+    with caplog.at_level(logging.WARNING, logger="seas.method.train_generator"):
+        assert main(["--config", str(c), "--split", str(split_path("weave")), "--out", str(out)]) == 0
+    assert "torch.optim.AdamW (32-bit states) is used instead" in caplog.text
+    rec = json.loads((out / "run_record.json").read_text())
+    assert rec["optimizer"] == "adamw" and rec["precision"] == "fp32"
+    assert json.loads((out / "tokens.json").read_text())["optimizer"] == "adamw"

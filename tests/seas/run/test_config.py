@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from seas.run.config import load_config, validate_config
+from seas.run.config import check_backbones, load_config, resolve_backbone, torch_hub_checkpoints, validate_config
 from seas.run.errors import ConfigError
 
 from helpers import REPO
@@ -69,3 +69,47 @@ def test_shipped_configs_validate(name):
     if name != "config.yaml":  # the presets carry the paper's settings
         assert cfg["model"]["resolution"] == 512 and cfg["generator"]["steps_per_type"] == 800
         assert cfg["generation"]["num_images_per_type"] == 1000 and cfg["generator"]["lr_unet"] == 4e-6
+        # the authors' training settings (HUST-SLOW/SeaS configs/seas.yaml; HUST-SLOW/LFD datasets/*.py)
+        assert cfg["model"]["mixed_precision"] == "no" and cfg["generator"]["gradient_accumulation"] == 2
+        assert cfg["generator"]["optimizer"] == "adamw8bit"
+        d = cfg["downstream"]
+        assert d["normal_images"] == "all" and d["include_real_anomalies"] is True
+        assert d["pretrained_backbones"] == {"resnet50": "resnet50_v1c-2cccc1ad.pth",
+                                             "resnet18": "resnet18-f37072fd.pth"}
+    else:  # the demo: no ImageNet weights, random backbones said explicitly
+        assert cfg["downstream"]["pretrained_backbones"] == {"resnet50": "random", "resnet18": "random"}
+
+
+def _bb(**values):
+    return validate_config({**MINIMAL, "downstream": {"pretrained_backbones": values}})
+
+
+def test_backbone_random_path_and_torch_hub_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    assert torch_hub_checkpoints() == tmp_path / "th" / "hub" / "checkpoints"
+    assert check_backbones(_bb(resnet50="random", resnet18="random")) == {"resnet50": None, "resnet18": None}
+    own = tmp_path / "r18.pth"
+    own.write_bytes(b"x")
+    assert resolve_backbone(_bb(resnet18=str(own)), "resnet18") == own
+    hub = tmp_path / "th" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "resnet18-f37072fd.pth").write_bytes(b"x")
+    assert resolve_backbone(_bb(resnet18="resnet18-f37072fd.pth"), "resnet18") == hub / "resnet18-f37072fd.pth"
+    # only the configured models' backbones are needed
+    assert check_backbones({**_bb(), "downstream": {**_bb()["downstream"], "models": ["bisenetv2"]}}) == {}
+
+
+def test_missing_or_unset_backbone_names_the_file_and_its_origin(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    with pytest.raises(ConfigError, match=r"cfg.yaml: downstream.pretrained_backbones.resnet50: weights file "
+                                          r"resnet50_v1c-2cccc1ad.pth not found \(looked for resnet50_v1c-2cccc1ad.pth "
+                                          r"and .*th/hub/checkpoints/resnet50_v1c-2cccc1ad.pth\); it is mmseg's "
+                                          r"ImageNet ResNet-50-V1c, open-mmlab://resnet50_v1c"):
+        check_backbones(_bb(resnet50="resnet50_v1c-2cccc1ad.pth", resnet18="random"), source="cfg.yaml")
+    with pytest.raises(ConfigError, match=r"resnet18: weights file /no/such.pth not found .*torchvision's "
+                                          r"ImageNet ResNet-18 \(.*resnet18-f37072fd.pth.*`random`"):
+        resolve_backbone(_bb(resnet18="/no/such.pth"), "resnet18")
+    with pytest.raises(ConfigError, match=r"resnet18 is not set but lfd uses it: .*resnet18-f37072fd.pth.*`random`"):
+        resolve_backbone(_bb(), "resnet18")
+    with pytest.raises(ConfigError, match="resnet50: empty"):
+        _bb(resnet50="")
