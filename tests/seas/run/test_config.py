@@ -4,11 +4,13 @@ from __future__ import annotations
 import copy
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
 
-from seas.run.config import load_config, load_schema, validate_config
+from seas.run.config import load_config, load_schema, read_yaml, validate_config
 from seas.run.errors import ConfigError
 
 from helpers import REPO, set_dotted
@@ -58,8 +60,12 @@ def test_load_config_file_errors(tmp_path):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: [unclosed")
-    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml, line 1, column \d+: not valid YAML"):
         load_config(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n")
+    with pytest.raises(ConfigError, match=r"list.yaml: the configuration must be a mapping of keys, got list"):
+        load_config(listed)
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(MINIMAL))
     cfg = load_config(good, {"generator.steps_per_type": 3})
@@ -156,3 +162,29 @@ def test_out_of_range_refused_naming_the_key(key):
         with pytest.raises(ConfigError) as exc:
             validate_config(raw, source="my.yaml")
         assert f"  {key}: " in str(exc.value), (bad, str(exc.value))
+
+
+# --- a YAML syntax error names the file and the line (issue 25.7) ---------------------------------------------------
+@pytest.mark.parametrize("text, line, column, what", [
+    # an unclosed flow list: found at the next key, opened two lines up
+    ("run_name: x\ndataset:\n  name: demo\n  root: [unclosed\nmodel: {pretrained: a}\n", 5, 6,
+     r"expected ',' or ']', but got ':' \(while parsing a flow sequence at line 4, column 9\)"),
+    ("seed: 0\n\tdevice: cpu\n", 2, 1, r"found character '\\t' that cannot start any token"),  # a tab indent
+    ("generator:\n  steps_per_type: 3\n lr_unet: 1\n", 3, 2, r"expected <block end>"),  # indentation off by one
+])
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path, text, line, column, what):
+    bad = tmp_path / "my run.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=rf"my run.yaml, line {line}, column {column}: not valid YAML: {what}"):
+        read_yaml(bad)
+
+
+def test_cli_names_the_yaml_line(tmp_path):
+    """As a user hits it: a CLI's --config with a syntax error is one `error:` line with file and line, exit 2."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset:\n  name: demo\n  root: [unclosed\nmodel: {pretrained: a}\n")
+    res = subprocess.run([sys.executable, "-m", "seas.run.layout", "--config", str(bad)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [f"error: {bad}, line 4, column 6: not valid YAML: expected ',' or ']', "
+                                                "but got ':' (while parsing a flow sequence at line 3, column 9)"]
