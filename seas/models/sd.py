@@ -116,8 +116,8 @@ def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
 def _hub_hint(src: str) -> str:
     return (f"download it on a machine with internet (e.g. `hf download {src} --local-dir DIR`) and set "
             "model.pretrained to that local folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, "
-            "scheduler/; `--set model.pretrained=DIR` on a CLI, `--config model=...` or the config file for the "
-            "workflow), or pre-fill the Hugging Face cache here and set HF_HUB_OFFLINE=1")
+            "scheduler/: `model: {pretrained: DIR}` in the config file, `--set model.pretrained=DIR` on a CLI), or "
+            "pre-fill the Hugging Face cache here and set HF_HUB_OFFLINE=1")
 
 
 def _hub_local_only(src: str, revision: str | None, local_files_only: bool | None) -> bool:
