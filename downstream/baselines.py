@@ -34,10 +34,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from seas.run.cli_types import positive_int
 from seas.data.split import Split
 from seas.data.augment import augmentation_for, augment_pair
 from seas.data.images import load_image, load_mask, image_to_tensor, mask_to_tensor
-from seas.run.errors import DataError
+from seas.run.errors import ConfigError, DataError
 from seas.run.runtime import atomic_dir, derive_seed, setup_logging, cli
 
 from seas.run.labels import BASELINE_METHODS
@@ -238,7 +239,10 @@ def generate_baseline(cfg: Mapping, method: str, split: Split, out: str | Path,
     ds = cfg["downstream"]
     size = int(ds["image_size"])
     policy = cfg["dataset"]["image_policy"]
-    n = int(num_per_type or ds["num_baseline_images_per_type"])
+    if num_per_type is not None and (isinstance(num_per_type, bool) or int(num_per_type) != num_per_type
+                                     or num_per_type < 1):
+        raise ConfigError(f"--num {num_per_type!r}: the number of pairs per type must be an integer >= 1")
+    n = int(ds["num_baseline_images_per_type"] if num_per_type is None else num_per_type)
     if not split.train_normals and method != "real":
         raise DataError(f"split of {split.product!r}: no normal training images for {method}")
     normals: dict[int, Image.Image] = {}
@@ -290,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--method", required=True, choices=METHODS, help="which baseline generator")
     ap.add_argument("--split", required=True, help="split manifest of the product (split/<product>.json)")
     ap.add_argument("--out", required=True, help="product folder to write (methods/<method>/<product>)")
-    ap.add_argument("--num", type=int, default=None, help="pairs per type (default downstream.num_baseline_images_per_type)")
+    ap.add_argument("--num", type=positive_int, default=None, help="pairs per type (default downstream.num_baseline_images_per_type)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)

@@ -22,6 +22,7 @@ import json
 import numpy as np
 from tqdm import tqdm
 
+from seas.run.cli_types import nonneg_int, positive_int
 from seas.run.config import add_config_arguments, config_from_args
 from seas.run.errors import CheckpointError, DataError
 
@@ -208,8 +209,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="training output folder segmentation/MODEL/METHOD")
     p.add_argument("--splits", required=True, nargs="+", help="split manifests split/<product>.json")
     p.add_argument("--out", required=True, help="scores CSV to write")
-    p.add_argument("--batch-size", type=int, default=None, help="default: downstream.evaluation.batch_size")
-    p.add_argument("--num-workers", type=int, default=None, help="default: downstream.evaluation.num_workers")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: downstream.evaluation.batch_size")
+    p.add_argument("--num-workers", type=nonneg_int, default=None, help="default: downstream.evaluation.num_workers")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

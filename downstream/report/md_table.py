@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from seas.run.cli_types import nonneg_int
 from seas.run.errors import DataError
 from seas.run.runtime import cli, setup_logging
 
@@ -86,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m downstream.report.md_table",
                                 description="Print a CSV table as GitHub Markdown (numbers rounded, NaN as n/a).")
     p.add_argument("csv", help="CSV file, e.g. results/tables/segmentation.csv")
-    p.add_argument("--digits", type=int, default=2, help="decimals for non-integer numbers (default 2)")
+    p.add_argument("--digits", type=nonneg_int, default=2, help="decimals for non-integer numbers (default 2)")
     p.add_argument("--columns", nargs="+", default=None, help="only these columns, in this order")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)

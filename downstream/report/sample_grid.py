@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from seas.run.cli_types import positive_int
 from seas.data.images import load_image, load_mask
 from seas.run.errors import DataError
 from seas.data.pairs import IMAGES, MASKS, list_types
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", required=True, help="product folder: <pairs>/<type>/{images,masks}/")
     ap.add_argument("--out", required=True, help="PNG to write (atomically)")
-    ap.add_argument("--per-type", type=int, default=4, help="pairs shown per anomaly type (default 4)")
-    ap.add_argument("--cell", type=int, default=128, help="cell size in pixels (default 128)")
+    ap.add_argument("--per-type", type=positive_int, default=4, help="pairs shown per anomaly type (default 4)")
+    ap.add_argument("--cell", type=positive_int, default=128, help="cell size in pixels (default 128)")
     ap.add_argument("--title", default="", help="text above the grid (default none)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)

@@ -58,6 +58,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from seas.run.cli_types import positive_int
 from seas.data.images import eight_bit_image, image_size, open_image
 from seas.run.errors import DataError
 from seas.data.images import list_images
@@ -475,7 +476,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--src", required=True, type=Path, help="root of the downloaded dataset")
         sp.add_argument("--dst", required=True, type=Path, help="output root (MVTec layout)")
         sp.add_argument("--products", nargs="+", metavar="NAME", help="only these objects/classes (default all)")
-        sp.add_argument("--workers", type=int, default=1, help="processes for image re-encoding (default 1)")
+        sp.add_argument("--workers", type=positive_int, default=1, help="processes for image re-encoding (default 1)")
         sp.add_argument("--overwrite", action="store_true", help="replace a non-empty --dst")
         sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 

@@ -38,6 +38,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from seas.run.cli_types import int_at_least, nonneg_int, positive_int
 from seas.run.config import add_config_arguments, optional_config_from_args, schema_default
 from seas.run.errors import ConfigError, DataError
 from seas.run.runtime import atomic_dir, cli, derive_seed, setup_logging
@@ -401,11 +402,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, type=Path, help="output dataset root (e.g. resources/demo_data)")
     add_config_arguments(p, required=False, help="run config YAML (reads dataset.demo)")
-    p.add_argument("--seed", type=int, help="dataset seed (default 0)")
-    p.add_argument("--image-size", type=int, help="image side in pixels (default 128, minimum 32)")
-    p.add_argument("--num-train-good", type=int, help="normal training images per product (default 24)")
-    p.add_argument("--num-test-good", type=int, help="normal test images per product (default 6)")
-    p.add_argument("--num-per-type", type=int, help="anomalous test images per anomaly type (default 9)")
+    p.add_argument("--seed", type=nonneg_int, help="dataset seed (default 0)")
+    p.add_argument("--image-size", type=int_at_least(32), help="image side in pixels (default 128, minimum 32)")
+    p.add_argument("--num-train-good", type=int_at_least(3), help="normal training images per product (default 24)")
+    p.add_argument("--num-test-good", type=positive_int, help="normal test images per product (default 6)")
+    p.add_argument("--num-per-type", type=int_at_least(3), help="anomalous test images per anomaly type (default 9)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 

@@ -3,6 +3,9 @@
 Images (:func:`load_image`): 8-bit, or 16-bit greyscale scaled by its depth (v/257); float images are refused.
 Masks (:func:`load_mask` / :func:`read_mask_array`): single channel (an alpha channel is dropped), values 0 plus
 one of 1, 255, 65535. Files larger than PIL's decompression-bomb limit are errors naming the file.
+EXIF orientation (:func:`open_image`): an image or mask whose EXIF Orientation tag (274) says 2-8 is read the way a
+viewer shows it (the transpose ``PIL.ImageOps.exif_transpose`` makes), its header size too (:func:`image_size`), so
+a mask drawn on what the user saw aligns with its image.
 Listing: :func:`list_images` (file-number order: 2.png < 10.png; hidden files and non-images skipped).
 """
 from __future__ import annotations
@@ -24,7 +27,6 @@ IMAGE_POLICIES = ("shorter_side_center_crop", "resize")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-IMAGE_POLICIES = ("shorter_side_center_crop", "resize")
 # ----------------------------------------------------------------------------- discovery
 def _natural_key(path: Path):
     """File-number order: 2.png < 10.png; non-numeric parts compare as text."""
@@ -46,14 +48,42 @@ def list_images(folder: str | Path, missing_ok: bool = False) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- image / mask IO
+#: EXIF orientation (tag 274) -> the transpose that shows the stored pixels the way a viewer does (PIL.ImageOps)
+EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1-8; 1 = as stored) a file declares in its header (EXIF, TIFF tags or XMP).
+
+    Read from the header only, before any decoding, so that :func:`image_size` (header only) and the decoded
+    :func:`open_image` agree by construction (a PNG whose eXIf chunk follows the image data is read as stored by
+    both). An unreadable EXIF block counts as no orientation.
+    """
+    try:
+        # the generic reader: it looks at what the header gave (PNG's own getexif would decode the image first)
+        value = Image.Image.getexif(img).get(EXIF_ORIENTATION, 1)
+        return int(value) if int(value) in _TRANSPOSE else 1
+    except Exception as e:  # a damaged EXIF block does not make the pixels unreadable
+        log.debug("%s: EXIF unreadable (%s); read as stored", getattr(img, "filename", "image"), e)
+        return 1
+
+
 def open_image(path: Path, decode: bool = True) -> Image.Image:
-    """Open an image file; ``decode=False`` reads only its header (size, mode). Every failure is a DataError
+    """Open an image file the way a viewer shows it: its EXIF orientation (a phone's rotated JPEG) applied, to
+    images and masks alike, so a mask drawn on the image as seen aligns with it. ``decode=False`` reads only its
+    header (mode; the size as stored -- :func:`image_size` gives the size as seen). Every failure is a DataError
     naming the file, including files too large to decode safely (PIL's decompression-bomb guard, which PIL
     applies to the header's size before decoding anything)."""
     try:
         img = Image.open(path)
         if decode:
+            orientation = exif_orientation(img)
             img.load()
+            if orientation != 1:
+                img = img.transpose(_TRANSPOSE[orientation])
         return img
     except FileNotFoundError:
         raise DataError(f"image file {path} does not exist") from None
@@ -68,10 +98,12 @@ _open = open_image
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an image file from its header only (no decoding); DataError naming the file."""
+    """(width, height) of an image file as :func:`open_image` decodes it (EXIF orientation applied: a 90-degree
+    rotation swaps the sides), from its header only (no decoding); DataError naming the file."""
     img = open_image(Path(path), decode=False)
     try:
-        return img.size
+        w, h = img.size
+        return (h, w) if exif_orientation(img) in (5, 6, 7, 8) else (w, h)
     finally:
         img.close()
 

@@ -48,8 +48,9 @@ from seas.method.checkpoint import load_generator
 from seas.run.config import add_config_arguments, config_from_args
 from seas.data.split import Split
 from seas.data.images import image_to_tensor, load_image
-from seas.run.errors import DataError
+from seas.run.errors import ConfigError, DataError
 from seas.data.pairs import (GOOD, IMAGES, MANIFEST, MANIFEST_COLUMNS, MASKS, pair_name, pair_paths, read_manifest, write_manifest)
+from seas.run.cli_types import positive_int
 from seas.run.resume import add_resume_arguments, check_fingerprint
 from seas.run.runtime import (RUN_RECORD, atomic_save_image, atomic_write_text, autocast_dtype, cli, derive_seed, get_device, run_record, setup_logging)
 from seas.run.stages import STAGES
@@ -363,9 +364,11 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
     a changed parameter or a retrained generator); an *interrupted* run is continued with the same parameters and
     refused with other ones (``restart`` deletes the folder first).
     """
+    if count is not None and (isinstance(count, bool) or int(count) != count or count < 1):
+        raise ConfigError(f"--count {count!r}: the number of pairs must be an integer >= 1")
     out = Path(out)
     split = Split.load(split_path)
-    count = count or _count_for(cfg, anomaly_type)
+    count = _count_for(cfg, anomaly_type) if count is None else int(count)
     params = _params(cfg, anomaly_type, generator_dir, rmp_dir)
     twins = params["reference_images"]
     ppath = out / PARAMS
@@ -459,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rmp", default=None, help="RMP checkpoint folder rmp/<product> (not needed for --type good)")
     p.add_argument("--type", required=True, help="anomaly type, or 'good' for normal images (prompt 'a <ob>')")
     p.add_argument("--out", required=True, help="output folder methods/seas/<product>/<type>")
-    p.add_argument("--count", type=int, default=None,
+    p.add_argument("--count", type=positive_int, default=None,
                    help="number of pairs (default generation.num_images_per_type)")
     add_resume_arguments(p, "batches")
     p.add_argument("-v", "--verbose", action="store_true")

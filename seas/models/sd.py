@@ -60,14 +60,94 @@ def _check_local(path: Path) -> None:
         )
 
 
+#: seconds the hub (through the environment's proxy, if any) is given to answer before a hub id is given up on
+HUB_PROBE_TIMEOUT_S = 3.0
+#: files of a hub model whose presence in the Hugging Face cache means it can load without the network
+_CACHE_PROBES = ("model_index.json", "unet/config.json", "vae/config.json", "text_encoder/config.json")
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, now or when huggingface_hub was imported."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or any(
+        os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _cached(repo_id: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return all(isinstance(try_to_load_from_cache(repo_id, f, revision=revision), str) for f in _CACHE_PROBES)
+    except Exception:  # noqa: BLE001 -- an invalid repo id, an unreadable cache: not usable offline
+        return False
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the model hub cannot be reached (one HTTP HEAD request to its endpoint, through the proxy the
+    environment names, answered within ``timeout`` seconds; any HTTP status counts as an answer), or None when it
+    can. Seconds, not the minutes of retries a download would take."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT.rstrip("/") + "/"
+    result: list = []
+
+    def ask() -> None:  # in a thread: the name lookup itself has no timeout (a resolver that never answers)
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            result.append(None)
+        except urllib.error.HTTPError:  # an answer, if not a welcome one: the hub is there
+            result.append(None)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            result.append(f"{endpoint}: {getattr(reason, 'strerror', None) or reason}")
+
+    probe = threading.Thread(target=ask, name="hub-probe", daemon=True)
+    probe.start()
+    probe.join(timeout)
+    return result[0] if result else f"{endpoint} did not answer within {timeout:g} s"
+
+
+def _hub_hint(src: str) -> str:
+    return (f"download it on a machine with internet (e.g. `hf download {src} --local-dir DIR`) and set "
+            "model.pretrained to that local folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, "
+            "scheduler/: `model: {pretrained: DIR}` in the config file, `--set model.pretrained=DIR` on a CLI), or "
+            "pre-fill the Hugging Face cache here and set HF_HUB_OFFLINE=1")
+
+
+def _hub_local_only(src: str, revision: str | None, local_files_only: bool | None) -> bool:
+    """``local_files_only`` for a hub id, decided in seconds: offline (HF_HUB_OFFLINE, or local files only) needs
+    the model in the Hugging Face cache; online, an unreachable hub falls back on the cache or fails at once."""
+    cached = _cached(src, revision)
+    if local_files_only or hub_offline():
+        if not cached:
+            why = "HF_HUB_OFFLINE is set" if hub_offline() else "local files only were asked for"
+            raise CheckpointError(f"model.pretrained: {src!r} is not a local folder, so it was taken as a hub id, but "
+                                  f"{why} and the Hugging Face cache holds no copy of it: {_hub_hint(src)}")
+        return True
+    reason = hub_unreachable()
+    if reason is None:
+        return bool(local_files_only)
+    if cached:
+        log.warning("model hub unreachable (%s): loading %s from the Hugging Face cache", reason, src)
+        return True
+    raise CheckpointError(f"model.pretrained: {src!r} is not a local folder, so it was taken as a hub id, but the "
+                          f"model hub cannot be reached ({reason}) and the Hugging Face cache holds no copy of it: "
+                          f"{_hub_hint(src)}")
+
+
 def load_sd(pretrained: str | os.PathLike, revision: str | None = None, device="cpu", dtype=None,
             local_files_only: bool | None = None) -> SDComponents:
-    """Load tokenizer, text encoder, VAE, U-Net and the DDPM training scheduler of an SD v1.x model."""
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    """Load tokenizer, text encoder, VAE, U-Net and the DDPM training scheduler of an SD v1.x model.
 
-    dtype = dtype or torch.float32
+    A hub id (not a local folder) is decided on in seconds, before torch and diffusers are imported: offline
+    (HF_HUB_OFFLINE) or with the hub unreachable, it loads from the Hugging Face cache or fails at once saying how to
+    pass a local folder (never the minutes of download retries)."""
     src = str(pretrained)
     local = Path(src).expanduser()
     if local.is_dir():
@@ -76,6 +156,13 @@ def load_sd(pretrained: str | os.PathLike, revision: str | None = None, device="
         local_files_only = True if local_files_only is None else local_files_only
     elif local.exists() or src.startswith((".", "/", "~")) or src.count("/") != 1:
         raise CheckpointError(f"model.pretrained: {src!r} is neither a model folder nor a hub id like 'org/name'")
+    else:
+        local_files_only = _hub_local_only(src, revision, local_files_only)  # seconds, not minutes of retries
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    dtype = dtype or torch.float32
     kw = dict(revision=revision, local_files_only=bool(local_files_only))
     try:
         tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **kw)

@@ -39,6 +39,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from seas.run.cli_types import nonneg_float, nonneg_int, positive_float, positive_int, unit_float
 from seas.run.config import add_config_arguments, optional_config_from_args, schema_default
 from seas.run.errors import ConfigError
 from seas.data.demo_data import generate_demo_dataset
@@ -61,6 +62,14 @@ DEFAULT_RECIPE = {
     "vae_steps": 300, "vae_batch": 8, "vae_crop": 64, "vae_lr": 1.0e-3, "kl_weight": 1.0e-6, "grad_weight": 1.0,
     "unet_steps": 700, "unet_batch": 8, "unet_crop": 16, "unet_crop_steps": 550, "unet_lr": 1.0e-3, "warmup": 50,
     "product_captions": 0.5, "caption_suffixes": 0.5,
+}
+#: the argparse type of each recipe option (--vae-steps ...): step numbers, batches and crops >= 1, learning rates > 0,
+#: loss weights >= 0, caption probabilities in [0, 1]
+RECIPE_TYPES = {
+    "vae_steps": positive_int, "vae_batch": positive_int, "vae_crop": positive_int, "vae_lr": positive_float,
+    "kl_weight": nonneg_float, "grad_weight": nonneg_float, "unet_steps": positive_int, "unet_batch": positive_int,
+    "unet_crop": positive_int, "unet_crop_steps": nonneg_int, "unet_lr": positive_float, "warmup": nonneg_int,
+    "product_captions": unit_float, "caption_suffixes": unit_float,
 }
 #: ``product_captions`` p > 0: each U-Net sample is captioned ``a <product name>`` (PRODUCT_PROMPT) with probability
 #: p instead of the generic prompt -- the class words SD's own pretraining knows -- so the U-Net learns to read the
@@ -358,10 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="weights file to write (.safetensors; the manifest goes next to it)")
     add_config_arguments(ap, required=False, help="run configuration: seed, dataset.demo, model.resolution")
-    ap.add_argument("--seed", type=int, default=None, help="seed (default: the config's seed, or 0)")
+    ap.add_argument("--seed", type=nonneg_int, default=None, help="seed (default: the config's seed, or 0)")
     for k, v in DEFAULT_RECIPE.items():
-        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, help=f"recipe (default {v})")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (determinism: same seed + same "
+        ap.add_argument("--" + k.replace("_", "-"), type=RECIPE_TYPES[k], default=None, help=f"recipe (default {v})")
+    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (determinism: same seed + same "
                     "threads -> same weights)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)

@@ -24,6 +24,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from seas.run.cli_types import int_at_least, nonneg_int
 from seas.run.config import add_config_arguments, optional_config_from_args
 from seas.run.errors import CheckpointError
 from seas.models.clip_vocab import make_clip_tokenizer
@@ -172,10 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (diffusers layout)")
     add_config_arguments(ap, required=False, help="run configuration: seed and model.resolution (the workflow)")
-    ap.add_argument("--seed", type=int, default=None, help="weight initialisation seed (default: seed, or 0)")
+    ap.add_argument("--seed", type=nonneg_int, default=None, help="weight initialisation seed (default: seed, or 0)")
     ap.add_argument("--prior", default=None, help="pretrained prior weights (python -m seas.models.tiny_prior; default: "
                     "model.tiny_prior with --config, else none = random weights)")
-    ap.add_argument("--sample-size", type=int, default=None,
+    ap.add_argument("--sample-size", type=int_at_least(8), default=None,
                     help="image side the VAE config declares (default: model.resolution, or 64)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)

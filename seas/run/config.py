@@ -17,9 +17,9 @@ from jsonschema import Draft7Validator, validators
 
 from seas.run.errors import ConfigError
 
-__all__ = ["ConfigError", "load_config", "validate_config", "deep_update", "parse_override", "run_dir", "SCHEMA_PATH",
-           "add_config_arguments", "config_from_args", "BACKBONES", "RANDOM_BACKBONE", "torch_hub_checkpoints",
-           "resolve_backbone", "check_backbones"]
+__all__ = ["ConfigError", "load_config", "read_yaml", "validate_config", "deep_update", "parse_override", "run_dir",
+           "SCHEMA_PATH", "add_config_arguments", "config_from_args", "BACKBONES", "RANDOM_BACKBONE",
+           "torch_hub_checkpoints", "resolve_backbone", "check_backbones"]
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -203,16 +203,41 @@ def schema_default(dotted: str) -> Any:
     return copy.deepcopy(node["default"])
 
 
+def read_yaml(path: str | Path) -> Any:
+    """The content of a YAML file; a syntax error is a ConfigError naming the file, the line and the column
+    (``config.yaml, line 4, column 9: not valid YAML: ...``), as is a file that is not UTF-8 text. The one reader
+    of config files: :func:`load_config` (the CLIs) and the workflow (workflow/Snakefile, rules/common.smk)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        def at(mark) -> str:
+            return f"line {mark.line + 1}, column {mark.column + 1}"
+
+        mark = e.problem_mark or e.context_mark
+        what = e.problem or str(e)
+        if e.context and e.context_mark is not None and e.problem_mark is not None:
+            what += f" ({e.context} at {at(e.context_mark)})"  # e.g. where the unclosed [ was opened
+        raise ConfigError(f"{path}, {at(mark)}: not valid YAML: {what}" if mark else f"{path}: not valid YAML: {what}") \
+            from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+
+
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict:
     """Read a YAML config file, apply ``overrides`` ({"generator.steps_per_type": 2, …}), validate."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    raw = read_yaml(path) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the configuration must be a mapping of keys, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, last = dotted.split(".")

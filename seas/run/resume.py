@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from seas.run.cli_types import positive_int
 from seas.run.errors import CheckpointError
 
 __all__ = ["StaleStateError", "work_dir", "changed_keys", "check_fingerprint", "discard", "restart_command",
@@ -88,5 +89,5 @@ def add_resume_arguments(parser, unit: str = "steps") -> None:
     """``--restart`` and the test-only ``--stop-after N`` of every resumable CLI."""
     parser.add_argument("--restart", action="store_true",
                         help="discard the state of an interrupted run (and any existing output) and start over")
-    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+    parser.add_argument("--stop-after", type=positive_int, default=None, metavar="N",
                         help=f"leave after N {unit} of this call with the resumable state saved (tests)")

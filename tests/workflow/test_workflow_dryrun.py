@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, dry_run, job_counts, write_tree
+from helpers import REPO, dry_run, job_counts, snakemake_exe, write_tree
 from seas.run.stages import STAGES
 
 sys.path.insert(0, str(REPO / "workflow" / "scripts"))
@@ -202,6 +202,27 @@ def test_missing_backbone_file_stops_the_preset_at_parse_time(mvtec_tree, tmp_pa
     cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{"downstream.pretrained_backbones.resnet50": str(r50),
                                                                   "downstream.pretrained_backbones.resnet18": "random"})
     assert job_counts(dry_run(cfg, torch_home=empty).stdout)["train_seg"] == 12
+BROKEN_YAML = "run_name: x\ndataset:\n  name: demo\n  root: [unclosed\nmodel: {pretrained: a}\n"
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    """Issue 25.7, as a user hits it: an edited config.yaml with a syntax error, then `snakemake -n` in that folder.
+    Snakemake's own message names neither the file nor the line; the workflow's reads "config.yaml, line 5 ...".
+    A --configfile is parsed by Snakemake's command line before the workflow runs: its message stays Snakemake's
+    (README, Configuration: `python -m seas.run.layout --config FILE` names the line) -- pinned here, so a Snakemake
+    that starts naming the line shows up."""
+    (tmp_path / "config.yaml").write_text(BROKEN_YAML)
+    cmd = [snakemake_exe(), "-n", "--snakefile", str(REPO / "workflow" / "Snakefile"), "--cores", "1"]
+    res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "config.yaml, line 5, column 6: not valid YAML: expected ',' or ']', but got ':'" in out, out[-3000:]
+    bad = tmp_path / "preset.yaml"
+    bad.write_text(BROKEN_YAML)
+    res = dry_run(bad, check=False)
+    assert res.returncode != 0
+    assert "Config file is not valid JSON or YAML" in res.stdout + res.stderr
 
 
 def test_workflow_profile_resolves_from_repo_root(mvtec_tree, tmp_path):

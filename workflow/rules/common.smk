@@ -25,7 +25,7 @@ for _p in (str(REPO), str(WORKFLOW_DIR / "scripts")):
         sys.path.insert(0, _p)
 
 import wflib  # noqa: E402  (workflow/scripts/wflib.py)
-from seas.run.config import check_backbones, run_dir, validate_config  # noqa: E402
+from seas.run.config import check_backbones, read_yaml, run_dir, validate_config  # noqa: E402
 from seas.run.stages import STAGES, stage_keys, stage_values  # noqa: E402
 from seas.run.errors import SeasError  # noqa: E402
 from seas.run.layout import KEY_LEN, Layout, group_of, job_file, pattern, scope_product, seg_scopes  # noqa: E402
@@ -40,8 +40,13 @@ from seas.run.studies import load_studies, variant_configs  # noqa: E402
 if workflow.overwrite_configfiles:
     _fresh = {}
     for _f in workflow.overwrite_configfiles:
-        with open(_f) as _fh:
-            wflib.deep_update(_fresh, yaml.safe_load(_fh) or {})
+        try:  # a syntax error names the file, line and column (seas.run.config.read_yaml)
+            _content = read_yaml(_f) or {}
+        except SeasError as _e:
+            raise WorkflowError(str(_e))
+        if not isinstance(_content, dict):
+            raise WorkflowError(f"{_f}: the configuration must be a mapping of keys, got {type(_content).__name__}")
+        wflib.deep_update(_fresh, _content)
     config.clear()
     config.update(_fresh)
 # --config values: Snakemake hands nested ones over as strings; read them as YAML like the CLIs' --set

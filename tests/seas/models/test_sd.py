@@ -61,5 +61,60 @@ def test_loader_errors(tmp_path):
     (tmp_path / "half" / "unet").mkdir()
     with pytest.raises(CheckpointError, match=r"half is not a diffusers Stable Diffusion folder: missing model_index.json, vae"):
         load_sd(tmp_path / "half")
-    with pytest.raises(CheckpointError, match=r"(?s)cannot load Stable Diffusion model 'nobody/no-such-model'.*local folder"):
+    with pytest.raises(CheckpointError, match=r"(?s)'nobody/no-such-model' is not a local folder.*set model.pretrained to that local folder"):
         load_sd("nobody/no-such-model")
+
+
+# --- a hub id without a hub fails in seconds (issue 25.7) -----------------------------------------------------------
+def _load_in_a_fresh_process(tmp_path, **env):
+    """load_sd of a hub id that exists nowhere, as a user's process meets it (the variables set at start, an empty
+    Hugging Face cache); (seconds, stderr)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from helpers import REPO
+
+    clean = {k: v for k, v in os.environ.items() if not k.upper().startswith(("HF_", "TRANSFORMERS_"))
+             and "proxy" not in k.lower()}
+    code = "from seas.models.sd import load_sd; load_sd('nobody-seas-bench/no-such-model')"
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**clean, "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO), **env})
+    took = time.monotonic() - start
+    assert res.returncode != 0
+    return took, res.stderr
+
+
+def test_offline_hub_id_fails_in_seconds_naming_the_way_out(tmp_path):
+    took, err = _load_in_a_fresh_process(tmp_path, HF_HUB_OFFLINE="1")
+    assert took < 10, f"{took:.1f} s"
+    assert "CheckpointError: model.pretrained: 'nobody-seas-bench/no-such-model' is not a local folder" in err
+    assert "HF_HUB_OFFLINE is set" in err and "set model.pretrained to that local folder" in err
+
+
+def test_unreachable_hub_fails_in_seconds(tmp_path):
+    """No HF_HUB_OFFLINE, but nothing listens at the endpoint: one short probe, not minutes of retries."""
+    took, err = _load_in_a_fresh_process(tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
+    assert took < 10, f"{took:.1f} s"
+    assert "the model hub cannot be reached (http://127.0.0.1:9/" in err
+    assert "set model.pretrained to that local folder" in err
+
+
+def test_hub_decision_uses_the_cache(monkeypatch):
+    """Offline or unreachable, a model in the Hugging Face cache loads from it (local files only); online, the hub
+    is asked as usual; neither, an error naming the way out."""
+    from seas.models import sd
+
+    monkeypatch.setattr(sd, "hub_unreachable", lambda timeout=sd.HUB_PROBE_TIMEOUT_S: "no route")
+    for offline in (True, False):
+        monkeypatch.setattr(sd, "hub_offline", lambda offline=offline: offline)
+        monkeypatch.setattr(sd, "_cached", lambda repo, rev: True)
+        assert sd._hub_local_only("org/model", None, None) is True
+        monkeypatch.setattr(sd, "_cached", lambda repo, rev: False)
+        with pytest.raises(CheckpointError, match="local folder"):
+            sd._hub_local_only("org/model", None, None)
+    monkeypatch.setattr(sd, "hub_offline", lambda: False)
+    monkeypatch.setattr(sd, "hub_unreachable", lambda timeout=sd.HUB_PROBE_TIMEOUT_S: None)
+    assert sd._hub_local_only("org/model", None, None) is False

@@ -1,13 +1,20 @@
 """The one config schema: defaults filled, wrong/missing/unknown keys named in the error."""
 from __future__ import annotations
 
+import copy
+import math
+import re
+import subprocess
+import sys
+
 import pytest
 import yaml
 
-from seas.run.config import check_backbones, load_config, resolve_backbone, torch_hub_checkpoints, validate_config
+from seas.run.config import (check_backbones, load_config, load_schema, read_yaml, resolve_backbone,
+                              torch_hub_checkpoints, validate_config)
 from seas.run.errors import ConfigError
 
-from helpers import REPO
+from helpers import REPO, set_dotted
 
 MINIMAL = {"dataset": {"name": "mvtec_ad", "root": "/data/mvtec"}, "model": {"pretrained": "CompVis/stable-diffusion-v1-4"}}
 
@@ -55,8 +62,12 @@ def test_load_config_file_errors(tmp_path):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: [unclosed")
-    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml, line 1, column \d+: not valid YAML"):
         load_config(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n")
+    with pytest.raises(ConfigError, match=r"list.yaml: the configuration must be a mapping of keys, got list"):
+        load_config(listed)
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(MINIMAL))
     cfg = load_config(good, {"generator.steps_per_type": 3})
@@ -113,3 +124,113 @@ def test_missing_or_unset_backbone_names_the_file_and_its_origin(tmp_path, monke
         resolve_backbone(_bb(), "resnet18")
     with pytest.raises(ConfigError, match="resnet50: empty"):
         _bb(resnet50="")
+
+
+# --- every numeric key of the schema is bounded (issue 25.3) --------------------------------------------------------
+#: integer keys that may be 0 (seeds, "no normal images in the batch", "no loader workers", "no warm-up", "no GPU",
+#: the U-Net up-block index 0); every other integer key is a count, a size or a step number: >= 1
+ZERO_OK = {"seed", "batch_normal", "num_workers", "warmup_iters", "gpus_per_job", "unet_features"}
+#: keys that are thresholds, probabilities, false-positive rates or Adam/SGD betas: at most 1
+UNIT = re.compile(r"threshold|fpr|beta|momentum|prob")
+
+
+def numeric_keys(node: dict, path: tuple = (), schema: dict | None = None):
+    """(dotted key, schema node) of every numeric leaf of the schema: through properties, $ref'd definitions,
+    oneOf branches and array items (an item is named ``<key>.0``)."""
+    schema = schema or node
+    if "$ref" in node:
+        node = {**schema["definitions"][node["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
+    types = node.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if {"integer", "number"} & set(types):
+        yield ".".join(path), node
+    for name, sub in node.get("properties", {}).items():
+        yield from numeric_keys(sub, path + (name,), schema)
+    for sub in node.get("oneOf", []):
+        yield from numeric_keys(sub, path, schema)
+    if isinstance(node.get("items"), dict):
+        yield from numeric_keys(node["items"], path + ("0",), schema)
+
+
+NUMERIC = dict(numeric_keys(load_schema()))
+
+
+def out_of_range(node: dict) -> list:
+    """Values just outside each declared bound of a numeric schema node."""
+    integer = "integer" in ([node["type"]] if isinstance(node["type"], str) else node["type"])
+    if "enum" in node:  # a closed list of values: one below them all, and 0 / -1 where not listed
+        return sorted({min(node["enum"]) - 1, *({0, -1} - set(node["enum"]))})
+    bad = []
+    if "minimum" in node:
+        bad.append(node["minimum"] - 1 if integer else math.nextafter(node["minimum"], -math.inf))
+    if "exclusiveMinimum" in node:
+        bad.append(node["exclusiveMinimum"])
+    if "maximum" in node:
+        bad.append(node["maximum"] + 1 if integer else math.nextafter(node["maximum"], math.inf))
+    if "exclusiveMaximum" in node:
+        bad.append(node["exclusiveMaximum"])
+    return bad
+
+
+def test_numeric_keys_found():
+    """The walk reaches the nested, $ref'd, oneOf and array-item keys (else the property tests below are vacuous)."""
+    for key in ("seed", "dataset.demo.image_size", "split.shots", "generation.mask_threshold",
+                "downstream.train.lfd.iterations", "downstream.evaluation.pro_max_fpr", "rmp.reduce_channels.0",
+                "resources.threads_per_job"):
+        assert key in NUMERIC
+    assert len(NUMERIC) > 60
+
+
+@pytest.mark.parametrize("key", sorted(NUMERIC))
+def test_numeric_key_bounded(key):
+    """Counts, sizes and steps >= 1 (>= 0 where 0 means none); thresholds, probabilities and betas in [0, 1];
+    every number bounded below."""
+    node, leaf = NUMERIC[key], [p for p in key.split(".") if p != "0"][-1]
+    low = min(node["enum"]) if "enum" in node else node.get("minimum", node.get("exclusiveMinimum"))
+    assert low is not None, f"{key}: no minimum in the schema"
+    if node["type"] == "integer" or "integer" in node["type"]:
+        assert low >= (0 if leaf in ZERO_OK else 1), f"{key}: a count, size or step number must be >= 1"
+    if UNIT.search(leaf):
+        assert low >= 0 and min(node.get("maximum", math.inf), node.get("exclusiveMaximum", math.inf)) <= 1, \
+            f"{key}: a threshold / probability must lie in [0, 1]"
+
+
+@pytest.mark.parametrize("key", sorted(NUMERIC))
+def test_out_of_range_refused_naming_the_key(key):
+    bad_values = out_of_range(NUMERIC[key])
+    assert bad_values
+    for bad in bad_values:
+        raw = copy.deepcopy(MINIMAL)
+        if key.endswith(".0"):
+            set_dotted(raw, key[:-2], [bad])
+        else:
+            set_dotted(raw, key, bad)
+        with pytest.raises(ConfigError) as exc:
+            validate_config(raw, source="my.yaml")
+        assert f"  {key}: " in str(exc.value), (bad, str(exc.value))
+
+
+# --- a YAML syntax error names the file and the line (issue 25.7) ---------------------------------------------------
+@pytest.mark.parametrize("text, line, column, what", [
+    # an unclosed flow list: found at the next key, opened two lines up
+    ("run_name: x\ndataset:\n  name: demo\n  root: [unclosed\nmodel: {pretrained: a}\n", 5, 6,
+     r"expected ',' or ']', but got ':' \(while parsing a flow sequence at line 4, column 9\)"),
+    ("seed: 0\n\tdevice: cpu\n", 2, 1, r"found character '\\t' that cannot start any token"),  # a tab indent
+    ("generator:\n  steps_per_type: 3\n lr_unet: 1\n", 3, 2, r"expected <block end>"),  # indentation off by one
+])
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path, text, line, column, what):
+    bad = tmp_path / "my run.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=rf"my run.yaml, line {line}, column {column}: not valid YAML: {what}"):
+        read_yaml(bad)
+
+
+def test_cli_names_the_yaml_line(tmp_path):
+    """As a user hits it: a CLI's --config with a syntax error is one `error:` line with file and line, exit 2."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset:\n  name: demo\n  root: [unclosed\nmodel: {pretrained: a}\n")
+    res = subprocess.run([sys.executable, "-m", "seas.run.layout", "--config", str(bad)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [f"error: {bad}, line 4, column 6: not valid YAML: expected ',' or ']', "
+                                                "but got ':' (while parsing a flow sequence at line 3, column 9)"]
