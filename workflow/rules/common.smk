@@ -78,7 +78,8 @@ if not PLANNING_ONLY:
         from seas.run.runtime import io_error_message
 
         raise WorkflowError(io_error_message(_e) or str(_e))
-TABLES = f"{CFG['results_dir']}/tables"
+# the run's tables: <results_dir>/<run_name>/tables/, so runs with different run_name never overwrite each other's
+TABLES = f"{RUN}/tables"
 
 ROOT = CFG["dataset"]["root"]
 IS_DEMO = CFG["dataset"]["name"] == "demo"
