@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", action="store_true", help="run the default job from scratch first (deletes results/)")
     ap.add_argument("--cores", type=int, default=2)
-    ap.add_argument("--tables", type=Path, default=REPO / "results" / "tables")
+    ap.add_argument("--tables", type=Path, default=REPO / "results" / "demo" / "tables",
+                    help="the default run's tables (<results_dir>/<run_name>/tables)")
     args = ap.parse_args(argv)
     timing = run_default(args.cores) if args.run else {}
     f = {**timing, **figures(args.tables)}

@@ -1,7 +1,7 @@
 """Segmentation and detection metrics for anomaly maps: pure functions + a bounded-memory accumulator.
 
 Units. The pure functions return fractions in [0, 1], like scikit-learn. :class:`ProductMetrics` and
-everything written to disk (``scores.csv``, ``results/tables/*.csv``) are in **percent** (0-100), like the
+everything written to disk (``scores.csv``, ``results/<run>/tables/*.csv``) are in **percent** (0-100), like the
 paper's tables (:data:`SCALE`).
 
 Column names (used by ``downstream.evaluate`` and ``downstream.report.tables``), :data:`METRIC_COLUMNS`:

@@ -1,11 +1,11 @@
-"""Print a CSV (e.g. results/tables/segmentation.csv) as a GitHub Markdown table, numbers rounded.
+"""Print a CSV (e.g. results/demo/tables/segmentation.csv) as a GitHub Markdown table, numbers rounded.
 
 Numbers are rounded to ``--digits`` decimals (2, like the paper); a non-zero number that would round to 0 (a KID
 of 0.0012) keeps ``--digits`` significant digits instead. Label cells (``n/a (no Inception weights)``,
 ``not computed``) are printed as they are and do not stop a column from being right-aligned as numeric.
 The CSVs themselves keep full precision.
 
-    python -m downstream.report.md_table results/tables/segmentation.csv [--digits 2] [--columns model method pixel_auroc]
+    python -m downstream.report.md_table results/demo/tables/segmentation.csv [--digits 2] [--columns model method pixel_auroc]
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def csv_to_markdown(path: str | Path, digits: int = 2, columns: Sequence[str] | 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m downstream.report.md_table",
                                 description="Print a CSV table as GitHub Markdown (numbers rounded, NaN as n/a).")
-    p.add_argument("csv", help="CSV file, e.g. results/tables/segmentation.csv")
+    p.add_argument("csv", help="CSV file, e.g. results/demo/tables/segmentation.csv")
     p.add_argument("--digits", type=nonneg_int, default=2, help="decimals for non-integer numbers (default 2)")
     p.add_argument("--columns", nargs="+", default=None, help="only these columns, in this order")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -1,7 +1,7 @@
 """One study's table (seas.run.studies): a row per variant x method, shaped like the paper's ablation tables.
 
     python -m downstream.report.study --config results/<run>/config.yaml --run-dir results/<run> --study NAME \\
-        --out results/tables/study_NAME.csv
+        --out results/<run>/tables/study_NAME.csv
 
 Each variant's configuration is rebuilt from the run config (seas.run.studies.variant_config) and its files are found
 through its :class:`seas.run.layout.Layout`, so the rows read exactly the stage folders the workflow computed for that
@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.add_argument("--run-dir", required=True, help="results/<run_name>")
     p.add_argument("--study", required=True, help="the study's name")
-    p.add_argument("--out", required=True, help="the CSV to write (<results_dir>/tables/study_<name>.csv)")
+    p.add_argument("--out", required=True, help="the CSV to write (the workflow: <results_dir>/<run_name>/tables/study_<name>.csv)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

@@ -1,6 +1,6 @@
 """The paper's tables as CSVs, from one run's per-model scores and per-method generation metrics.
 
-    python -m downstream.report.tables --config C --run-dir results/<run> --out-dir <results_dir>/tables
+    python -m downstream.report.tables --config C --run-dir results/<run> --out-dir results/<run>/tables
 
 Reads, in the run's stage folders of this configuration (:class:`seas.run.layout.Layout`: each keyed by the config
 values its stage reads), the segmentation models' ``scores.csv`` (downstream.evaluate; one per product with
@@ -398,7 +398,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(p)
     p.add_argument("--run-dir", required=True, help="results/<run_name>")
-    p.add_argument("--out-dir", required=True, help="where the CSVs go (<results_dir>/tables)")
+    p.add_argument("--out-dir", required=True, help="where the CSVs go (the workflow: <results_dir>/<run_name>/tables)")
     p.add_argument("--gen-methods", nargs="*", default=None,
                    help="methods with generation metrics (default: every configured method)")
     p.add_argument("--no-generation", action="store_true", help="skip generation.csv (default: gen_metrics.enabled)")

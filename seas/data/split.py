@@ -7,7 +7,9 @@ with their masks train the generator; the rest plus every
 paper's Tab. 22, ``split.test_set: one_third``; or the rest after the first H, ``rest``); the first
 ``num_normal_images`` of the sorted ``train/good`` images are the generator's normal training images
 (``train_normals``); every ``train/good`` image is listed too (``all_train_normals``: the segmenters' normals,
-``downstream.normal_images``). The split is written once as a JSON manifest (:meth:`Split.save`).
+``downstream.normal_images``). The split is written once as a JSON manifest (:meth:`Split.save`), with the sha256
+of every file it selected (``sha256``: the workflow reruns the split, and so every stage reading it, when one of
+them changes -- seas.data.dataset_manifest).
 
 CLI::
 
@@ -26,6 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from seas.data.dataset import _product_dir, discover_products, discover_types, mask_path_for, selected_products
+from seas.data.dataset_manifest import file_hashes, load_manifest
 from seas.data.images import _open, eight_bit_image, image_size, list_images, read_mask_array
 from seas.run.config import add_config_arguments, config_from_args
 from seas.run.errors import DataError
@@ -62,6 +65,8 @@ class Split:
     test_set: str = "rest"  # TEST_SETS; manifests written before the key existed: rest
     #: every sorted train/good image (version 2); None in a version-1 manifest
     all_train_normals: list[str] | None = None
+    #: {path: sha256} of every file the split selected (seas.data.dataset_manifest); {} in older manifests
+    sha256: dict[str, str] = field(default_factory=dict)
 
     # -- persistence
     def to_json(self) -> str:
@@ -121,7 +126,14 @@ class Split:
         keep = [t for t in self.anomaly_types if t in set(anomaly_types)]
         return replace(self, anomaly_types=keep, train_anomalies={t: self.train_anomalies[t] for t in keep})
 
-    # -- views
+    def files(self) -> list[str]:
+        """Every dataset file the split selected: normals (the generator's and, version 2, every train/good image the
+        segmenters may read), training anomalies and masks, test images and masks."""
+        out = list(dict.fromkeys([*self.train_normals, *(self.all_train_normals or [])]))
+        out += [f for t in self.anomaly_types for d in self.train_anomalies[t] for f in (d["image"], d["mask"])]
+        out += [f for d in self.test for f in (d["image"], d["mask"]) if f is not None]
+        return out
+
     def train_pairs(self, anomaly_type: str | None = None) -> list[tuple[str, str, str]]:
         """(image, mask, type) of the generator's training anomalies (one type or all)."""
         types = [anomaly_type] if anomaly_type else self.anomaly_types
@@ -250,13 +262,19 @@ def build_split(root: str | Path, product: str, shots: str | int = "1/3", num_no
     )
 
 
-def split_from_config(cfg: Mapping, product: str) -> Split:
+def split_from_config(cfg: Mapping, product: str, validate: bool = True) -> Split:
     # not checked against dataset.products: the split of a product does not depend on which others are selected
     found = discover_products(cfg["dataset"]["root"])
     if product not in found:
         raise DataError(f"product {product!r} not found under {cfg['dataset']['root']} (available: {', '.join(found)})")
     return build_split(cfg["dataset"]["root"], product, cfg["split"]["shots"], cfg["split"]["num_normal_images"],
-                       rule=cfg["split"]["rule"], test_set=cfg["split"]["test_set"])
+                       validate=validate, rule=cfg["split"]["rule"], test_set=cfg["split"]["test_set"])
+
+
+def with_hashes(split: Split, manifest: Mapping | None = None) -> Split:
+    """``split`` with :attr:`Split.sha256` filled: the content hash of every file it selected (taken from the
+    product's dataset manifest where the file's size and mtime still match it, else computed)."""
+    return replace(split, sha256=file_hashes(split.files(), manifest))
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -267,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_config_arguments(ap)
     ap.add_argument("--product", help="the product whose split manifest to write (with --out)")
     ap.add_argument("--out", help="manifest path (JSON), written atomically")
+    ap.add_argument("--dataset-manifest", metavar="JSON",
+                    help="the product's dataset manifest (seas.data.dataset_manifest; the workflow writes "
+                         "<run>/dataset/<product>.json): its hashes are reused for files whose size and mtime match; "
+                         "without it, or for other files, the selected files are hashed here")
     ap.add_argument("--list", action="store_true", help="print the configured products and their anomaly types")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)
@@ -278,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for prod in selected_products(cfg):
             print(f"{prod}: {' '.join(discover_types(cfg['dataset']['root'], prod))}")
         return 0
-    split = split_from_config(cfg, args.product)
+    manifest = load_manifest(args.dataset_manifest) if args.dataset_manifest else None
+    split = with_hashes(split_from_config(cfg, args.product), manifest)
     split.save(args.out)
     n_train = sum(len(v) for v in split.train_anomalies.values())
     log.info("%s: %d types, %d training anomalies, %d normals, %d test images -> %s", split.product,

@@ -120,7 +120,7 @@ def test_trimmed_demo_end_to_end(tmp_path):
     print(f"trimmed demo run: {wall:.0f} s")
     assert (out / "tokens.json").read_text() != "{"
 
-    tables = tmp_path / "results" / "e2e" / "tables"  # <results_dir>/tables
+    tables = tmp_path / "results" / "e2e" / "e2e" / "tables"  # <results_dir>/<run_name>/tables
     assert sorted(p.name for p in tables.glob("*.csv")) == sorted(
         ["generation.csv", "segmentation.csv", "detection.csv", "segmentation_per_product.csv",
          "detection_per_product.csv", "cost.csv", "cost_per_job.csv", "study_e2e_tau.csv"])

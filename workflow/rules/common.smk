@@ -87,7 +87,8 @@ if not PLANNING_ONLY:
         from seas.run.runtime import io_error_message
 
         raise WorkflowError(io_error_message(_e) or str(_e))
-TABLES = f"{CFG['results_dir']}/tables"
+# the run's tables: <results_dir>/<run_name>/tables/, so runs with different run_name never overwrite each other's
+TABLES = f"{RUN}/tables"
 
 ROOT = CFG["dataset"]["root"]
 IS_DEMO = CFG["dataset"]["name"] == "demo"
@@ -287,6 +288,60 @@ def scope_products(scope):
     """The products a segmentation model of `scope` trains and is tested on (all, or one: per-product protocol)."""
     p = scope_product(scope)
     return [p] if p is not None else products()
+
+
+# ----------------------------------------------------------------------------- the dataset's content (issue 25)
+# A changed dataset reruns the split and what reads it, by content. Every product's tree is scanned when the DAG is
+# built (seas.data.dataset_manifest: stat only, a file re-hashed only when its size or mtime changed) and the
+# manifest kept in <run>/dataset/<product>.json (not under -n / --lint). The split rule's `dataset` param is the
+# digest of the content of the files its split selects: Snakemake's params trigger reruns the split when one of them
+# changes (and -n says so), and every stage downstream of that split with it; a touched but unchanged file, another
+# product or a file the split does not select reruns nothing. Why not a job writing the manifest: Snakemake deletes
+# a job's outputs before running it and reruns every job downstream of one that runs, so a manifest job run on
+# every invocation would rerun everything every time.
+def dataset_manifest_file(root, product):
+    """<run>/dataset/<product>.json (a study variant with another dataset.root: under a folder named for it)."""
+    if str(root) == str(ROOT):
+        return f"{RUN}/dataset/{product}.json"
+    import hashlib
+
+    return f"{RUN}/dataset/root-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}/{product}.json"
+
+
+@lru_cache(maxsize=None)
+def _dataset_manifest(root, product):
+    from seas.data.dataset_manifest import load_manifest, scan, to_json
+
+    path = dataset_manifest_file(root, product)
+    manifest = scan(Path(root) / product, product, load_manifest(path))
+    if not PLANNING_ONLY:
+        try:
+            wflib.write_if_changed(path, to_json(manifest))
+        except OSError as e:
+            from seas.run.runtime import io_error_message
+
+            raise WorkflowError(io_error_message(e) or str(e))
+    return manifest
+
+
+def split_dataset_digest(wc):
+    """params.dataset of a split job: the digest of the content of every file its split selects. A tree the split
+    cannot read gives the error's text (the split job then fails naming the file, as without this param)."""
+    from seas.data.dataset_manifest import file_hashes, selection_digest
+    from seas.data.split import split_from_config
+
+    cfg = layout_of("split", wc.k).cfg
+    try:
+        manifest = _dataset_manifest(cfg["dataset"]["root"], wc.product)
+        selected = split_from_config(cfg, wc.product, validate=False).files()
+        return selection_digest(file_hashes(selected, manifest))
+    except SeasError as e:
+        return f"unreadable: {e}"
+
+
+def split_manifest_file(wc):
+    """params.manifest of a split job: its product's dataset manifest (the split reuses its hashes)."""
+    return dataset_manifest_file(layout_of("split", wc.k).cfg["dataset"]["root"], wc.product)
 
 
 def split_input(stage):

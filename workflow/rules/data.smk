@@ -55,7 +55,9 @@ if TINY:
 
 
 rule split:
-    """Few-shot split manifest of one product: training anomalies per type, normal images, test set."""
+    """Few-shot split manifest of one product: training anomalies per type, normal images, test set, and the sha256
+    of every file it selected. Reruns when one of those files changes (params.dataset: rules/common.smk), and with
+    it every stage that reads the split."""
     input:
         dataset_input,
     output:
@@ -63,6 +65,8 @@ rule split:
     params:
         cfg=stage_cfg("split"),
         config=stage_config_file("split"),
+        dataset=split_dataset_digest,
+        manifest=split_manifest_file,
     log:
         job_file(RUN, "logs", "split"),
     threads: job_threads(1)
@@ -72,4 +76,5 @@ rule split:
     conda:
         "../../envs/base.yaml"
     shell:
-        "seas_python -m seas.data.split --config {params.config:q} --product {wildcards.product:q} --out {output:q} > {log:q} 2>&1"
+        "seas_python -m seas.data.split --config {params.config:q} --product {wildcards.product:q}"
+        " --dataset-manifest {params.manifest:q} --out {output:q} > {log:q} 2>&1"

@@ -89,7 +89,7 @@ rule evaluate:
 
 
 rule tables:
-    """Collect every score into <results_dir>/tables/*.csv (labelled with dataset, generator model and protocol),
+    """Collect every score into <results_dir>/<run_name>/tables/*.csv (labelled with dataset, generator model and protocol),
     and the jobs' benchmark files into cost.csv (measured cost of this run)."""
     input:
         _table_inputs,
@@ -109,7 +109,7 @@ rule tables:
     params:
         cfg=stage_params("tables"),
         config=RESOLVED_CONFIG,
-        run_dir=RUN,
+        run_dir=lambda wc, output: str(Path(output[0]).parent.parent),  # <run>: the tables live in <run>/tables
         out_dir=lambda wc, output: str(Path(output[0]).parent),
         gen_methods=" ".join(shlex.quote(m) for m in LAYOUT.gen_metrics_methods()),
     log:
@@ -137,7 +137,7 @@ rule study:
     params:
         cfg=study_json,
         config=RESOLVED_CONFIG,
-        run_dir=RUN,
+        run_dir=lambda wc, output: str(Path(output[0]).parent.parent),  # <run>: the tables live in <run>/tables
     log:
         f"{RUN}/logs/study/{{study}}.log",
     threads: job_threads(1)
