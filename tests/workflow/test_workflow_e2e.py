@@ -121,9 +121,12 @@ def test_trimmed_demo_end_to_end(tmp_path):
     assert (out / "tokens.json").read_text() != "{"
 
     tables = tmp_path / "results" / "e2e" / "e2e" / "tables"  # <results_dir>/<run_name>/tables
-    assert sorted(p.name for p in tables.glob("*.csv")) == sorted(
-        ["generation.csv", "segmentation.csv", "detection.csv", "segmentation_per_product.csv",
-         "detection_per_product.csv", "cost.csv", "cost_per_job.csv", "study_e2e_tau.csv"])
+    base = ["generation.csv", "segmentation.csv", "detection.csv", "segmentation_per_product.csv",
+            "detection_per_product.csv", "cost.csv", "cost_per_job.csv", "study_e2e_tau.csv"]
+    from downstream.report.paper import COMPARED_TABLES
+
+    companions = [f"{Path(n).stem}_vs_paper.csv" for n in base if n in COMPARED_TABLES or n.startswith("study_")]
+    assert companions and sorted(p.name for p in tables.glob("*.csv")) == sorted(base + companions)
     seg = _read_csv(tables / "segmentation.csv")
     assert list(seg[0]) == ["dataset", "generator_model", "protocol", "model", "backbone_init", "method",
                             "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_pooled", "pixel_iou_fixed"]

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from seas.run.config import deep_update  # noqa: F401  (re-exported: the Snakefile's --config overrides)
-from seas.run.labels import BASELINE_METHODS, method_dir  # the method names live with the pairs layout
+from seas.run.labels import method_dir  # the method folder names live in the labels module
 
 
 class WorkflowConfigError(ValueError):

@@ -70,7 +70,7 @@ def test_missing_folder_is_a_named_error(tmp_path):
 def test_split_records_the_hash_of_every_selected_file(tmp_path):
     root = write_tree(tmp_path, {"bottle": ["crack"]})
     split = with_hashes(build_split(root, "bottle", num_normal=1))
-    assert set(split.sha256) == set(split.files()) and len(split.files()) == 1 + 2 + 2 * 2 + 1
+    assert set(split.sha256) == set(split.files()) and len(split.files()) == 2 + 2 + 2 * 2 + 1  # every train/good (the segmenters read them all), 1 training pair, 2 test pairs, 1 test good
     for path, sha in split.sha256.items():
         assert sha == hashlib.sha256(Path(path).read_bytes()).hexdigest()
     out = split.save(tmp_path / "s.json")

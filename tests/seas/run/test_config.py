@@ -129,7 +129,8 @@ def test_missing_or_unset_backbone_names_the_file_and_its_origin(tmp_path, monke
 # --- every numeric key of the schema is bounded (issue 25.3) --------------------------------------------------------
 #: integer keys that may be 0 (seeds, "no normal images in the batch", "no loader workers", "no warm-up", "no GPU",
 #: the U-Net up-block index 0); every other integer key is a count, a size or a step number: >= 1
-ZERO_OK = {"seed", "batch_normal", "num_workers", "warmup_iters", "gpus_per_job", "unet_features"}
+ZERO_OK = {"seed", "batch_normal", "num_workers", "warmup_iters", "gpus_per_job", "unet_features",
+           "normal_images"}  # normal_images 0: the segmenters train on the pairs alone
 #: keys that are thresholds, probabilities, false-positive rates or Adam/SGD betas: at most 1
 UNIT = re.compile(r"threshold|fpr|beta|momentum|prob")
 
