@@ -51,8 +51,8 @@ from seas.run.runtime import cli, derive_seed, setup_logging
 
 log = logging.getLogger("seas.models.tiny_prior")
 
-#: the config keys this stage reads (dotted keys or whole sections): seas.run.config.stage_keys /
-#: tests/seas/run/test_config_keys.py
+#: the config keys this CLI reads (not a workflow stage, so not in seas.run.stages; tests/seas/models/test_tiny_prior.py
+#: checks it reads nothing else)
 CONFIG_KEYS = ("seed", "dataset.demo", "model.resolution")
 
 PRIOR_PROMPT = "a object"

@@ -11,11 +11,12 @@ stage reads, so two configurations that agree on a stage's inputs share its outp
     <run>/evaluation/<model>/<method>/<k>/<scope>/scores.csv
     <run>/benchmarks/<rule>/<the same relative path>.tsv, <run>/logs/<rule>/<...>.log
 
-The key ``<k>`` of a stage (10 hex digits) hashes the stage's name, the values of the config keys its CLI declares
-(``CONFIG_KEYS``, :func:`seas.run.config.stage_keys`; a stage reads nothing else, tests/seas/run/test_config_keys.py) and the
-keys of the stages it reads from (generator <- split, rmp <- generator, generation <- rmp, a segmentation model <-
-its method's pairs + split, ...). Leaves that do not change a result (:data:`RESULT_FREE`: checkpoint_every,
-log_every, num_workers) are left out, so changing them resumes instead of restarting.
+The key ``<k>`` of a stage (10 hex digits) hashes the stage's registry name, the values of the config keys the stage
+registry declares for it (seas.run.stages; a stage reads nothing else, tests/seas/run/test_config_keys.py), its
+identity fields (method, model) and the keys of its upstream stages (train_generator <- split, train_rmp <-
+train_generator, generate <- train_rmp, train_seg <- its method's pairs + split, ...). Leaves that do not change a
+result (seas.run.stages.RESULT_FREE: checkpoint_every, log_every, num_workers) are left out, so changing them
+resumes instead of restarting.
 
 Consequences: a changed parameter writes a new folder next to the old one (switching back reuses the old one);
 a study's variants share every stage whose inputs they do not change (seas.run.studies). The Snakefile
