@@ -42,6 +42,9 @@ GPU_STAGES = ("train_generator", "train_rmp", "generate", "train_seg")
 VOLATILE = re.compile(r"(^|/)(logs|benchmarks)/|(^|/)\.snakemake_timestamp$|(^|/)run_record\.json$")
 # keys / CSV columns holding wall-clock durations ("seconds", "train_seconds_this_call", ...)
 WALL_CLOCK = re.compile(r"(^|_)seconds($|_)")
+# keys holding file-system times: the dataset manifest (seas.data.dataset_manifest) caches each file's mtime_ns,
+# which differs between two copies of the same data; its sizes and sha256 are what must match
+FS_TIME = re.compile(r"^mtime_ns$")
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: .*/slurm_logs/rule_([A-Za-z0-9_]+)/")
 
 
@@ -219,7 +222,7 @@ def test_each_stage_ran_as_its_own_completed_slurm_job(slice_out):
 
 def _drop_wall_clock(obj):
     if isinstance(obj, dict):
-        return {k: _drop_wall_clock(v) for k, v in obj.items() if not WALL_CLOCK.search(k)}
+        return {k: _drop_wall_clock(v) for k, v in obj.items() if not (WALL_CLOCK.search(k) or FS_TIME.search(k))}
     if isinstance(obj, list):
         return [_drop_wall_clock(v) for v in obj]
     return obj
@@ -265,10 +268,12 @@ def test_normalized_bytes_drops_only_wall_clock(tmp_path):
     run.mkdir()
     (run / "log.csv").write_text("step,loss,seconds\n1,0.5,0.21\n")
     (run / "t.json").write_text(json.dumps({"loss": 0.5, "train_seconds_this_call": 3.6,
-                                            "hist": [{"seconds": 1, "it": 2}], "path": f"{run}/x.png"}))
+                                            "hist": [{"seconds": 1, "it": 2}], "path": f"{run}/x.png",
+                                            "files": {f"{run}/a.png": {"size": 3, "mtime_ns": 17, "sha256": "ab"}}}))
     assert normalized_bytes(run / "log.csv", run) == b"step,loss\n1,0.5"
-    assert json.loads(normalized_bytes(run / "t.json", run)) == {"loss": 0.5, "hist": [{"it": 2}],
-                                                                  "path": "<RUN_DIR>/x.png"}
+    assert json.loads(normalized_bytes(run / "t.json", run)) == {
+        "loss": 0.5, "hist": [{"it": 2}], "path": "<RUN_DIR>/x.png",
+        "files": {"<RUN_DIR>/a.png": {"size": 3, "sha256": "ab"}}}  # a dataset manifest's mtimes are not content
     (run / "log.csv").write_text("step,loss,seconds\n1,0.6,0.21\n")  # a changed loss is still a difference
     assert normalized_bytes(run / "log.csv", run) != b"step,loss\n1,0.5"
     from safetensors.torch import save_file
