@@ -119,13 +119,17 @@ def protocol_label(cfg: Mapping, run_dir: str | Path | None = None) -> str:
                                 f"says shots={shots!r} rule={rule!r}; rebuild the split (python -m seas.data.split split)")
     split = f"{rule} 1/3" if shots == "1/3" else f"{shots}-shot, " + (
         f"test set of the {rule} 1/3 split" if cfg["split"]["test_set"] == "one_third" else "test set the rest")
-    records = _generator_records(cfg, run_dir) if run_dir is not None else []
-    return f"{PROTOCOLS[cfg['downstream']['protocol']]} ({'; '.join([f'split {split}', *setting_deviations(cfg, records)])})"
+    lay = Layout(run_dir, cfg) if run_dir is not None else None
+    records = _stage_records(lay.generator("p", "g")) if lay else []
+    rmp_records = _stage_records(lay.rmp("p", "g")) if lay else []
+    deviations = setting_deviations(cfg, records, rmp_records)
+    return f"{PROTOCOLS[cfg['downstream']['protocol']]} ({'; '.join([f'split {split}', *deviations])})"
 
 
-def _generator_records(cfg: Mapping, run_dir: str | Path) -> list[dict]:
-    """The run records of this config's generators (the optimizer and precision they used)."""
-    root = Path(Layout(run_dir, cfg).generator("p", "g")).parents[1]
+def _stage_records(one_job_dir: str | Path) -> list[dict]:
+    """The run records of every job of this config's generator (or RMP) stage, found from one job's folder
+    (``<stage>/<k>/<product>/<group>``): the optimizer and precision they used."""
+    root = Path(one_job_dir).parents[1]
     out = []
     for f in sorted(root.rglob(RUN_RECORD)) if root.is_dir() else []:
         try:

@@ -47,6 +47,7 @@ from seas.method.training_data import TrainData, draw_keys, load_train_data
 from seas.method.latents import sample_posterior, training_set_cache
 from seas.run.runtime import (RUN_RECORD, atomic_dir, autocast_dtype, cli, derive_seed, get_device, run_record, seed_everything, setup_logging)
 from seas.models.sd import load_sd
+from seas.method.optim import optimizer_class
 from seas.run.stages import STAGES, fingerprint
 # Lazy imports: safetensors is imported where a state is loaded or saved (heavy optional import).
 
@@ -225,35 +226,6 @@ class FrozenRows:
     def restore(self) -> None:
         with torch.no_grad():
             self.weight[self.keep] = self.values
-
-
-#: 8-bit AdamW needs these; elsewhere torch's AdamW stands in (logged, recorded, named in the tables' protocol)
-ADAMW8BIT_NEEDS = "CUDA and bitsandbytes"
-
-
-def optimizer_class(kind: str, device) -> tuple[type, str]:
-    """(optimizer class, what is used) for ``generator.optimizer``: ``adamw8bit`` -> bitsandbytes' AdamW8bit on
-    CUDA (the authors' setting), else torch's AdamW with a warning saying why (on the CPU, or without
-    bitsandbytes); ``adamw`` -> torch's AdamW. The second element ("adamw8bit" | "adamw") goes into the
-    checkpoint and the run record; downstream.report.tables names it in the ``protocol`` column."""
-    if kind == "adamw":
-        return torch.optim.AdamW, "adamw"
-    if kind != "adamw8bit":
-        raise SeasError(f"generator.optimizer: unknown optimizer {kind!r} (adamw8bit, adamw)")
-    dev = getattr(device, "type", str(device))
-    if dev != "cuda":
-        log.warning("generator.optimizer: adamw8bit (the authors' 8-bit AdamW) needs %s; on %s torch.optim.AdamW "
-                    "(32-bit states) is used instead: the tables' protocol column says so", ADAMW8BIT_NEEDS, dev)
-        return torch.optim.AdamW, "adamw"
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        log.warning("generator.optimizer: adamw8bit (the authors' 8-bit AdamW) needs %s, but bitsandbytes is not "
-                    "installed (pip install bitsandbytes); torch.optim.AdamW (32-bit states) is used instead: the "
-                    "tables' protocol column says so", ADAMW8BIT_NEEDS)
-        return torch.optim.AdamW, "adamw"
-    log.info("generator.optimizer: bitsandbytes AdamW8bit (the authors' setting)")
-    return bnb.optim.AdamW8bit, "adamw8bit"
 
 
 def setup_training(unet, vae, text_encoder, new_token_ids: Sequence[int], g: Mapping[str, Any], device="cpu"):

@@ -45,6 +45,7 @@ from seas.method.training_data import TrainData, draw_keys, load_train_data
 from seas.run.errors import CheckpointError, DataError
 from seas.data.pairs import GOOD
 from seas.run.resume import add_resume_arguments, check_fingerprint, discard, work_dir
+from seas.method.optim import optimizer_class
 from seas.run.runtime import (RUN_RECORD, atomic_dir, atomic_write_text, autocast_dtype, cli, derive_seed, get_device, run_record, save_safetensors_atomic, setup_logging)
 from seas.method.losses import ONE_TOL, focal_loss
 from seas.run.stages import STAGES, fingerprint
@@ -215,7 +216,8 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, stop_after: int | No
     torch.manual_seed(derive_seed(cfg["seed"], "rmp-init", split.product))
     model = rmp_mod.RefinedMaskPredictor(arch).to(device)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=r["lr"])
+    cls, used_optimizer = optimizer_class(r["optimizer"], device, "rmp.optimizer")
+    opt = cls(model.parameters(), lr=r["lr"])  # betas 0.9/0.999, eps 1e-8, weight decay 0.01: the authors' too
     work = work_dir(out)
     if restart:
         discard(work)
@@ -267,7 +269,7 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, stop_after: int | No
             return None
     bar.close()
     extra = {"product": split.product, "steps": total, "generator": str(generator_dir), "history": history,
-             "train_seconds_this_call": round(time.time() - t0, 1),
+             "train_seconds_this_call": round(time.time() - t0, 1), "optimizer": used_optimizer,
              "rmp_config": _rmp_settings(cfg)}
     with atomic_dir(out) as tmp:
         rmp_mod.save_rmp(model, tmp, extra=extra)
@@ -299,8 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_args(args)
     out = train_rmp(cfg, args.split, args.generator, args.out, stop_after=args.stop_after, restart=args.restart)
     if out is not None:  # what this stage cost (tables/cost.csv)
-        run_record(Path(out) / RUN_RECORD, stage="rmp",
-                   steps=json.loads((Path(out) / "rmp.json").read_text()).get("steps"))
+        info = json.loads((Path(out) / "rmp.json").read_text())
+        run_record(Path(out) / RUN_RECORD, stage="rmp", steps=info.get("steps"), optimizer=info.get("optimizer"))
     return 0
 
 

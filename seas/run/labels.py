@@ -59,7 +59,16 @@ AUTHORS_GENERATOR_ACCUMULATION = 2
 AUTHORS_OPTIMIZER = "adamw8bit"
 
 
-def setting_deviations(cfg: Mapping, records=()) -> list[str]:
+def _optimizer_deviation(asked: str, records, what: str) -> list[str]:
+    used = {str(r["optimizer"]) for r in records if r and r.get("optimizer")}
+    if asked != AUTHORS_OPTIMIZER:
+        return [f"{what}torch AdamW"]
+    if used - {AUTHORS_OPTIMIZER}:
+        return [f"{what}torch AdamW (8-bit AdamW needs CUDA + bitsandbytes)"]
+    return []
+
+
+def setting_deviations(cfg: Mapping, records=(), rmp_records=()) -> list[str]:
     """The ways this run departs from the authors' training settings, as the tables' ``protocol`` column names
     them (empty: the paper's setting). ``records``: the generator stage's run records (``optimizer`` and
     ``precision`` actually used, where the stage ran; else the config decides).
@@ -71,7 +80,9 @@ def setting_deviations(cfg: Mapping, records=()) -> list[str]:
       ``bf16 autocast`` / ``fp16 autocast`` (``model.mixed_precision``; ``auto`` is bf16 on CUDA: without records
       ``bf16 autocast on CUDA (mixed_precision auto)``), ``generator accumulation N``, ``torch AdamW``
       (``generator.optimizer: adamw``) or ``torch AdamW (8-bit AdamW needs CUDA + bitsandbytes)`` (asked for
-      adamw8bit, run without it).
+      adamw8bit, run without it); the RMP likewise (the authors' RMP trains with 8-bit AdamW as well):
+      ``RMP torch AdamW`` (``rmp.optimizer: adamw``) or ``RMP torch AdamW (8-bit AdamW needs CUDA +
+      bitsandbytes)``, from ``rmp_records`` (the RMP stage's run records).
     """
     out: list[str] = []
     d = cfg["downstream"]
@@ -94,9 +105,6 @@ def setting_deviations(cfg: Mapping, records=()) -> list[str]:
     g = cfg["generator"]
     if int(g["gradient_accumulation"]) != AUTHORS_GENERATOR_ACCUMULATION:
         out.append(f"generator accumulation {g['gradient_accumulation']}")
-    used_optimizer = {str(r["optimizer"]) for r in records if r.get("optimizer")}
-    if g["optimizer"] != AUTHORS_OPTIMIZER:
-        out.append("torch AdamW")
-    elif used_optimizer - {AUTHORS_OPTIMIZER}:
-        out.append("torch AdamW (8-bit AdamW needs CUDA + bitsandbytes)")
+    out += _optimizer_deviation(g["optimizer"], records, "")
+    out += _optimizer_deviation(cfg["rmp"]["optimizer"], rmp_records, "RMP ")
     return out

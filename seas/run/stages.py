@@ -113,6 +113,7 @@ _ENTRIES = (
     Stage("train_rmp", "seas.method.train_rmp",
           ("seed", "device", "dataset.image_policy", "augmentation", "model.resolution", "model.mixed_precision",
            "rmp.steps_per_type", "rmp.batch_abnormal", "rmp.batch_normal", "rmp.gradient_accumulation", "rmp.lr",
+           "rmp.optimizer",
            "rmp.focal_gamma", "rmp.mrm", "rmp.mrm_variant", "rmp.progressive", "rmp.coarse_supervision",
            "rmp.coarse_target", "rmp.normal_supervision", "rmp.vae_features", "rmp.unet_features",
            "rmp.reduce_channels", "rmp.num_heads", "rmp.head_dim", "rmp.num_layers", "rmp.norm_num_groups",

@@ -132,7 +132,7 @@ def test_trimmed_demo_end_to_end(tmp_path):
                             "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_pooled", "pixel_iou_fixed"]
     # the CPU run departs from the authors' settings in these (its fp32 comes from the run records: not named)
     assert {r["protocol"] for r in seg} == {
-        "seas-unified (split floor 1/3; seg without real anomalies; generator accumulation 1; torch AdamW)"}
+        "seas-unified (split floor 1/3; seg without real anomalies; generator accumulation 1; torch AdamW; RMP torch AdamW)"}
     assert sorted((r["model"], r["method"]) for r in seg) == sorted(
         (m, k) for m in ("lfd", "bisenetv2", "average") for k in ("seas", "cutpaste"))
     assert {r["generator_model"] for r in seg} == {"tiny-random (not SD v1-4)"} and {r["dataset"] for r in seg} == {"demo"}

@@ -34,7 +34,7 @@ def _cfg(tmp_path, dataset="demo", tiny=True, **downstream):
         "dataset": {"name": dataset, "root": str(tmp_path / "data")},
         # the authors' training settings: the protocol label names no departure (test_protocol_names_each_...)
         "model": {"pretrained": str(tmp_path / "sd"), "tiny": tiny, "mixed_precision": "no"},
-        "generator": {"gradient_accumulation": 2, "optimizer": "adamw8bit"},
+        "generator": {"gradient_accumulation": 2, "optimizer": "adamw8bit"}, "rmp": {"optimizer": "adamw8bit"},
         "downstream": {"models": MODELS, "methods": METHODS, "include_real_anomalies": True, **downstream},
     }
     return validate_config(raw, source="<test>")
@@ -283,7 +283,8 @@ def test_protocol_names_each_departure_from_the_authors_settings(tmp_path, run_d
             ("model.mixed_precision", "bf16", "bf16 autocast"),
             ("model.mixed_precision", "auto", "bf16 autocast on CUDA (mixed_precision auto)"),
             ("generator.gradient_accumulation", 1, "generator accumulation 1"),
-            ("generator.optimizer", "adamw", "torch AdamW")]:
+            ("generator.optimizer", "adamw", "torch AdamW"),
+            ("rmp.optimizer", "adamw", "RMP torch AdamW")]:
         sec, leaf = key.split(".")
         one = _cfg(tmp_path)
         one[sec][leaf] = value
@@ -302,6 +303,13 @@ def test_protocol_names_each_departure_from_the_authors_settings(tmp_path, run_d
     # ... and a CUDA run under auto in bf16
     rec.write_text(json.dumps({"stage": "generator", "optimizer": "adamw8bit", "precision": "bf16"}))
     assert tables.protocol_label(cfg, run_dir) == "seas-unified (split floor 1/3; bf16 autocast)"
+    # the RMP's records speak for the RMP (the authors train it with 8-bit AdamW too)
+    rmp_rec = Path(Layout(run_dir, cfg).rmp("weave", "all")) / "run_record.json"
+    rmp_rec.parent.mkdir(parents=True)
+    rmp_rec.write_text(json.dumps({"stage": "rmp", "optimizer": "adamw"}))
+    assert tables.protocol_label(cfg, run_dir) == \
+        "seas-unified (split floor 1/3; bf16 autocast; RMP torch AdamW (8-bit AdamW needs CUDA + bitsandbytes))"
+    rmp_rec.unlink()
     # the generator's settings do not concern a table without the seas method
     cfg["downstream"]["methods"] = ["cutpaste"]
     assert tables.protocol_label(cfg, run_dir) == "seas-unified (split floor 1/3)"

@@ -357,3 +357,20 @@ def test_load_rmp_names_the_missing_file(tmp_path):
 
     with pytest.raises(CheckpointError, match="rmp.json"):
         load_rmp(tmp_path)
+
+
+def test_train_rmp_asked_for_8bit_adamw_on_cpu_says_what_trained(make_cfg, split_path, generator_ckpt, tmp_path,
+                                                                 caplog):
+    """rmp.optimizer adamw8bit (the authors' RMP optimizer) on the CPU: torch's AdamW trains, with a warning naming
+    the key; rmp.json records what was used (the tables' protocol column reads it from the run record)."""
+    import json
+    import logging
+
+    from seas.method.train_rmp import train_rmp
+
+    cfg = make_cfg({**SMALL_RMP, "rmp.steps_per_type": 1, "rmp.batch_normal": 1, "rmp.batch_abnormal": 1,
+                    "rmp.gradient_accumulation": 1, "rmp.optimizer": "adamw8bit"})
+    with caplog.at_level(logging.WARNING, logger="seas.method.optim"):
+        out = train_rmp(cfg, split_path("weave"), generator_ckpt, tmp_path / "rmp")
+    assert "rmp.optimizer: adamw8bit (the authors' 8-bit AdamW) needs CUDA and bitsandbytes; on cpu" in caplog.text
+    assert json.loads((out / "rmp.json").read_text())["optimizer"] == "adamw"

@@ -204,14 +204,14 @@ def test_8bit_adamw_on_cuda_else_torch_adamw_logged(monkeypatch, caplog):
     import sys
     import types
 
-    from seas.method.train_generator import optimizer_class
+    from seas.method.optim import optimizer_class
 
-    with caplog.at_level(logging.WARNING, logger="seas.method.train_generator"):
+    with caplog.at_level(logging.WARNING, logger="seas.method.optim"):
         assert optimizer_class("adamw8bit", torch.device("cpu")) == (torch.optim.AdamW, "adamw")
-    assert "adamw8bit (the authors' 8-bit AdamW) needs CUDA and bitsandbytes; on cpu torch.optim.AdamW" in caplog.text
+    assert "generator.optimizer: adamw8bit (the authors' 8-bit AdamW) needs CUDA and bitsandbytes; on cpu torch.optim.AdamW" in caplog.text
     caplog.clear()
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not installed
-    with caplog.at_level(logging.WARNING, logger="seas.method.train_generator"):
+    with caplog.at_level(logging.WARNING, logger="seas.method.optim"):
         assert optimizer_class("adamw8bit", "cuda") == (torch.optim.AdamW, "adamw")
     assert "bitsandbytes is not installed" in caplog.text and "torch.optim.AdamW (32-bit states) is used" in caplog.text
     fake = types.ModuleType("bitsandbytes")
