@@ -8,7 +8,8 @@ Pure checks (each raises :class:`seas.run.errors.DataError`, or :class:`Checkpoi
   decode; other formats: a full decode), and its size equals the size recorded when it was written (``expected``).
 * :func:`check_mask` -- decoded: single channel, binary values (seas.data.images.read_mask_array, the readers'
   contract: 0 plus one of 1 / 255 / 65535), the same size as its image (from the image's header).
-* :func:`check_pairs` / :func:`check_files` -- the above over many files; the first bad one is named.
+* :func:`check_pairs` / :func:`check_files` -- the above over many files; the first bad one is named;
+  :func:`check_split_files` -- the dataset files a split manifest selected (train / normals / test parts).
 * :func:`check_safetensors` -- the 8-byte header length, the JSON header, every tensor's byte range inside the file
   and the file exactly as long as the last range (a truncated or padded file is refused).
 * :func:`check_json`, :func:`check_csv` -- parse, expected keys / columns, every CSV row complete.
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -32,12 +35,12 @@ from seas.data.pairs import MANIFEST, SIZE_COLUMNS as _PAIR_SIZE_COLUMNS
 from seas.run.errors import CheckpointError, DataError
 
 __all__ = ["check_image", "check_mask", "check_files", "check_pairs", "check_safetensors", "check_json",
-           "check_csv", "check_checkpoint_dir", "check_pairs_manifest", "output_damage", "SIZE_COLUMNS"]
+           "check_csv", "check_checkpoint_dir", "check_pairs_manifest", "output_damage", "split_pairs", "check_split_files", "SIZE_COLUMNS"]
 
 #: the pairs manifest's columns holding each file's byte size when it was written (seas.data.pairs.write_manifest)
 SIZE_COLUMNS = dict(zip(("image", "mask"), _PAIR_SIZE_COLUMNS))
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_EOI = b"\xff\xd9"
+log = logging.getLogger(__name__)
 
 
 def _size_of(path: Path) -> int:
@@ -60,6 +63,7 @@ def check_image(path: str | Path, expected: int | None = None) -> None:
     path = Path(path)
     size = _size_of(path)
     _check_expected(path, size, expected)
+    fmt = None
     try:
         with Image.open(path) as img:
             fmt = img.format
@@ -75,9 +79,7 @@ def check_image(path: str | Path, expected: int | None = None) -> None:
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: too large to decode safely ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as e:
-        with open(path, "rb") as f:
-            head = f.read(8)
-        what = "truncated or damaged PNG" if head == _PNG_SIGNATURE else "unreadable image"
+        what = f"truncated or damaged {fmt}" if fmt else "unreadable image"
         raise DataError(f"{path}: {what} ({size} bytes: {e})") from None
 
 
@@ -299,3 +301,31 @@ def output_damage(path: str | Path, kind: str | None = None, **kw) -> str | None
     except (DataError, CheckpointError) as e:
         return str(e)
     return None
+
+
+def split_pairs(split, parts: Iterable[str] = ("train", "test")) -> list[tuple[str, str | None]]:
+    """The (image, mask) files a :class:`seas.data.split.Split` selected (mask None: a normal image): ``train``
+    = the generator's normal images and the training anomalies, ``normals`` = every train/good image the
+    segmenters may read, ``test`` = the held-out images."""
+    parts = set(parts)
+    unknown = parts - {"train", "normals", "test"}
+    if unknown:
+        raise ValueError(f"unknown split parts {sorted(unknown)}")
+    out: list[tuple[str, str | None]] = []
+    if "train" in parts:
+        out += [(p, None) for p in split.train_normals]
+        out += [(d["image"], d["mask"]) for t in split.anomaly_types for d in split.train_anomalies[t]]
+    if "normals" in parts:
+        out += [(p, None) for p in (split.all_train_normals or split.train_normals)]
+    if "test" in parts:
+        out += [(d["image"], d.get("mask")) for d in split.test]
+    return list(dict.fromkeys(out))
+
+
+def check_split_files(split, parts: Iterable[str] = ("train", "test")) -> int:
+    """:func:`check_pairs` over the files of ``split`` in ``parts`` (:func:`split_pairs`); logs the count and time."""
+    t0 = time.perf_counter()
+    n = check_pairs(split_pairs(split, parts))
+    log.info("%s: %d dataset files intact (%s; %.2f s)", split.product, n, "+".join(sorted(parts)),
+             time.perf_counter() - t0)
+    return n
