@@ -68,14 +68,17 @@ def run(tmp_path_factory):
 
 
 def _damaged(run, path: Path, damage) -> subprocess.CompletedProcess:
-    """A dry run with `path` damaged by `damage(bytes) -> bytes`; the file is restored afterwards."""
+    """A dry run with `path` damaged by `damage(bytes) -> bytes`, its modification time kept (Snakemake's mtime
+    trigger plans nothing then: only the damage can); the file is restored afterwards."""
     tmp, _, targets = run
-    original = path.read_bytes()
+    original, st = path.read_bytes(), path.stat()
     try:
         path.write_bytes(damage(original))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
         return _snakemake(tmp, "-n", *targets)
     finally:
         path.write_bytes(original)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def test_truncated_generated_png_plans_its_regeneration_and_dependants(run):
