@@ -35,6 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from seas.run.cli_types import positive_int
+from seas.data.integrity import check_split_files
 from seas.data.split import Split
 from seas.data.augment import augmentation_for, augment_pair
 from seas.data.images import load_image, load_mask, image_to_tensor, mask_to_tensor
@@ -300,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     cfg = config_from_args(args)
     split = Split.load(args.split)
+    check_split_files(split, ("train",))  # the images and masks the baselines cut and paste
     generate_baseline(cfg, args.method, split, args.out, num_per_type=args.num)
     return 0
 

@@ -25,6 +25,8 @@ from tqdm import tqdm
 from seas.run.cli_types import nonneg_int, positive_int
 from seas.run.config import add_config_arguments, config_from_args
 from seas.run.errors import CheckpointError, DataError
+from seas.data.integrity import check_csv, check_split_files
+from seas.data.split import Split
 
 from downstream.metrics import INFO_COLUMNS, METRIC_COLUMNS, ProductMetrics
 from seas.run.runtime import atomic_write_text, cli, get_device, setup_logging
@@ -41,6 +43,8 @@ __all__ = ["SCORE_COLUMNS", "MEAN_ROW", "metric_kwargs", "evaluate_dataset", "ev
 
 SCORE_COLUMNS = ["product"] + METRIC_COLUMNS + INFO_COLUMNS
 MEAN_ROW = "mean"
+#: what a complete scores file holds (seas.data.integrity.check_csv; the tables check every file before reading)
+SCORES_CHECK = {"columns": ["product"] + METRIC_COLUMNS, "numeric": METRIC_COLUMNS, "last_row": {"product": MEAN_ROW}}
 MODELS = ("bisenetv2", "upernet", "lfd")
 
 
@@ -178,6 +182,8 @@ def read_scores(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"scores file {path} does not exist (run `python -m downstream.evaluate` first)")
+    # every row complete (a file cut mid-row is named, not a TypeError), metrics numbers, the mean row last
+    check_csv(path, **SCORES_CHECK)
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in ["product"] + METRIC_COLUMNS if c not in (reader.fieldnames or [])]
@@ -235,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not ckpt.is_dir():
         raise CheckpointError(f"checkpoint folder {ckpt} does not exist (run `python -m downstream.train_seg` first)")
     _check_model_name(ckpt, args.model)
+    for p in args.splits:  # the test images and masks, before the model loads (its weights: load_trained)
+        check_split_files(Split.load(p), ("test",))
     device = get_device(cfg)
 
     from downstream.segmentation.models import load_trained

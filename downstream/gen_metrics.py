@@ -54,7 +54,8 @@ from PIL import Image
 
 from seas.run.config import add_config_arguments, config_from_args
 from seas.run.errors import CheckpointError, DataError
-from seas.data.pairs import IMAGES, MASKS, list_types
+from seas.data.integrity import check_pairs, check_split_files
+from seas.data.pairs import IMAGES, MASKS, iter_pairs, list_types
 from seas.data.images import list_images
 from seas.run.runtime import atomic_write_text, cli, derive_seed, get_device, setup_logging
 from seas.data.images import load_image
@@ -429,6 +430,9 @@ def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) ->
     if not types:
         raise DataError(f"{pairs_dir}: no <type>/images/ folders of {split.product}'s anomaly types "
                         f"({', '.join(split.anomaly_types)})")
+    # before anything is computed: the pairs (complete, binary masks of their image's size) and the real images
+    check_pairs(p for p in iter_pairs(pairs_dir.parent, [pairs_dir.name]) if p.type in types)
+    check_split_files(split)
     size = gm["image_size"]
     seed = derive_seed(cfg["seed"], "gen_metrics")
     lp, lp_label = build_lpips(gm["lpips_weights_dir"], device, seed)

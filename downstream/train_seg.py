@@ -129,6 +129,7 @@ def train_segmentation(cfg: Mapping, model_name: str, pairs_root: str | Path, sp
     seed_everything(seed % 2**32)
 
     dataset = SegTrainDataset.from_config(cfg, pairs_root, split_paths)
+    dataset.check()  # before the first step: a truncated image or a grey mask is named here, not at its first draw
     log.info("training set: %s over %d product(s)", dataset.counts(), len({it.product for it in dataset.items}))
     model = build_model(model_name, cfg).to(device)
     log.info("%s: %.2fM parameters, backbone %s", model_name, sum(p.numel() for p in model.parameters()) / 1e6,

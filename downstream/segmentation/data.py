@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
@@ -24,7 +26,10 @@ from seas.data.split import Split
 from seas.data.images import load_image, load_mask
 from seas.run.errors import DataError
 
+from seas.data.integrity import check_pairs
 from seas.data.pairs import Pair, iter_pairs
+
+log = logging.getLogger(__name__)
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "normalize_image", "denormalize_image", "TrainItem",
            "SegTrainDataset", "SegTestDataset", "load_splits"]
@@ -68,6 +73,9 @@ class TrainItem(NamedTuple):
     product: str
     type: str
     origin: str  # "pairs" | "normal" | "real"
+    #: the byte sizes the pairs manifest recorded (seas.data.pairs.Pair; None where nothing was recorded)
+    image_bytes: int | None = None
+    mask_bytes: int | None = None
 
 
 class SegTrainDataset(Dataset):
@@ -90,7 +98,8 @@ class SegTrainDataset(Dataset):
         products = [s.product for s in splits]
         if pairs is None:
             pairs = iter_pairs(pairs_root, products)
-        items = [TrainItem(p.image, p.mask, p.product, p.type, "pairs") for p in pairs]
+        items = [TrainItem(p.image, p.mask, p.product, p.type, "pairs", getattr(p, "image_bytes", None),
+                           getattr(p, "mask_bytes", None)) for p in pairs]
         n_normal = cfg["downstream"]["normal_images"]
         for s in splits:
             items += [TrainItem(n, None, s.product, "good", "normal") for n in s.downstream_normals(n_normal)]
@@ -101,6 +110,14 @@ class SegTrainDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def check(self) -> int:
+        """Every item's files intact before training starts (seas.data.integrity.check_pairs: images complete and of
+        their recorded size, masks binary and of their image's size); DataError naming the first bad file."""
+        t0 = time.perf_counter()
+        n = check_pairs(self.items)
+        log.info("training set: %d items intact (%.2f s)", n, time.perf_counter() - t0)
+        return n
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -273,6 +273,9 @@ def load_trained(checkpoint_dir: str | Path, cfg: Mapping, device="cpu") -> SegM
     for p in (meta_path, weights):
         if not p.is_file():
             raise CheckpointError(f"{p}: missing; train the model first (python -m downstream.train_seg … --out {ckpt})")
+    from seas.data.integrity import check_checkpoint_dir
+
+    check_checkpoint_dir(ckpt)  # a truncated model.safetensors or train.json is named before anything loads
     meta = json.loads(meta_path.read_text())
     name = meta.get("model")
     if name not in MODEL_NAMES:

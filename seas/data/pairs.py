@@ -32,7 +32,7 @@ from seas.run.runtime import atomic_save_image, atomic_write_text
 
 
 __all__ = [
-    "Pair", "MANIFEST", "MANIFEST_COLUMNS", "GOOD", "IMAGES", "MASKS", "pair_name", "pair_paths", "save_pair", "write_manifest", "read_manifest", "list_types", "iter_pairs",
+    "Pair", "MANIFEST", "MANIFEST_COLUMNS", "SIZE_COLUMNS", "GOOD", "IMAGES", "MASKS", "pair_name", "pair_paths", "save_pair", "write_manifest", "read_manifest", "list_types", "iter_pairs",
     "count_pairs",
 ]
 
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.csv"
 #: the leading columns of every manifest; methods append their own parameters after these
 MANIFEST_COLUMNS = ("index", "image", "mask", "seed", "reference", "type")
+#: the byte size of each file when it was written (write_manifest adds them; seas.data.integrity compares them)
+SIZE_COLUMNS = ("image_bytes", "mask_bytes")
 #: the type folder of normal images (all-zero masks)
 GOOD = "good"
 IMAGES, MASKS = "images", "masks"
@@ -57,6 +59,9 @@ class Pair(NamedTuple):
     mask: str
     product: str
     type: str
+    #: the byte sizes recorded in the manifest when the files were written (None: external folders, older manifests)
+    image_bytes: int | None = None
+    mask_bytes: int | None = None
 
 
 # ----------------------------------------------------------------------------- writing
@@ -89,9 +94,20 @@ def save_pair(type_dir: str | Path, index: int, image, mask) -> tuple[Path, Path
 
 
 def write_manifest(type_dir: str | Path, rows: Sequence[Mapping], extra_columns: Iterable[str] = ()) -> Path:
-    """Write ``manifest.csv`` (atomically, last). ``image``/``mask`` values are stored relative to ``type_dir``."""
+    """Write ``manifest.csv`` (atomically, last). ``image``/``mask`` values are stored relative to ``type_dir``,
+    and each file's byte size as written (``image_bytes`` / ``mask_bytes``): a file truncated or replaced later
+    is found by a stat (seas.data.integrity)."""
     type_dir = Path(type_dir)
     columns = list(MANIFEST_COLUMNS)
+    sized = []
+    for row in rows:
+        row = dict(row)
+        for key, size_key in zip(("image", "mask"), SIZE_COLUMNS):
+            p = Path(str(row.get(key, "")))
+            p = p if p.is_absolute() else type_dir / p
+            row[size_key] = p.stat().st_size if p.is_file() else ""
+        sized.append(row)
+    rows = sized
     for row in rows:
         for k in list(extra_columns) + list(row):
             if k not in columns:
@@ -155,7 +171,8 @@ def _type_pairs(type_dir: Path, product: str, type_name: str) -> list[Pair]:
                 raise DataError(f"{type_dir / MANIFEST}: image {r['image']} listed but missing")
             if not Path(r["mask"]).is_file():
                 raise DataError(f"{type_dir / MANIFEST}: image {r['image']} has no mask (missing {r['mask']})")
-            out.append(Pair(r["image"], r["mask"], product, type_name))
+            sizes = [int(r[k]) if str(r.get(k) or "").isdigit() else None for k in SIZE_COLUMNS]
+            out.append(Pair(r["image"], r["mask"], product, type_name, *sizes))
         return out
     images = _images_in(type_dir / "images")
     masks = _images_in(type_dir / "masks")

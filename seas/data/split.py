@@ -302,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     manifest = load_manifest(args.dataset_manifest) if args.dataset_manifest else None
     split = with_hashes(split_from_config(cfg, args.product), manifest)
+    from seas.data.integrity import check_split_files
+
+    check_split_files(split)  # every selected file complete, every mask binary and of its image's size
     split.save(args.out)
     n_train = sum(len(v) for v in split.train_anomalies.values())
     log.info("%s: %d types, %d training anomalies, %d normals, %d test images -> %s", split.product,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from seas.run.errors import CheckpointError
+from seas.data.integrity import check_checkpoint_dir
 from seas.data.pairs import GOOD
 from seas.method.prompt import (TokenMap, encode_prompts, register_tokens, set_token_embedding_rows, token_embedding_rows)
 from seas.run.runtime import atomic_dir, save_safetensors_atomic
@@ -158,6 +159,7 @@ def load_generator(ckpt_dir, device="cpu", dtype=None, base: str | None = None) 
     for need in ("unet", EMBEDS_FILE):
         if not (ckpt_dir / need).exists():
             raise CheckpointError(f"{ckpt_dir / need} not found: incomplete generator checkpoint")
+    check_checkpoint_dir(ckpt_dir)  # every weights file against its header, every JSON file parses
     src = _pick_base(meta, base)
     sd = load_sd(src, meta["base"].get("revision"), device="cpu", dtype=torch.float32)
     token_map = TokenMap.from_dict(meta["token_map"])

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from seas.method import rmp as rmp_mod
 from seas.method.checkpoint import load_generator
 from seas.run.config import add_config_arguments, config_from_args
+from seas.data.integrity import check_split_files
 from seas.data.split import Split
 from seas.data.images import image_to_tensor, load_image
 from seas.run.errors import ConfigError, DataError
@@ -368,6 +369,7 @@ def generate(cfg: Mapping, split_path, generator_dir, rmp_dir, anomaly_type: str
         raise ConfigError(f"--count {count!r}: the number of pairs must be an integer >= 1")
     out = Path(out)
     split = Split.load(split_path)
+    check_split_files(split, ("train",))  # the reference normals (the checkpoints: load_generator / load_rmp)
     count = _count_for(cfg, anomaly_type) if count is None else int(count)
     params = _params(cfg, anomaly_type, generator_dir, rmp_dir)
     twins = params["reference_images"]

@@ -506,6 +506,9 @@ def load_rmp(ckpt_dir, device="cpu", dtype=torch.float32) -> RefinedMaskPredicto
     for name in (ARCH_NAME, WEIGHTS_NAME):
         if not (ckpt_dir / name).is_file():
             raise CheckpointError(f"{ckpt_dir / name}: RMP checkpoint file missing (run seas.method.train_rmp first)")
+    from seas.data.integrity import check_checkpoint_dir
+
+    check_checkpoint_dir(ckpt_dir)  # the weights against their header, before building anything
     try:
         info = json.loads((ckpt_dir / ARCH_NAME).read_text())
         arch = RMPArch.from_dict(info["arch"])

@@ -42,6 +42,7 @@ from seas.method.attention import AttentionStore, install_capture, restore_defau
 from seas.method.checkpoint import save_generator, TOKENS_JSON
 from seas.run.config import add_config_arguments, config_from_args
 from seas.data.augment import augmentation_for
+from seas.data.integrity import check_split_files
 from seas.data.split import Split
 from seas.method.training_data import TrainData, draw_keys, load_train_data
 from seas.method.latents import sample_posterior, training_set_cache
@@ -507,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = Split.load(args.split)
     if args.anomaly_type is not None:
         split = split.restricted([args.anomaly_type])
+    check_split_files(split, ("train",))  # before the first step: a damaged image is named, not met mid-training
     out = train_generator(cfg, split, args.out, stop_after=args.stop_after,
                           progress=not args.no_progress, restart=args.restart)
     if out is None:

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from seas.method import rmp as rmp_mod
 from seas.run.config import add_config_arguments, config_from_args
 from seas.method.checkpoint import load_generator
+from seas.data.integrity import check_split_files
 from seas.data.split import Split
 from seas.data.augment import augmentation_for
 from seas.method.latents import training_set_cache
@@ -199,6 +200,7 @@ def train_rmp(cfg: Mapping, split_path, generator_dir, out, stop_after: int | No
     run's state."""
     out, generator_dir = Path(out), Path(generator_dir)
     split = Split.load(split_path)
+    check_split_files(split, ("train",))  # before the first step (the generator's folder: load_generator)
     r = cfg["rmp"]
     device = get_device(cfg)
     amp = autocast_dtype(cfg, device)

@@ -214,3 +214,33 @@ def test_resume_policy_cli(demo_setup, tmp_path, capsys):
     assert err.rstrip().endswith("--set downstream.train.lfd.lr=0.5 --restart")
     assert main(args + ["--set", "downstream.train.lfd.lr=0.5", "--restart"]) == 0
     assert (tmp_path / "o" / MODEL_FILE).is_file() and not work_dir(tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated generated image", "grey mask in an external folder"])
+def test_damaged_pair_or_grey_mask_stops_training_before_the_first_step(damage, demo_setup, tmp_path, monkeypatch):
+    """issue 25, item 6: the training set is checked before the loop, so the first bad file is named before any
+    item is drawn (on main it was found only when a batch first drew it, mid-training, or never)."""
+    from seas.data.pairs import MANIFEST, iter_pairs
+
+    cfg, splits, pairs_root = demo_setup
+    cfg = make_cfg_with(cfg, train={"lfd": {"iterations": 4, "batch_size": 2, "checkpoint_every": 1}})
+    victim = iter_pairs(pairs_root, list(PRODUCTS))[-1]
+    if damage == "truncated generated image":
+        data = Path(victim.image).read_bytes()
+        Path(victim.image).write_bytes(data[: len(data) * 3 // 4])  # the header still opens
+        bad, what = victim.image, "bytes, but"
+    else:  # an external folder (no manifests): a mask with an anti-aliased edge
+        for m in pairs_root.rglob(MANIFEST):
+            m.unlink()
+        arr = np.asarray(Image.open(victim.mask)).copy()
+        arr[0, 0] = 128
+        Image.fromarray(arr).save(victim.mask)
+        bad, what = victim.mask, "is not binary"
+    drawn = []
+    getitem = SegTrainDataset.__getitem__
+    monkeypatch.setattr(SegTrainDataset, "__getitem__", lambda self, key: drawn.append(key) or getitem(self, key))
+    out = tmp_path / "o"
+    with pytest.raises(DataError, match=what) as err:
+        train_segmentation(cfg, "lfd", pairs_root, splits, out, progress=False)
+    assert str(bad) in str(err.value)
+    assert drawn == [] and not work_dir(out).exists() and not out.exists()

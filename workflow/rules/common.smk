@@ -278,10 +278,10 @@ def pairs_of_product(lay, method, product):
     """The DAG files that mark a method's pairs of one product as complete, in configuration lay ([] for external
     methods). `method`: the configured spec."""
     if method == "seas":
-        return [lay.generation_manifest(product, t) for t in types_of(product)]
+        return [intact(lay.generation_manifest(product, t)) for t in types_of(product)]
     if method in BASELINE_METHODS:
-        return [lay.pairs_dir(method, product)]
-    return []
+        return [intact(lay.pairs_dir(method, product))]
+    return []  # an external folder: checked by the jobs that read it (seas.data.integrity), refused naming the file
 
 
 def scope_products(scope):
@@ -346,7 +346,7 @@ def split_manifest_file(wc):
 
 def split_input(stage):
     """Input function: the split manifest of the job's product, in the configuration of `stage`'s key."""
-    return lambda wc: layout_of(stage, wc.k).split(wc.product)
+    return lambda wc: intact(layout_of(stage, wc.k).split(wc.product), "split")
 
 
 def stage_cfg(stage):
@@ -367,13 +367,14 @@ def job_method(stage):
 def rmp_inputs(wc):
     """The split and the fine-tuned generator an RMP job trains on."""
     lay = layout_of("train_rmp", wc.k)
-    return {"split": lay.split(wc.product), "generator": lay.generator(wc.product, wc.group)}
+    return {"split": intact(lay.split(wc.product), "split"), "generator": intact(lay.generator(wc.product, wc.group))}
 
 
 def gen_metrics_inputs(wc):
     """The split and the DAG files marking the method's pairs of the product as complete."""
     lay = layout_of("gen_metrics", wc.k)
-    return {"split": lay.split(wc.product), "pairs": pairs_of_product(lay, method_spec(lay, wc.method), wc.product)}
+    return {"split": intact(lay.split(wc.product), "split"),
+            "pairs": pairs_of_product(lay, method_spec(lay, wc.method), wc.product)}
 
 
 def gen_metrics_pairs(wc):
@@ -392,8 +393,8 @@ def generation_inputs(wc):
     """The split, generator and RMP a generation job reads (its type's group)."""
     lay = layout_of("generate", wc.k)
     group = group_of(lay.cfg, wc.atype)
-    return {"split": lay.split(wc.product), "generator": lay.generator(wc.product, group),
-            "rmp": lay.rmp(wc.product, group)}
+    return {"split": intact(lay.split(wc.product), "split"), "generator": intact(lay.generator(wc.product, group)),
+            "rmp": intact(lay.rmp(wc.product, group))}
 
 
 def seg_inputs(wc):
@@ -401,7 +402,7 @@ def seg_inputs(wc):
     lay = layout_of("train_seg", wc.k)
     spec = method_spec(lay, wc.method)
     prods = scope_products(wc.scope)
-    return {"splits": [lay.split(p) for p in prods],
+    return {"splits": [intact(lay.split(p), "split") for p in prods],
             "pairs": [f for p in prods for f in pairs_of_product(lay, spec, p)]}
 
 
@@ -409,19 +410,55 @@ def eval_inputs(wc):
     """The splits a model is tested on and the model."""
     lay = layout_of("evaluate", wc.k)
     spec = method_spec(lay, wc.method)
-    return {"splits": [lay.split(p) for p in scope_products(wc.scope)],
-            "model": lay.seg_model(wc.model, spec, wc.scope)}
+    return {"splits": [intact(lay.split(p), "split") for p in scope_products(wc.scope)],
+            "model": intact(lay.seg_model(wc.model, spec, wc.scope))}
 
 
 def run_outputs(lay):
     """What the tables of configuration lay read: splits, every score file, generation metrics."""
     d = lay.cfg["downstream"]
-    scores = [lay.scores(model, m, scope) for model in d["models"] for m in d["methods"]
+    scores = [intact(lay.scores(model, m, scope), "scores") for model in d["models"] for m in d["methods"]
               for scope in seg_scopes(lay.cfg, products())]
     gen = []
     if lay.cfg["gen_metrics"]["enabled"]:
-        gen = [lay.gen_metrics(m, p) for m in lay.gen_metrics_methods() for p in products()]
-    return [lay.split(p) for p in products()] + scores + gen
+        gen = [intact(lay.gen_metrics(m, p)) for m in lay.gen_metrics_methods() for p in products()]
+    return [intact(lay.split(p), "split") for p in products()] + scores + gen
+
+
+# ----------------------------------------------------------------------------- damaged outputs (issue 25)
+# Damage is found at the stage boundary: every input function above passes the run's own outputs a later stage
+# trusts through intact(). When the DAG is built, an existing output that is damaged -- a pairs file whose size
+# differs from what its manifest recorded or whose manifest is cut, a weights file shorter than its safetensors
+# header says, a split manifest or JSON that does not parse, a scores file cut mid-row -- is forced to run again
+# (Snakemake's forcefiles: what --forcerun adds), so `snakemake -n` plans its job and every job downstream of it
+# ("reason: Forced execution"), naming the file. Cheap: a stat per pair file, headers of weights, parses of JSON /
+# CSV (seas.data.integrity.output_damage). External folders are not the workflow's to regenerate: the jobs that
+# read them check every file before they start (images complete, masks binary) and fail naming the first bad one.
+#: a complete scores file (downstream.evaluate.SCORES_CHECK, less the metric names: the workflow imports no sklearn)
+_SCORES_CHECK = {"columns": ["product"], "last_row": {"product": "mean"}}
+
+
+@lru_cache(maxsize=None)
+def _damage(path, kind):
+    from seas.data.integrity import output_damage
+
+    if kind == "scores":
+        return output_damage(path, "csv", **_SCORES_CHECK)
+    return output_damage(path, kind)
+
+
+def intact(path, kind=None):
+    """`path` (one of the run's outputs, as an input of another job); when it exists damaged, its job is forced to
+    run again (and with it everything downstream). `kind`: "split" (seas.data.split.Split.load), "scores", or None
+    (by the path: a folder, manifest.csv, *.safetensors, *.json)."""
+    reason = _damage(str(path), kind)
+    dag = getattr(workflow, "dag", None)
+    if reason and dag is not None and str(path) not in dag.forcefiles:
+        from snakemake.logging import logger
+
+        logger.warning(f"damaged output: {reason}\n  -> the job that wrote {path} runs again (and what depends on it)")
+        dag.forcefiles.add(str(path))
+    return path
 
 
 # ----------------------------------------------------------------------------- tables

@@ -1,0 +1,148 @@
+"""Damage is found at the stage boundary (issue 25, item 6): a real tiny Snakemake run (one product's split, its
+`real` pairs, an LFD segmentation model, its scores and the tables), then damage after the fact and `snakemake -n`.
+
+A truncated generated PNG, a truncated segmentation checkpoint, a split manifest or a scores file cut short make
+the dry run plan the job that wrote it and its dependants, naming the file; a real run regenerates it. An external
+folder's grey mask is refused by the first job that reads it, naming the file, before any training step.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from helpers import REPO, job_counts, snakemake_exe, write_tree
+from seas.data.pairs import iter_pairs
+from seas.run.config import run_dir, validate_config
+from seas.run.layout import Layout
+
+PRODUCTS = {"bottle": ["crack"]}
+
+
+def _config(tmp: Path, methods: list[str]) -> tuple[dict, Layout]:
+    tree = tmp / "data" if (tmp / "data").is_dir() else write_tree(tmp / "data", PRODUCTS)
+    cfg = yaml.safe_load((REPO / "config" / "test_e2e.yaml").read_text())
+    cfg.update(run_name="dmg", results_dir=str(tmp / "results"), studies={})
+    cfg["dataset"] = {"name": "custom", "root": str(tree), "products": sorted(PRODUCTS)}
+    cfg["downstream"].update(methods=methods, models=["lfd"], image_size=32, num_baseline_images_per_type=2)
+    cfg["downstream"]["train"]["lfd"]["checkpoint_every"] = 1  # a step taken leaves its resume state behind
+    cfg["gen_metrics"]["enabled"] = False
+    (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    valid = validate_config(cfg)
+    return cfg, Layout(str(run_dir(valid)), valid)
+
+
+def _snakemake(tmp: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [snakemake_exe(), "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(tmp),
+           "--configfile", str(tmp / "cfg.yaml"), "--cores", "1", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEAS_GPU_IDS": "", "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if check:
+        assert res.returncode == 0, f"snakemake {' '.join(extra)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+def _planned(res: subprocess.CompletedProcess) -> dict[str, int]:
+    text = res.stdout + res.stderr
+    if "Nothing to be done" in text:
+        return {}
+    counts = job_counts(text)
+    counts.pop("total", None)
+    return counts
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished run up to the tables; yields (workdir, layout, targets)."""
+    tmp = tmp_path_factory.mktemp("damaged")
+    _, lay = _config(tmp, ["real"])
+    targets = [f"{lay.run}/tables/segmentation.csv"]
+    _snakemake(tmp, *targets)
+    assert Path(lay.scores("lfd", "real")).is_file()
+    assert _planned(_snakemake(tmp, "-n", *targets)) == {}
+    return tmp, lay, targets
+
+
+def _damaged(run, path: Path, damage) -> subprocess.CompletedProcess:
+    """A dry run with `path` damaged by `damage(bytes) -> bytes`, its modification time kept (Snakemake's mtime
+    trigger plans nothing then: only the damage can); the file is restored afterwards."""
+    tmp, _, targets = run
+    original, st = path.read_bytes(), path.stat()
+    try:
+        path.write_bytes(damage(original))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        return _snakemake(tmp, "-n", *targets)
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_truncated_generated_png_plans_its_regeneration_and_dependants(run):
+    tmp, lay, targets = run
+    pairs = iter_pairs(lay.pairs_root("real"), ["bottle"])
+    victim = Path(pairs[-1].image)
+    res = _damaged(run, victim, lambda b: b[: len(b) * 2 // 3])
+    assert _planned(res) == {"baselines": 1, "train_seg": 1, "evaluate": 1, "tables": 1}
+    text = res.stdout + res.stderr
+    assert "damaged output" in text and str(victim) in text and "were written" in text
+    assert "reason: Forced execution" in text
+    assert _planned(_snakemake(tmp, "-n", *targets)) == {}  # restored: nothing to do
+
+
+def test_damaged_checkpoint_plans_retraining_and_rescoring(run):
+    _, lay, _ = run
+    model = Path(lay.seg_model("lfd", "real"))
+    res = _damaged(run, model, lambda b: b[:-100])
+    assert _planned(res) == {"train_seg": 1, "evaluate": 1, "tables": 1}
+    assert f"{model}: truncated safetensors file" in res.stdout + res.stderr
+
+
+def test_damaged_split_manifest_or_scores_plan_their_jobs(run):
+    _, lay, _ = run
+    split = Path(lay.split("bottle"))
+    res = _damaged(run, split, lambda b: b[: len(b) // 2])
+    assert _planned(res) == {"split": 1, "baselines": 1, "train_seg": 1, "evaluate": 1, "tables": 1}
+    assert f"split manifest {split} is not valid JSON" in res.stdout + res.stderr
+    scores = Path(lay.scores("lfd", "real"))
+    res = _damaged(run, scores, lambda b: b[: len(b) - 10])
+    assert _planned(res) == {"evaluate": 1, "tables": 1}
+    assert str(scores) in res.stdout + res.stderr
+
+
+def test_a_real_run_regenerates_the_damaged_pair(run):
+    tmp, lay, targets = run
+    victim = Path(iter_pairs(lay.pairs_root("real"), ["bottle"])[0].image)
+    victim.write_bytes(victim.read_bytes()[:50])
+    _snakemake(tmp, *targets)
+    with Image.open(victim) as im:
+        im.verify()
+    assert _planned(_snakemake(tmp, "-n", *targets)) == {}
+
+
+def test_external_folder_with_a_grey_mask_is_refused_naming_the_file(tmp_path):
+    ext = tmp_path / "ext"
+    for d in ("images", "masks"):
+        (ext / "bottle" / "crack" / d).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(20):  # one bad mask among many: a batch draw finds it late or never (main did so)
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(ext / "bottle" / "crack" / "images" / f"{i}.png")
+        m = np.zeros((16, 16), np.uint8)
+        m[4:8, 4:8] = 255
+        if i == 7:
+            m[10:12, 10:12] = 128  # anti-aliased: not binary
+        Image.fromarray(m).save(ext / "bottle" / "crack" / "masks" / f"{i}.png")
+    grey = ext / "bottle" / "crack" / "masks" / "7.png"
+    before = grey.read_bytes()
+    _, lay = _config(tmp_path, [f"external:{ext}"])
+    model = lay.seg_model("lfd", f"external:{ext}")
+    res = _snakemake(tmp_path, model, check=False)
+    assert res.returncode != 0
+    log = next((Path(lay.run) / "logs" / "train_seg").rglob("*.log")).read_text()
+    assert f"mask {grey} is not binary" in log, log[-2000:]
+    assert not Path(model).exists() and not any(Path(lay.run).rglob("state.pt"))  # no step was taken
+    assert grey.read_bytes() == before  # an external folder is never regenerated or deleted
