@@ -3,7 +3,7 @@
 Each tree below is built the way the peer's own generating script writes it (file names, formats, extra folders):
 SeaS ``models/seas_infer.py``, AnomalyDiffusion ``generate_with_mask.py``, MAGIC ``inference.py``, DFMGAN
 ``generate.py``. Every pair encodes its number twice, independently: the image's grey level (20 + 10 i) and the
-position of the mask's 8x8 square (block (i mod 4, i div 4) of a 32x32 image). An import that paired images with
+position of the mask's 6x6 square (inside block (i mod 4, i div 4) of a 32x32 image). An import that paired images with
 masks by sorted position instead of by name (``10.jpg`` sorts before ``2.jpg``) would mix the two; the known
 answer is checked on every imported pair.
 """
@@ -36,7 +36,7 @@ def _mask(i: int, side: int = SIDE) -> np.ndarray:
     m = np.zeros((side, side), np.uint8)
     b = side // 4
     y, x = b * (i // 4), b * (i % 4)
-    m[y:y + b, x:x + b] = 255
+    m[y + b // 8:y + b - b // 8, x + b // 8:x + b - b // 8] = 255  # not on JPEG's 8x8 blocks: artefacts
     return m
 
 
