@@ -167,7 +167,7 @@ def setting_deviations(cfg: Mapping, records=(), rmp_records=()) -> list[str]:
         out.append(f"seg normals {d['normal_images']}/product")
     if not d["include_real_anomalies"]:
         out.append("seg without real anomalies")
-    if "seas" not in d["methods"]:
+    if "seas" not in all_methods(cfg):
         return out
     records = [r for r in records if r]
     used_precision = {str(r["precision"]) for r in records if r.get("precision")}

@@ -82,7 +82,8 @@ def _planned(res: subprocess.CompletedProcess) -> dict[str, int]:
 
 def _job_products(res: subprocess.CompletedProcess, rule: str) -> set[str]:
     text = res.stdout + res.stderr
-    return {m for block in text.split(f"rule {rule}:")[1:] for m in re.findall(r"product=([^,\s]+)", block[:600])}
+    return {m for block in text.split(f"rule {rule}:")[1:]
+            for m in re.findall(r"wildcards: .*product=([^,\s]+)", block.split("\n\n")[0])}
 
 
 @pytest.fixture(scope="module")

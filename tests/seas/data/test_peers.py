@@ -122,7 +122,7 @@ def ours_tree(root: Path, product="carpet", atype="hole", n=N) -> Path:
 
 @pytest.fixture
 def cfg():
-    return validate_config({"dataset": {"name": "custom", "root": "/nonexistent"}, "model": {},
+    return validate_config({"dataset": {"name": "custom", "root": "/nonexistent"}, "model": {"pretrained": "tiny"},
                             "downstream": {"image_size": SIDE}, "gen_metrics": {"image_size": SIDE}})
 
 
@@ -276,16 +276,17 @@ def test_cli_imports_and_refuses_with_one_error_line(tmp_path, capsys):
 
     root = seas_tree(tmp_path / "src", n=2)
     conf = tmp_path / "c.yaml"
-    conf.write_text(yaml.safe_dump({"dataset": {"name": "custom", "root": "/x"}, "model": {},
+    conf.write_text(yaml.safe_dump({"dataset": {"name": "custom", "root": "/x"}, "model": {"pretrained": "tiny"},
                                     "downstream": {"image_size": SIDE}, "gen_metrics": {"image_size": SIDE}}))
     out = tmp_path / "out" / "bottle"
     assert import_main(["--config", str(conf), "--method", f"external:{root}?format=seas", "--product", "bottle",
                         "--types", "broken_large", "--out", str(out)]) == 0
     assert (out / "broken_large" / "manifest.csv").is_file()
     (root / "bottle" / "broken_large" / "mask" / "001.png").unlink()
-    with pytest.raises(SystemExit) as e:
-        import_main(["--config", str(conf), "--method", f"external:{root}", "--product", "bottle", "--out", str(out)])
-    assert e.value.code == 2 and "image without mask" in capsys.readouterr().err
+    assert import_main(["--config", str(conf), "--method", f"external:{root}", "--product", "bottle",
+                        "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "001.png: image without mask" in err[0]
 
 
 # ----------------------------------------------------------------------------- the method spec
@@ -302,5 +303,5 @@ def test_external_spec_options_keep_the_plain_names():
     with pytest.raises(ConfigError, match="mask_threshold"):
         external_options("external:/a?mask_threshold=300")
     with pytest.raises(ConfigError, match="mask_threshold"):
-        validate_config({"dataset": {"name": "custom", "root": "/x"}, "model": {},
+        validate_config({"dataset": {"name": "custom", "root": "/x"}, "model": {"pretrained": "tiny"},
                          "downstream": {"methods": ["external:/a?mask_threshold=0"]}})
