@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from seas.data.images import image_size, load_image, fit_mask
-from seas.data.pairs import IMAGES, MASKS, pair_name, save_pair, write_manifest
+from seas.data.pairs import IMAGES, pair_name, save_pair, write_manifest
 from seas.data.peers import SourceType, read_mask, read_product
 from seas.run.config import add_config_arguments, config_from_args
 from seas.run.errors import ConfigError, DataError
@@ -56,10 +56,10 @@ def import_size(cfg: Mapping) -> int:
     return max(int(cfg["downstream"]["image_size"]), int(cfg["gen_metrics"]["image_size"]))
 
 
-def mask_threshold(cfg: Mapping, method: str) -> int:
+def mask_threshold(cfg: Mapping, method: str) -> float:
     """The method's mask threshold: its spec's ``mask_threshold``, else ``downstream.external_mask_threshold``."""
     own = external_options(method)["mask_threshold"]
-    return int(own if own is not None else cfg["downstream"]["external_mask_threshold"])
+    return float(own if own is not None else cfg["downstream"]["external_mask_threshold"])
 
 
 def _rel(path: Path | None, base: Path) -> str:
@@ -68,7 +68,7 @@ def _rel(path: Path | None, base: Path) -> str:
     return path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
 
 
-def import_type(st: SourceType, out: Path, size: int, policy: str, threshold: int, images_only: bool = False) -> dict:
+def import_type(st: SourceType, out: Path, size: int, policy: str, threshold: float, images_only: bool = False) -> dict:
     """Write one type folder ``out`` from ``st``; returns its import record (import.json)."""
     rows, native, nonbinary = [], {}, 0
     has_refs = any(p.normal is not None for p in st.pairs)
@@ -100,7 +100,7 @@ def import_type(st: SourceType, out: Path, size: int, policy: str, threshold: in
     write_manifest(out, rows)
     sizes = sorted(native)
     if nonbinary:
-        log.warning("%s/%s: %d of %d masks were not binary (%s); binarised at >= %d", st.product, st.type, nonbinary,
+        log.warning("%s/%s: %d of %d masks were not binary (%s); binarised at pixel / 255 > %g", st.product, st.type, nonbinary,
                     len(rows), st.folder, threshold)
     record = {"product": st.product, "type": st.type, "format": st.format, "source": str(st.folder),
               "count": len(rows), "native_size": list(sizes[0]) if len(sizes) == 1 else None,

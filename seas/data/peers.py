@@ -35,8 +35,8 @@ written from the peer's own generating code (read, not copied; the file is named
 
 Images are matched to masks by the layout's name rule (the same number, ``<N>_img`` <-> ``<N>_mask``), never by
 position; an image without its mask, a mask without its image and a mask whose size differs from its image's are
-errors naming the file. Masks that are not binary (JPEG) are binarised at a threshold on the 0-255 scale (pixel >=
-threshold; ``downstream.external_mask_threshold``, 128 by default) and counted: the import records how many were.
+errors naming the file. Masks that are not binary (JPEG) are binarised at a threshold (pixel / 255 >
+threshold; ``downstream.external_mask_threshold``, 0.5 by default: pixel >= 128) and counted: the import records how many were.
 :func:`detect_format` tells the layout from the tree; ``external:<path>?format=F`` declares it.
 Pure Python + PIL (no torch): the Snakefile imports it (the folder's content digest, :func:`source_digest`).
 """
@@ -58,8 +58,8 @@ __all__ = ["FORMATS", "DEFAULT_MASK_THRESHOLD", "SourcePair", "SourceType", "det
            "read_mask", "source_files", "source_digest"]
 
 FORMATS = EXTERNAL_FORMATS
-#: the schema default of downstream.external_mask_threshold (a pixel >= it is anomalous, 0-255 scale)
-DEFAULT_MASK_THRESHOLD = 128
+#: the schema default of downstream.external_mask_threshold (a pixel / 255 above it is anomalous)
+DEFAULT_MASK_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -312,10 +312,10 @@ def source_files(types: Iterable[SourceType]) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- masks
-def read_mask(path: str | Path, threshold: int = DEFAULT_MASK_THRESHOLD) -> tuple[np.ndarray, bool]:
+def read_mask(path: str | Path, threshold: float = DEFAULT_MASK_THRESHOLD) -> tuple[np.ndarray, bool]:
     """``(HxW uint8 {0,1} mask, binary)``: a peer's mask file, any channels (an alpha channel dropped; colour
     masks read as their luma, as the peers' own readers do), 16-bit scaled to 8. A binary mask (0 plus one other
-    value) is taken as it is; any other is binarised as pixel >= ``threshold`` and ``binary`` is False."""
+    value) is taken as it is; any other is binarised as pixel / 255 > ``threshold`` and ``binary`` is False."""
     path = Path(path)
     img = eight_bit_image(open_image(path), path)
     if img.mode in ("LA", "RGBA", "PA"):
@@ -324,7 +324,7 @@ def read_mask(path: str | Path, threshold: int = DEFAULT_MASK_THRESHOLD) -> tupl
     values = np.unique(arr)
     if len(values) == 1 or (len(values) == 2 and values[0] == 0):
         return (arr > 0).astype(np.uint8), True
-    return (arr >= int(threshold)).astype(np.uint8), False
+    return (arr > float(threshold) * 255).astype(np.uint8), False
 
 
 # ----------------------------------------------------------------------------- content digest (DAG input)

@@ -50,9 +50,9 @@ def split_external(method: str) -> tuple[str, dict[str, str]]:
 
 
 def external_options(method: str) -> dict:
-    """The validated options of an external method spec: ``{"format": F or None, "mask_threshold": int or None}``
-    (None: auto-detected layout / the config's ``downstream.external_mask_threshold``). ConfigError naming the
-    spec for an unknown format or a threshold outside 1..255."""
+    """The validated options of an external method spec: ``{"format": F or None, "mask_threshold": float or
+    None}`` (None: auto-detected layout / the config's ``downstream.external_mask_threshold``). ConfigError naming
+    the spec for an unknown format or a threshold outside (0, 1)."""
     _, opts = split_external(method)
     fmt = opts.get("format") or None
     if fmt is not None and fmt not in EXTERNAL_FORMATS:
@@ -60,12 +60,12 @@ def external_options(method: str) -> dict:
     thr = opts.get("mask_threshold")
     if thr is not None:
         try:
-            thr = int(thr)
+            thr = float(thr)
         except ValueError:
             thr = None
-        if thr is None or not 1 <= thr <= 255:
-            raise ConfigError(f"downstream.methods: {method!r}: mask_threshold must be an integer in 1..255 "
-                              f"(a value on the 0-255 scale; pixels >= it are anomalous), got {opts['mask_threshold']!r}")
+        if thr is None or not 0 < thr < 1:
+            raise ConfigError(f"downstream.methods: {method!r}: mask_threshold must be a number in (0, 1) (a mask "
+                              f"pixel / 255 above it is anomalous), got {opts['mask_threshold']!r}")
     return {"format": fmt, "mask_threshold": thr}
 
 

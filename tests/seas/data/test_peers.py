@@ -152,7 +152,7 @@ def test_each_layout_is_detected_and_imported_by_name(fmt, build, product, atype
         assert [r["type"] for r in records] == [atype]
         rec = json.loads((out / atype / "import.json").read_text())
         assert rec["format"] == fmt and rec["count"] == N and rec["native_size"] == [SIDE, SIDE]
-        assert rec["mask_threshold"] == 128 and rec["image_size"] == SIDE
+        assert rec["mask_threshold"] == 0.5 and rec["image_size"] == SIDE
         assert [s["name"] for s in rec["source_files"]] == names  # the source's number order, not lexical
         rows = _check_import(out, atype)
         assert [r["source_name"] for r in rows] == names
@@ -174,7 +174,7 @@ def test_jpeg_masks_have_artefacts_and_binarise_to_the_known_mask(tmp_path):
     raw = np.asarray(Image.open(path))
     assert raw.ndim == 3 and raw.shape[2] == 3  # 3 channels, as torchvision's save_image writes a 1-channel mask
     assert len(np.unique(raw)) > 2  # compression artefacts: not binary
-    arr, binary = peers.read_mask(path, 128)
+    arr, binary = peers.read_mask(path, 0.5)
     assert not binary and np.array_equal(arr, (_mask(2) > 0).astype(np.uint8))
 
 
@@ -186,14 +186,14 @@ def test_threshold_is_configurable_per_method_and_by_default_key(tmp_path, cfg):
     out = tmp_path / "imp" / "bottle"
     import_product(cfg, f"external:{root}", "bottle", out)
     rec = json.loads((out / "broken_large" / "import.json").read_text())
-    assert rec["nonbinary_masks"] == 1 and rec["mask_threshold"] == 128
+    assert rec["nonbinary_masks"] == 1 and rec["mask_threshold"] == 0.5
     assert int(np.asarray(Image.open(out / "broken_large" / "masks" / "000001.png")).astype(bool).sum()) == 64
-    import_product(cfg, f"external:{root}?mask_threshold=64", "bottle", out)
-    assert json.loads((out / "broken_large" / "import.json").read_text())["mask_threshold"] == 64
+    import_product(cfg, f"external:{root}?mask_threshold=0.25", "bottle", out)
+    assert json.loads((out / "broken_large" / "import.json").read_text())["mask_threshold"] == 0.25
     assert int(np.asarray(Image.open(out / "broken_large" / "masks" / "000001.png")).astype(bool).sum()) == 128
-    cfg["downstream"]["external_mask_threshold"] = 90
+    cfg["downstream"]["external_mask_threshold"] = 0.3
     import_product(cfg, f"external:{root}", "bottle", out)
-    assert json.loads((out / "broken_large" / "import.json").read_text())["mask_threshold"] == 90
+    assert json.loads((out / "broken_large" / "import.json").read_text())["mask_threshold"] == 0.3
 
 
 def test_resized_to_the_import_size_like_our_pairs(tmp_path, cfg):
@@ -291,9 +291,9 @@ def test_cli_imports_and_refuses_with_one_error_line(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- the method spec
 def test_external_spec_options_keep_the_plain_names():
-    spec = "external:/data/peers/anomalydiffusion?format=anomalydiffusion&mask_threshold=100"
+    spec = "external:/data/peers/anomalydiffusion?format=anomalydiffusion&mask_threshold=0.4"
     assert external_path(spec) == "/data/peers/anomalydiffusion"
-    assert external_options(spec) == {"format": "anomalydiffusion", "mask_threshold": 100}
+    assert external_options(spec) == {"format": "anomalydiffusion", "mask_threshold": 0.4}
     assert method_dir(spec) == method_dir("external:/data/peers/anomalydiffusion") == "external-anomalydiffusion"
     assert method_label(spec) == "external:anomalydiffusion"
     assert external_options("external:/a/b") == {"format": None, "mask_threshold": None}
@@ -301,7 +301,7 @@ def test_external_spec_options_keep_the_plain_names():
     with pytest.raises(ConfigError, match="format=gan"):
         external_options("external:/a?format=gan")
     with pytest.raises(ConfigError, match="mask_threshold"):
-        external_options("external:/a?mask_threshold=300")
+        external_options("external:/a?mask_threshold=128")
     with pytest.raises(ConfigError, match="mask_threshold"):
         validate_config({"dataset": {"name": "custom", "root": "/x"}, "model": {"pretrained": "tiny"},
                          "downstream": {"methods": ["external:/a?mask_threshold=0"]}})

@@ -89,7 +89,7 @@ def test_paths_and_patterns_agree():
     k_imp = lay.key("import_pairs", method=ext)
     assert lay.pairs_root(ext) == f"R/methods/external-pairs/{k_imp}" and lay.pairs_key(ext) == k_imp
     assert lay.pairs_dir(ext, "w") == f"R/methods/external-pairs/{k_imp}/w"
-    assert lay.key("import_pairs", method=ext + "?mask_threshold=90") != k_imp  # the options key the import
+    assert lay.key("import_pairs", method=ext + "?mask_threshold=0.3") != k_imp  # the options key the import
     assert lay.key("import_pairs", method="external:/data/y/pairs") != k_imp
     assert lay.scores("lfd", "seas") == f"R/evaluation/lfd/seas/{lay.key('evaluate', model='lfd', method='seas')}/all/scores.csv"
     assert pat.seg_dir("{model}", "{method}", "{scope}") == "R/segmentation/{model}/{method}/{k}/{scope}"
