@@ -274,7 +274,8 @@ def read_type(folder: str | Path, fmt: str, product: str, type_name: str, images
             if mask is None:
                 raise DataError(f"{img}: image without mask (expected {mask_dir / rule.mask_stem.format(n=n)}"
                                 f"{img.suffix} in the {fmt!r} layout)")
-        normal = normals.get(rule.normal_stem.format(n=n)) if rule.normals is not None else None
+        # the source normal serves the masks' agreement check only: not read without masks
+        normal = normals.get(rule.normal_stem.format(n=n)) if rule.normals is not None and not images_only else None
         pairs.append(SourcePair(n, img, mask, normal))
     if not images_only and rule.masks is not None:
         wanted = {rule.mask_stem.format(n=n) for n in images}

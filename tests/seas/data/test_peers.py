@@ -269,6 +269,12 @@ def test_images_only_for_generation_only_methods(tmp_path, cfg):
     assert rec["count"] == 3 and rec["images_only"] and rec["mask_threshold"] is None
     assert sorted(p.name for p in (tmp_path / "out" / "bottle" / "broken_large" / "images").iterdir()) == \
         [f"{i:06d}.png" for i in range(3)]
+    # a folder with masks, read for a generation-only method: images only (no masks, no references)
+    ad = ad_tree(tmp_path / "ad", n=2)
+    rec = import_product(cfg, f"external:{ad}", "capsule", tmp_path / "out" / "capsule", images_only=True)[0]
+    assert rec["format"] == "anomalydiffusion" and rec["count"] == 2 and not rec["references"]
+    assert sorted(p.name for p in (tmp_path / "out" / "capsule" / "crack").iterdir()) == \
+        ["images", "import.json", "manifest.csv"]
 
 
 def test_cli_imports_and_refuses_with_one_error_line(tmp_path, capsys):
