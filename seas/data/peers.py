@@ -49,7 +49,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from seas.data.dataset_manifest import scan, selection_digest
+from seas.data.dataset_manifest import resolved, scan, selection_digest
 from seas.data.images import eight_bit_image, is_image_file, list_images, open_image
 from seas.run.errors import DataError
 from seas.run.labels import EXTERNAL_FORMATS
@@ -338,9 +338,9 @@ def source_digest(root: str | Path, types: Sequence[SourceType], previous: Mappi
     files: dict[str, dict] = {}
     for st in types:
         files.update(scan(st.folder, st.product, previous)["files"])
-    hashes = {}
+    hashes, dirs = {}, {}
     for f in source_files(types):
-        key = str(f.resolve())
+        key = resolved(f, dirs)
         entry = files.get(key)
         if entry is None:
             raise DataError(f"{f}: listed but not found when hashing the external folder (copied while reading?)")

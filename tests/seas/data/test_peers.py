@@ -311,3 +311,34 @@ def test_external_spec_options_keep_the_plain_names():
     with pytest.raises(ConfigError, match="mask_threshold"):
         validate_config({"dataset": {"name": "custom", "root": "/x"}, "model": {"pretrained": "tiny"},
                          "downstream": {"methods": ["external:/a?mask_threshold=0"]}})
+
+
+# ----------------------------------------------------------------------------- the content digest (item 3)
+def test_source_digest_is_by_content_and_relative_names(tmp_path):
+    import os
+    import shutil
+
+    from seas.data.dataset_manifest import resolved
+
+    root = ad_tree(tmp_path / "a", n=3)
+    st = peers.read_product(root, "capsule")
+    d0, manifest = peers.source_digest(root, st)
+    assert len(manifest["files"]) == 3 * 5  # every file of the type folder hashed (scan), the read ones digested
+    mask = root / "capsule" / "crack" / "mask" / "1.jpg"
+    os.utime(mask, ns=(0, mask.stat().st_mtime_ns + 10**10))  # touched: same content
+    assert peers.source_digest(root, peers.read_product(root, "capsule"), manifest)[0] == d0
+    _save(np.zeros((SIDE, SIDE, 3), np.uint8), root / "capsule" / "crack" / "recon" / "1.jpg")  # not read
+    assert peers.source_digest(root, peers.read_product(root, "capsule"), manifest)[0] == d0
+    moved = tmp_path / "b"
+    shutil.copytree(root, moved)  # the names are relative to the folder: a copy elsewhere has the same digest
+    assert peers.source_digest(moved, peers.read_product(moved, "capsule"))[0] == d0
+    _save(np.zeros((SIDE, SIDE, 3), np.uint8), mask)  # changed
+    d1 = peers.source_digest(root, peers.read_product(root, "capsule"), manifest)[0]
+    assert d1 != d0
+    for sub in ("image", "mask"):  # removed
+        (root / "capsule" / "crack" / sub / "2.jpg").unlink()
+    assert peers.source_digest(root, peers.read_product(root, "capsule"), manifest)[0] not in (d0, d1)
+    # a linked file resolves to its target, each folder resolved once
+    link = tmp_path / "link.jpg"
+    link.symlink_to(mask)
+    assert resolved(link, {}) == str(mask.resolve()) and resolved(mask, {}) == str(mask.resolve())
