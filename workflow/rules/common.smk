@@ -377,7 +377,7 @@ def _external_digest(spec, product, images_only, types):
                               images_only=images_only)
         digest, manifest = source_digest(root, source, load_manifest(path))
     except SeasError as e:
-        raise WorkflowError(f"downstream.methods {spec}: {e}")
+        raise WorkflowError(f"external method {spec}: {e}")
     if not PLANNING_ONLY:
         try:
             wflib.write_if_changed(path, to_json(manifest))
