@@ -342,3 +342,22 @@ def test_source_digest_is_by_content_and_relative_names(tmp_path):
     link = tmp_path / "link.jpg"
     link.symlink_to(mask)
     assert resolved(link, {}) == str(mask.resolve()) and resolved(mask, {}) == str(mask.resolve())
+
+
+def test_generation_only_methods_are_checked():
+    from seas.run.labels import all_methods
+    from seas.run.layout import Layout
+
+    base = {"dataset": {"name": "custom", "root": "/x"}, "model": {"pretrained": "tiny"}}
+    cfg = validate_config({**base, "downstream": {"methods": ["seas", "external:/a/ad"],
+                                                  "generation_only": ["external:/b/cdc", "cutpaste"]}})
+    assert all_methods(cfg) == ["seas", "external:/a/ad", "external:/b/cdc", "cutpaste"]
+    lay = Layout("R", cfg)
+    assert [i["method"] for i in lay.instances("import_pairs")] == ["external:/a/ad", "external:/b/cdc"]
+    assert [i["method"] for i in lay.instances("baselines")] == ["cutpaste"]
+    assert "external:/b/cdc" in lay.gen_metrics_methods()
+    assert {i["method"] for i in lay.instances("train_seg")} == {"seas", "external:/a/ad"}  # no segmentation
+    with pytest.raises(ConfigError, match="also in downstream.methods"):
+        validate_config({**base, "downstream": {"methods": ["seas"], "generation_only": ["seas"]}})
+    with pytest.raises(ConfigError):
+        validate_config({**base, "downstream": {"generation_only": ["real"]}})
