@@ -42,6 +42,7 @@ Pure Python + PIL (no torch): the Snakefile imports it (the folder's content dig
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,8 @@ from seas.run.labels import EXTERNAL_FORMATS
 
 __all__ = ["FORMATS", "DEFAULT_MASK_THRESHOLD", "SourcePair", "SourceType", "detect_format", "read_product",
            "read_mask", "source_files", "source_digest"]
+
+log = logging.getLogger(__name__)
 
 FORMATS = EXTERNAL_FORMATS
 #: the schema default of downstream.external_mask_threshold (a pixel / 255 above it is anomalous)
@@ -304,6 +307,9 @@ def read_product(root: str | Path, product: str, fmt: str | None = None, types: 
             raise DataError(f"{folder}: {t!r} is not an anomaly type of {product!r} in the dataset "
                             f"({', '.join(types)})")
         out.append(read_type(folder, fmt, product, t, images_only=images_only))
+    missing = [t for t in (types or []) if t not in {st.type for st in out}]
+    if missing:  # a peer that released some types only (AnomalyDiffusion filtered its poor ones): said, not fatal
+        log.warning("external folder %s: %s has no pairs of type(s) %s", root, product, ", ".join(missing))
     return out
 
 
