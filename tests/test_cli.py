@@ -16,6 +16,7 @@ CLIS = {
     "seas.run.config_doc": [[]],
     "seas.data.convert": [["visa"], ["mvtec3d"]],
     "seas.data.split": [[]],
+    "seas.data.import_pairs": [[]],
     "seas.data.demo_data": [[]],
     "seas.models.tiny_sd": [[]],
     "seas.models.tiny_prior": [[]],

@@ -54,7 +54,7 @@ import pandas as pd
 from seas.run.config import add_config_arguments, config_from_args
 from seas.run.errors import ConfigError, DataError
 from seas.run.layout import Layout, seg_scopes
-from seas.run.labels import method_dir, method_label, setting_deviations, tiny_label
+from seas.run.labels import all_methods, method_dir, method_label, setting_deviations, tiny_label
 
 from downstream.evaluate import MEAN_ROW, add_mean_row, read_scores
 from downstream.metrics import IMAGE_COLUMNS
@@ -350,7 +350,7 @@ def build_tables(cfg: Mapping, run_dir: str | Path, *, generation: bool | None =
     if generation is None:
         generation = bool(cfg["gen_metrics"]["enabled"])
     if generation:
-        gm = list(gen_methods) if gen_methods is not None else methods
+        gm = list(gen_methods) if gen_methods is not None else all_methods(cfg)  # + downstream.generation_only
         tables["generation.csv"] = generation_table(cfg, run_dir, gm, _products(lay))
     if cost:
         from downstream.report.cost import cost_tables

@@ -57,6 +57,16 @@ def _files(folder: Path) -> list[Path]:
     return out
 
 
+def resolved(path: Path, dirs: dict[str, str]) -> str:
+    """``str(path.resolve())``, resolving each folder once (``dirs``: the cache, folder -> its real path) and the
+    file itself only when it is a link: a tree of many files costs one lstat per file, not one per component."""
+    parent = str(path.parent)
+    real = dirs.get(parent)
+    if real is None:
+        real = dirs[parent] = os.path.realpath(parent)
+    return str(path.resolve()) if path.is_symlink() else os.path.join(real, path.name)
+
+
 def load_manifest(path: str | Path) -> dict | None:
     """A previous manifest (its hashes are the cache of :func:`scan`), or None when missing or unreadable (the
     scan then hashes every file: a damaged cache costs time, never a wrong hash)."""
@@ -80,7 +90,7 @@ def scan(product_dir: str | Path, product: str | None = None, previous: Mapping 
         raise DataError(f"product folder {pdir} does not exist or is not a directory")
     old = dict((previous or {}).get("files") or {})
     trusted_before = (previous or {}).get("_written_ns", 0) - RACY_NS
-    files = {}
+    files, dirs = {}, {}
     for p in _files(pdir):
         try:
             st = p.stat()
@@ -88,7 +98,7 @@ def scan(product_dir: str | Path, product: str | None = None, previous: Mapping 
             raise DataError(f"dataset file {p} cannot be read: {e.strerror or e}") from None
         if not p.is_file():
             continue
-        key = str(p.resolve())
+        key = resolved(p, dirs)
         prev = old.get(key)
         if (isinstance(prev, Mapping) and prev.get("size") == st.st_size and prev.get("mtime_ns") == st.st_mtime_ns
                 and st.st_mtime_ns < trusted_before and isinstance(prev.get("sha256"), str)):

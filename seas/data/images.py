@@ -189,9 +189,14 @@ def load_mask(path: str | Path | None, size: int | None = None, policy: str = "s
         w, h = like.size if like is not None and size is None else (size, size)
         return np.zeros((h, w), np.uint8)
     arr = read_mask_array(path)
-    if size is None:
-        return arr
-    return (np.asarray(_geometry(Image.fromarray(arr * 255), size, policy, Image.NEAREST)) > 127).astype(np.uint8)
+    return arr if size is None else fit_mask(arr, size, policy)
+
+
+def fit_mask(arr: np.ndarray, size: int, policy: str = "shorter_side_center_crop") -> np.ndarray:
+    """A binary HxW {0,1} mask brought to ``size``x``size`` by ``policy``, nearest resampling: the geometry
+    :func:`load_image` gives its image."""
+    img = Image.fromarray((np.asarray(arr) > 0).astype(np.uint8) * 255)
+    return (np.asarray(_geometry(img, size, policy, Image.NEAREST)) > 127).astype(np.uint8)
 
 
 def image_to_tensor(img: Image.Image):

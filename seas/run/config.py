@@ -16,6 +16,7 @@ import yaml
 from jsonschema import Draft7Validator, validators
 
 from seas.run.errors import ConfigError
+from seas.run.labels import check_methods
 
 __all__ = ["ConfigError", "load_config", "read_yaml", "validate_config", "deep_update", "parse_override", "run_dir",
            "SCHEMA_PATH", "add_config_arguments", "config_from_args", "BACKBONES", "RANDOM_BACKBONE",
@@ -93,6 +94,10 @@ def validate_config(raw: Mapping[str, Any], source: str = "<config>") -> dict:
     if g["training_order"] != "mixed" and not (g["na_loss"] and g["batch_normal"] > 0):
         raise ConfigError(f"{source}: generator.training_order: {g['training_order']} trains on normal images in "
                           "its own phase; it needs generator.na_loss: true and generator.batch_normal > 0")
+    try:  # the method lists' cross-key checks (external specs' options, generation_only)
+        check_methods(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     return cfg
 
 

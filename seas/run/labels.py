@@ -20,7 +20,53 @@ def is_external(method: str) -> bool:
 
 
 def external_path(method: str) -> str:
-    return method[len(EXTERNAL_PREFIX):]
+    """The folder of ``external:<path>`` (an optional ``?format=F&mask_threshold=X`` tail is not part of it)."""
+    return split_external(method)[0]
+
+
+# ----------------------------------------------------------------------------- external folders' options
+#: the layouts an external folder may be in (seas.data.peers reads each): the SeaS authors' released pairs,
+#: AnomalyDiffusion's / MAGIC's / DFMGAN's generation scripts' outputs, this project's pairs layout, images only
+EXTERNAL_FORMATS = ("seas", "anomalydiffusion", "magic", "dfmgan", "ours", "images")
+#: the options an ``external:<path>?...`` spec may carry
+EXTERNAL_OPTIONS = ("format", "mask_threshold")
+
+
+def split_external(method: str) -> tuple[str, dict[str, str]]:
+    """``external:/data/ad?format=anomalydiffusion&mask_threshold=100`` -> ``("/data/ad", {"format":
+    "anomalydiffusion", "mask_threshold": "100"})``. Only a ``?`` followed by ``key=value`` pairs of
+    :data:`EXTERNAL_OPTIONS` starts the options (a folder name with a plain ``?`` stays the path's)."""
+    rest = method[len(EXTERNAL_PREFIX):]
+    path, sep, query = rest.rpartition("?")
+    if not sep:
+        return rest, {}
+    opts: dict[str, str] = {}
+    for part in query.split("&"):
+        key, eq, value = part.partition("=")
+        if not eq or key not in EXTERNAL_OPTIONS:
+            return rest, {}
+        opts[key] = value
+    return path, opts
+
+
+def external_options(method: str) -> dict:
+    """The validated options of an external method spec: ``{"format": F or None, "mask_threshold": float or
+    None}`` (None: auto-detected layout / the config's ``downstream.external_mask_threshold``). ConfigError naming
+    the spec for an unknown format or a threshold outside (0, 1)."""
+    _, opts = split_external(method)
+    fmt = opts.get("format") or None
+    if fmt is not None and fmt not in EXTERNAL_FORMATS:
+        raise ConfigError(f"downstream.methods: {method!r}: format={fmt} is not one of {', '.join(EXTERNAL_FORMATS)}")
+    thr = opts.get("mask_threshold")
+    if thr is not None:
+        try:
+            thr = float(thr)
+        except ValueError:
+            thr = None
+        if thr is None or not 0 < thr < 1:
+            raise ConfigError(f"downstream.methods: {method!r}: mask_threshold must be a number in (0, 1) (a mask "
+                              f"pixel / 255 above it is anomalous), got {opts['mask_threshold']!r}")
+    return {"format": fmt, "mask_threshold": thr}
 
 
 def _external_base(method: str) -> str:
@@ -39,6 +85,37 @@ def method_dir(method: str) -> str:
 def method_label(method: str) -> str:
     """Table label: ``external:/data/ad/pairs`` -> ``external:pairs``; other methods unchanged."""
     return f"external:{_external_base(method)}" if is_external(method) else method
+
+
+def generation_only(cfg: Mapping) -> list[str]:
+    """``downstream.generation_only``: methods scored by the generation metrics only (no segmentation jobs): the
+    paper's Tab. 1 columns of generators that make no masks (CDC, SDGAN, Defect-GAN)."""
+    return list(cfg["downstream"].get("generation_only") or [])
+
+
+def all_methods(cfg: Mapping) -> list[str]:
+    """Every method of a configuration: ``downstream.methods`` (segmentation + generation metrics) then
+    ``downstream.generation_only`` (generation metrics only)."""
+    return list(cfg["downstream"]["methods"]) + [m for m in generation_only(cfg)
+                                                 if m not in cfg["downstream"]["methods"]]
+
+
+def check_methods(cfg: Mapping) -> None:
+    """Cross-key checks of the method lists (ConfigError naming the key): an external spec's options are valid;
+    a ``generation_only`` method is not also in ``downstream.methods`` and is not ``real`` (the real images,
+    which get no generation metrics)."""
+    d = cfg["downstream"]
+    for m in all_methods(cfg):
+        if is_external(m):
+            external_options(m)
+            _external_base(m)
+    for m in generation_only(cfg):
+        if m in d["methods"]:
+            raise ConfigError(f"downstream.generation_only: {m!r} is also in downstream.methods; a method is either "
+                              "segmented and scored (methods) or scored by the generation metrics only")
+        if m == "real":
+            raise ConfigError("downstream.generation_only: 'real' (the real training anomalies) gets no generation "
+                              "metrics; remove it")
 
 
 # ----------------------------------------------------------------------------- generator models
@@ -90,7 +167,7 @@ def setting_deviations(cfg: Mapping, records=(), rmp_records=()) -> list[str]:
         out.append(f"seg normals {d['normal_images']}/product")
     if not d["include_real_anomalies"]:
         out.append("seg without real anomalies")
-    if "seas" not in d["methods"]:
+    if "seas" not in all_methods(cfg):
         return out
     records = [r for r in records if r]
     used_precision = {str(r["precision"]) for r in records if r.get("precision")}

@@ -6,6 +6,7 @@ stage reads, so two configurations that agree on a stage's inputs share its outp
     <run>/rmp/<k>/<product>/<group>/
     <run>/methods/seas/<k>/<product>/<type>/          the pairs layout (seas.data.pairs) under a pairs root
     <run>/methods/<baseline>/<k>/<product>/
+    <run>/methods/external-<name>/<k>/<product>/      an external folder imported (seas.data.import_pairs)
     <run>/gen_metrics/<method>/<k>/<product>.json
     <run>/segmentation/<model>/<method>/<k>/<scope>/  model.safetensors, train.json   scope: all | product-<P>
     <run>/evaluation/<model>/<method>/<k>/<scope>/scores.csv
@@ -34,7 +35,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from seas.run.labels import BASELINE_METHODS, external_path, is_external, method_dir
+from seas.run.labels import BASELINE_METHODS, all_methods, is_external, method_dir
 from seas.run.runtime import cli
 from seas.run.stages import STAGES, stage, stage_values
 
@@ -122,8 +123,8 @@ class Layout:
             return self.key("generate")
         if method in BASELINE_METHODS:
             return self.key("baselines", method=method)
-        if is_external(method):
-            return _hash({"stage": "external", "path": external_path(method)})
+        if is_external(method):  # its import (seas.data.import_pairs; the folder's content is a param of the rule)
+            return self.key("import_pairs", method=method)
         raise ValueError(f"unknown method {method!r}")
 
     def _folder(self, name: str, **fields: str) -> str:
@@ -151,7 +152,7 @@ class Layout:
     def pairs_root(self, method: str) -> str:
         """The folder holding a method's ``<product>/<type>/`` pairs."""
         if is_external(method):
-            return external_path(method)
+            return self._folder("import_pairs", method=method)
         return self._folder("generate") if method == "seas" else self._folder("baselines", method=method)
 
     def generation_manifest(self, product: str, atype: str) -> str:
@@ -179,8 +180,9 @@ class Layout:
 
     # ------------------------------------------------------------------ what a run holds
     def gen_metrics_methods(self) -> list[str]:
-        """The configured methods that get generation metrics: all but ``real`` (the real images)."""
-        return [m for m in self.cfg["downstream"]["methods"] if m != "real"]
+        """The configured methods that get generation metrics: all but ``real`` (the real images), the
+        ``downstream.generation_only`` ones included."""
+        return [m for m in all_methods(self.cfg) if m != "real"]
 
     def instances(self, name: str) -> list[dict]:
         """The identity fields (``method``, ``model``) of every instance of stage ``name`` in this configuration."""
@@ -191,10 +193,12 @@ class Layout:
         if "{model}" in s.folder:
             return [{"model": model, "method": m} for model in d["models"] for m in d["methods"]]
         if name == "baselines":
-            return [{"method": m} for m in d["methods"] if m in BASELINE_METHODS]
+            return [{"method": m} for m in all_methods(self.cfg) if m in BASELINE_METHODS]
+        if name == "import_pairs":
+            return [{"method": m} for m in all_methods(self.cfg) if is_external(m)]
         if "{method}" in s.folder:
             return [{"method": m} for m in self.gen_metrics_methods()]
-        return [{}] if s.for_method is None or s.for_method in d["methods"] else []
+        return [{}] if s.for_method is None or s.for_method in all_methods(self.cfg) else []
 
     def instance_keys(self, name: str) -> list[str]:
         """The keys of every instance of stage ``name`` this configuration has (the workflow's jobs by key)."""

@@ -134,6 +134,11 @@ _ENTRIES = (
            "downstream.num_baseline_images_per_type"),
           upstream=("split",), folder="methods/{method}", parts=("method", "k", "product"), minutes=_fixed(60),
           cost_stage="baselines"),
+    # an external folder (external:<path>, a peer's released or generated pairs) in the pairs layout, per product
+    Stage("import_pairs", "seas.data.import_pairs",
+          ("dataset.image_policy", "downstream.image_size", "gen_metrics.image_size",
+           "downstream.external_mask_threshold"),
+          folder="methods/{method}", parts=("method", "k", "product"), minutes=_fixed(30)),
     Stage("train_seg", "downstream.train_seg",
           ("seed", "device", "dataset.image_policy", "model.mixed_precision", "downstream.image_size",
            "downstream.include_real_anomalies", "downstream.normal_images", "downstream.pretrained_backbones",

@@ -118,8 +118,15 @@ def test_other_presets_build_a_dag(preset, shape, tmp_path):
 
 
 def test_product_subset_and_external_method(mvtec_tree, tmp_path):
-    ext = tmp_path / "my_gan_pairs"
-    ext.mkdir()
+    import numpy as np
+    from PIL import Image
+
+    ext = tmp_path / "my_gan_pairs"  # the SeaS authors' released layout: <product>/<type>/{image,mask}/000.png
+    for product in ("bottle", "toothbrush"):
+        for t in MVTEC_AD[product]:
+            for sub in ("image", "mask"):
+                (ext / product / t / sub).mkdir(parents=True)
+                Image.fromarray(np.zeros((8, 8), np.uint8)).save(ext / product / t / sub / "000.png")
     cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{
         "dataset.products": ["bottle", "toothbrush"],
         "downstream.models": ["bisenetv2"],
@@ -129,9 +136,10 @@ def test_product_subset_and_external_method(mvtec_tree, tmp_path):
     counts = job_counts(res.stdout)
     assert counts["generate"] == 4 and counts["train_generator"] == 2
     assert counts["train_seg"] == 2 and counts["gen_metrics"] == 4 and counts["sample_grid"] == 4
-    assert "baselines" not in counts
-    # the external method trains from its own folder, under the folder name external-<basename>
-    assert f"--pairs-root {ext} " in res.stdout
+    assert counts["import_pairs"] == 2 and "baselines" not in counts
+    # the external method is imported per product, then trained from the import, under the folder name
+    # external-<basename>
+    assert re.search(r"--pairs-root \S*/methods/external-my_gan_pairs/[0-9a-f]{10} ", res.stdout)
     assert re.search(r"segmentation/bisenetv2/external-my_gan_pairs/[0-9a-f]{10}/all/model\.safetensors", res.stdout)
 
 

@@ -29,7 +29,7 @@ from seas.run.config import check_backbones, read_yaml, run_dir, validate_config
 from seas.run.stages import STAGES, stage_keys, stage_values  # noqa: E402
 from seas.run.errors import SeasError  # noqa: E402
 from seas.run.layout import KEY_LEN, Layout, group_of, job_file, pattern, scope_product, seg_scopes  # noqa: E402
-from seas.run.labels import BASELINE_METHODS, method_dir  # noqa: E402
+from seas.run.labels import BASELINE_METHODS, all_methods, generation_only, is_external, method_dir  # noqa: E402
 from seas.run.studies import load_studies, variant_configs  # noqa: E402
 
 
@@ -60,7 +60,7 @@ try:
     # a missing weights file stops the run here, before any job, naming the file and where it comes from
     _seg_models = set(CFG["downstream"]["models"]).union(*(s["models"] or [] for s in CFG["studies"].values()))
     check_backbones({**CFG, "downstream": {**CFG["downstream"], "models": sorted(_seg_models)}}, source=_SOURCE)
-    METHODS = wflib.method_table(CFG["downstream"]["methods"])
+    METHODS = wflib.method_table(all_methods(CFG))  # downstream.methods + downstream.generation_only
 except (SeasError, wflib.WorkflowConfigError) as _e:
     raise WorkflowError(str(_e))
 
@@ -265,7 +265,7 @@ def stage_json(stage, key, **fields):
 
 def method_spec(lay, method_id):
     """The configured method (seas, cutpaste, external:/path) behind a {method} folder name, in configuration lay."""
-    return wflib.method_table(lay.cfg["downstream"]["methods"])[method_id]
+    return wflib.method_table(all_methods(lay.cfg))[method_id]
 
 
 def group_type_args(wildcards):
@@ -275,13 +275,13 @@ def group_type_args(wildcards):
 
 
 def pairs_of_product(lay, method, product):
-    """The DAG files that mark a method's pairs of one product as complete, in configuration lay ([] for external
-    methods). `method`: the configured spec."""
+    """The DAG files that mark a method's pairs of one product as complete, in configuration lay (an external
+    method's: its import, seas.data.import_pairs). `method`: the configured spec."""
     if method == "seas":
         return [intact(lay.generation_manifest(product, t)) for t in types_of(product)]
-    if method in BASELINE_METHODS:
-        return [intact(lay.pairs_dir(method, product))]
-    return []  # an external folder: checked by the jobs that read it (seas.data.integrity), refused naming the file
+    if method in BASELINE_METHODS or is_external(method):
+        return [intact(lay.pairs_dir(method, product))]  # an external folder's own files: refused by its import
+    return []
 
 
 def scope_products(scope):
@@ -342,6 +342,57 @@ def split_dataset_digest(wc):
 def split_manifest_file(wc):
     """params.manifest of a split job: its product's dataset manifest (the split reuses its hashes)."""
     return dataset_manifest_file(layout_of("split", wc.k).cfg["dataset"]["root"], wc.product)
+
+
+# ----------------------------------------------------------------------------- external folders (issue 21)
+# An external:<path> method is imported per product (rule import_pairs, seas.data.import_pairs) into the pairs layout;
+# its consumers read the import. The folder is a DAG input by content, as the dataset is: the import rule's `source`
+# param is the digest of the files the import reads (their names relative to <path> + sha256, hashed by
+# seas.data.dataset_manifest.scan, cached in <run>/external/<method>/<product>.json by size and mtime; not written
+# under -n / --lint). A changed, added or removed file reruns that product's import and what reads it. The folder is
+# listed and paired here, when the DAG is built: a half-copied folder (an image without its mask, a mask without
+# its image) stops the workflow naming the file; a truncated file stops its import job, naming it.
+def external_source_file(method, product):
+    return f"{RUN}/external/{method_dir(method)}/{product}.json"
+
+
+def import_types_args(wc):
+    """The import's --types (the product's anomaly types) and --images-only (a generation-only method)."""
+    lay = layout_of("import_pairs", wc.k)
+    spec = method_spec(lay, wc.method)
+    args = "--types " + " ".join(shlex.quote(t) for t in types_of(wc.product))
+    return args + (" --images-only" if spec in generation_only(lay.cfg) else "")
+
+
+@lru_cache(maxsize=None)
+def _external_digest(spec, product, images_only, types):
+    from seas.data.dataset_manifest import load_manifest, to_json
+    from seas.data.peers import read_product, source_digest
+    from seas.run.labels import external_options, external_path
+
+    path = external_source_file(spec, product)
+    try:
+        root = external_path(spec)
+        source = read_product(root, product, external_options(spec)["format"], types=list(types),
+                              images_only=images_only)
+        digest, manifest = source_digest(root, source, load_manifest(path))
+    except SeasError as e:
+        raise WorkflowError(f"external method {spec}: {e}")
+    if not PLANNING_ONLY:
+        try:
+            wflib.write_if_changed(path, to_json(manifest))
+        except OSError as e:
+            from seas.run.runtime import io_error_message
+
+            raise WorkflowError(io_error_message(e) or str(e))
+    return digest
+
+
+def external_digest(wc):
+    """params.source of an import job: the digest of the external files it reads."""
+    lay = layout_of("import_pairs", wc.k)
+    spec = method_spec(lay, wc.method)
+    return _external_digest(spec, wc.product, spec in generation_only(lay.cfg), tuple(types_of(wc.product)))
 
 
 def split_input(stage):
@@ -499,7 +550,7 @@ def study_json(wildcards):
                                  "methods": s.methods, "variants": s.variants}}, sort_keys=True, default=list)
 
 
-_ALL_METHODS = sorted({method_dir(m) for lay in LAYOUTS for m in lay.cfg["downstream"]["methods"]})
+_ALL_METHODS = sorted({method_dir(m) for lay in LAYOUTS for m in all_methods(lay.cfg)})
 _ALL_MODELS = sorted({m for lay in LAYOUTS for m in lay.cfg["downstream"]["models"]})
 
 

@@ -109,3 +109,31 @@ rule baselines:
     shell:
         "OMP_NUM_THREADS={threads} seas_python -m downstream.baselines --config {params.config:q} --method {wildcards.method:q}"
         " --split {input.split:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule import_pairs:
+    """One product of an external folder (external:<path>: a peer's released or generated pairs, in its own
+    layout) rewritten into the pairs layout at the run's size; rerun when the folder's content changes."""
+    output:
+        directory(PAT.pairs_dir("{method}", "{product}")),
+    wildcard_constraints:
+        method=r"external-[^/]+",
+    params:
+        cfg=stage_cfg("import_pairs"),
+        config=stage_config_file("import_pairs"),
+        method=job_method("import_pairs"),
+        source=external_digest,
+        types=import_types_args,
+    log:
+        job_file(RUN, "logs", "import_pairs"),
+    benchmark:
+        job_file(RUN, "benchmarks", "import_pairs")
+    threads: job_threads(1)
+    resources:
+        mem_mb=4000,
+        runtime=stage_runtime("import_pairs"),
+    conda:
+        "../../envs/base.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} seas_python -m seas.data.import_pairs --config {params.config:q} --method {params.method:q}"
+        " --product {wildcards.product:q} {params.types} --out {output:q} > {log:q} 2>&1"

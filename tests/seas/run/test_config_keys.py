@@ -16,6 +16,18 @@ from seas.run.config import validate_config
 from seas.run.stages import STAGES, stage_keys
 from seas.run.layout import Layout
 
+def _external_tree(root: Path) -> Path:
+    """A peer's folder in the SeaS release layout (<product>/<type>/{image,mask}/000.png), for import_pairs."""
+    import numpy as np
+    from PIL import Image
+
+    for sub in ("image", "mask"):
+        (root / "weave" / "scratch" / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16), 255 if sub == "mask" else 90, np.uint8)).save(
+            root / "weave" / "scratch" / sub / "000.png")
+    return root
+
+
 # (module, argv builder) in pipeline order; every stage writes into its folder of the run `w/run` (seas.run.layout), so
 # that the tables and the study find them
 def _argv(w, c, cfg):
@@ -30,6 +42,8 @@ def _argv(w, c, cfg):
         ("seas.method.train_rmp", [*cfg, "--split", s, "--generator", gen, "--out", rmp]),
         ("seas.method.generate", [*cfg, "--split", s, "--generator", gen, "--rmp", rmp, "--type", "scratch",
                            "--out", str(Path(lay.generation_manifest("weave", "scratch")).parent)]),
+        ("seas.data.import_pairs", [*cfg, "--method", f"external:{_external_tree(w / 'ext')}", "--product", "weave",
+                                    "--out", str(w / "imported" / "weave")]),
         ("downstream.baselines", [*cfg, "--method", "cutpaste", "--split", s, "--out", lay.pairs_dir("cutpaste", "weave")]),
         ("downstream.gen_metrics", [*cfg, "--split", s, "--pairs", lay.pairs_dir("seas", "weave"), "--method", "seas",
                               "--out", lay.gen_metrics("seas", "weave")]),

@@ -84,7 +84,13 @@ def test_paths_and_patterns_agree():
     assert pat.generator("{product}", "{group}") == "R/generator/{k}/{product}/{group}"
     assert lay.generation_manifest("w", "hole") == f"R/methods/seas/{lay.key('generate')}/w/hole/manifest.csv"
     assert pat.generation_manifest("{product}", "{atype}") == "R/methods/seas/{k}/{product}/{atype}/manifest.csv"
-    assert lay.pairs_root("external:/data/x/pairs") == "/data/x/pairs"
+    # an external folder is read through its import (seas.data.import_pairs), keyed by its spec and the import's keys
+    ext = "external:/data/x/pairs"
+    k_imp = lay.key("import_pairs", method=ext)
+    assert lay.pairs_root(ext) == f"R/methods/external-pairs/{k_imp}" and lay.pairs_key(ext) == k_imp
+    assert lay.pairs_dir(ext, "w") == f"R/methods/external-pairs/{k_imp}/w"
+    assert lay.key("import_pairs", method=ext + "?mask_threshold=0.3") != k_imp  # the options key the import
+    assert lay.key("import_pairs", method="external:/data/y/pairs") != k_imp
     assert lay.scores("lfd", "seas") == f"R/evaluation/lfd/seas/{lay.key('evaluate', model='lfd', method='seas')}/all/scores.csv"
     assert pat.seg_dir("{model}", "{method}", "{scope}") == "R/segmentation/{model}/{method}/{k}/{scope}"
     assert job_file("R", "benchmarks", "train_seg") == "R/benchmarks/train_seg/{model}/{method}/{k}/{scope}.tsv"
