@@ -10,6 +10,11 @@ Optimisation (``downstream.train.<model>``): SGD with momentum (or AdamW), weigh
 ``batch_size`` samples drawn with replacement, poly learning-rate decay with optional linear warm-up; the loss is
 the model's own (mmseg decode + auxiliary heads; LFD: cross-entropy).
 
+A method whose pairs hold copies of held-out test images (downstream.leakage) is refused, naming the method, a copy
+and ``downstream.leakage.allow``, unless ``--allow-test-copies`` (the workflow passes it for the methods that list
+names); train.json records ``test_copies``. ``--model draem_unet`` (``downstream.protocol: peer_per_product_unet``)
+trains as AnomalyDiffusion's script does instead (downstream.segmentation.peer_unet; not resumable).
+
 Resumable: every ``checkpoint_every`` steps the state (model, optimiser, step, elapsed time) goes to
 ``<out>.work/state.pt``; a re-run continues from it, drawing the same batches (each batch's indices and flips
 come from ``derive_seed(seed, model, method, step)``). At the end ``<out>/model.safetensors`` (plain state_dict)

@@ -130,7 +130,7 @@ def train_peer_unet(cfg: Mapping, pairs_root: str | Path, split_paths: Sequence[
                     method: str | None = None, progress: bool = True, allow_test_copies: bool = False) -> dict:
     """Train ``draem_unet`` as the peer's script does; write ``out/model.safetensors`` (the selected epoch's
     weights) + ``out/train.json``; returns the train.json dict."""
-    from downstream.evaluate import evaluate_dataset, metric_kwargs
+    from downstream.evaluate import evaluate_dataset
     from downstream.train_seg import check_test_copies
 
     d = cfg["downstream"]
@@ -159,7 +159,7 @@ def train_peer_unet(cfg: Mapping, pairs_root: str | Path, split_paths: Sequence[
     opt = torch.optim.Adam(model.parameters(), lr=float(t["lr"]))
     epochs, n_per_epoch, batch = int(t["epochs"]), int(t["samples_per_epoch"]), int(t["batch_size"])
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [epochs * 0.8, epochs * 0.9], gamma=0.2)
-    kw = metric_kwargs(cfg)
+    kw = {"pro_max_fpr": 0.3}  # the selection's PRO as the script's calculate_au_pro integrates it (to FPR 0.3)
     best, best_epoch, best_state, history, scores = 0.0, None, None, [], []
     steps, t0 = 0, time.perf_counter()
     for epoch in tqdm(range(epochs), desc=f"draem_unet/{method}", disable=not progress, dynamic_ncols=True):
