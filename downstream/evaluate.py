@@ -41,7 +41,7 @@ __all__ = ["SCORE_COLUMNS", "MEAN_ROW", "metric_kwargs", "evaluate_dataset", "ev
 
 SCORE_COLUMNS = ["product"] + METRIC_COLUMNS + INFO_COLUMNS
 MEAN_ROW = "mean"
-MODELS = ("bisenetv2", "upernet", "lfd")
+MODELS = ("bisenetv2", "upernet", "lfd", "draem_unet")  # = downstream.segmentation.models.MODEL_NAMES
 
 
 def metric_kwargs(cfg: Mapping) -> dict:
