@@ -355,8 +355,9 @@ def test_draem_without_dtd_is_labelled_in_every_row(tmp_path):
         Path(lay.split(p)).parent.mkdir(parents=True, exist_ok=True)
         Path(lay.split(p)).write_text("{}")
     for m in methods:
-        rows = [{"product": p, **{c: 50.0 for c in METRIC_COLUMNS}} for p in PRODUCTS]
-        write_scores(rows + [{"product": "mean", **{c: 50.0 for c in METRIC_COLUMNS}}], lay.scores("lfd", m))
+        info = {"n_images": 5, "n_anomalous": 3, "n_regions": 4, "n_pixels": 320, "pixel_mode": "exact"}
+        rows = [{"product": p, **{c: 50.0 for c in METRIC_COLUMNS}, **info} for p in PRODUCTS + ["mean"]]
+        write_scores(rows, lay.scores("lfd", m))
         for p in PRODUCTS:
             f = Path(lay.gen_metrics(m, p))
             f.parent.mkdir(parents=True, exist_ok=True)
