@@ -22,9 +22,10 @@
   (multi-octave Perlin noise between two random colours), and every table labels the method
   ``draem (procedural textures, not DTD)`` (seas.run.labels.method_label). Mask = the thresholded noise, exactly.
 
-The anomaly type only selects the output folder (and, for ``real``, the images): cutpaste/draem do not model
-types (``crop_paste`` crops the type's own real anomalies). Every pair has its own seed (``seas.run.runtime.derive_seed(seed, method, product, type, index)``), stored in
-``manifest.csv`` together with the reference normal image and the method's parameters.
+The anomaly type only selects the output folder (and, for ``real`` and ``crop_paste``, the real anomalies used):
+cutpaste/draem do not model types. Every pair has its own seed (``seas.run.runtime.derive_seed(seed, method,
+product, type, index)``), stored in ``manifest.csv`` together with the reference normal image and the method's
+parameters (crop_paste: ``anomaly``, the training anomaly cropped; draem with DTD: ``texture``).
 
 CLI::
 
