@@ -2,6 +2,11 @@
 
 * ``real``     — the split's few real training anomalies of the type, cycled, each copy rotated by k·90° and
   flipped (``augmentation`` config, per-product overrides honoured). The "no generator" reference.
+* ``crop_paste`` — Crop&Paste (Lin et al., ICME 2021, "crop-and-paste operation"; the paper's Crop&Paste column):
+  a real defect is cropped out of one of the split's few training anomalies of the type (the bounding box of its
+  mask, the mask as the cut-out's alpha), rotated by k·90° / flipped as ``augmentation`` allows, and pasted onto a
+  normal training image at a uniformly random position where it fits. Only the defect's own pixels are pasted;
+  mask = exactly those pixels. Unlike CutPaste, the pasted content is a real anomaly, not normal texture.
 * ``cutpaste`` — CutPaste (Li et al., CVPR 2021): a rectangle (area 2–15 % of the image, aspect ratio
   log-uniform in [0.3, 3.3]) or a thin "scar" strip (rotated ±45°) is cut from a normal training image,
   colour-jittered (brightness, contrast, saturation ±10 %, hue ±0.1) and pasted at another place of the same
@@ -9,18 +14,22 @@
 * ``draem``    — DRAEM-style (Zavrtanik et al., ICCV 2021): a Perlin-noise map (lattice 2^a × 2^b, a, b ∈ [0, 6)
   scaled to the image size, rotated by U(−90°, 90°)) thresholded at 0.5 gives the mask (anywhere in the image:
   no foreground restriction for object products); inside it a texture source is blended into a normal
-  image: ``x' = (1−m)·x + m·((1−β)·src + β·x)``, β ~ U(0, 0.8). DRAEM's source is the DTD texture set,
-  which is not available here: the source is, with probability 1/2 each, another normal image of the product
-  (rotated by k·90°, colour-jittered) or a procedurally generated texture (multi-octave Perlin noise between
-  two random colours). Mask = the thresholded noise, exactly.
+  image: ``x' = (1−m)·x + m·((1−β)·src + β·x)``, β ~ U(0, 0.8). DRAEM's source is the DTD texture set:
+  with ``downstream.dtd_root`` (the Describable Textures Dataset as it unpacks: ``<root>/images/<category>/*.jpg``,
+  or the ``images`` folder itself) every source is a DTD image drawn uniformly (:func:`dtd_textures`; an absent
+  or empty folder is an error naming the key). Without it (the demo) the source is, with probability 1/2 each,
+  another normal image of the product (rotated by k·90°, colour-jittered) or a procedurally generated texture
+  (multi-octave Perlin noise between two random colours), and every table labels the method
+  ``draem (procedural textures, not DTD)`` (seas.run.labels.method_label). Mask = the thresholded noise, exactly.
 
-The anomaly type only selects the output folder (and, for ``real``, the images): cutpaste/draem do not model
-types. Every pair has its own seed (``seas.run.runtime.derive_seed(seed, method, product, type, index)``), stored in
-``manifest.csv`` together with the reference normal image and the method's parameters.
+The anomaly type only selects the output folder (and, for ``real`` and ``crop_paste``, the real anomalies used):
+cutpaste/draem do not model types. Every pair has its own seed (``seas.run.runtime.derive_seed(seed, method,
+product, type, index)``), stored in ``manifest.csv`` together with the reference normal image and the method's
+parameters (crop_paste: ``anomaly``, the training anomaly cropped; draem with DTD: ``texture``).
 
 CLI::
 
-    python -m downstream.baselines --config C --method {real,cutpaste,draem} --split split/P.json --out methods/M/P
+    python -m downstream.baselines --config C --method {real,crop_paste,cutpaste,draem} --split split/P.json --out methods/M/P
 """
 from __future__ import annotations
 
@@ -50,7 +59,7 @@ from seas.run.stages import STAGES
 
 __all__ = [
     "METHODS", "perlin_noise", "fractal_noise", "perlin_mask", "procedural_texture", "color_jitter",
-    "cutpaste_pair", "draem_pair", "real_pair", "generate_baseline", "main",
+    "cutpaste_pair", "crop_paste_pair", "dtd_textures", "draem_pair", "real_pair", "generate_baseline", "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -189,17 +198,76 @@ def cutpaste_pair(normal: Image.Image, rng: np.random.Generator, scar_probabilit
     return out, mask, params
 
 
+def crop_paste_pair(normal: Image.Image, anomaly: Image.Image, anomaly_mask: np.ndarray, rng: np.random.Generator,
+                    rotate90: bool = True, flip: bool = True) -> tuple[Image.Image, np.ndarray, dict]:
+    """Crop&Paste (Lin et al. 2021): the defect of a real anomaly (``anomaly`` + its mask) cut out along its mask's
+    bounding box, rotated by k·90° / flipped (where allowed), pasted onto ``normal`` at a random position where it
+    fits; only the mask's pixels are pasted -> (image, mask uint8 {0,1} = exactly the pasted pixels, parameters)."""
+    m = np.asarray(anomaly_mask) > 0
+    if not m.any():
+        raise DataError("crop_paste_pair: the anomaly's mask is empty (nothing to crop)")
+    if anomaly.size != (m.shape[1], m.shape[0]):
+        raise DataError(f"crop_paste_pair: mask {m.shape[::-1]} and anomaly image {anomaly.size} differ in size")
+    ys, xs = np.nonzero(m)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    patch = np.asarray(anomaly.convert("RGB"))[y0:y1, x0:x1]
+    alpha = m[y0:y1, x0:x1]
+    k = int(rng.integers(0, 4)) if rotate90 else 0
+    flipped = bool(rng.random() < 0.5) if flip else False
+    patch, alpha = np.rot90(patch, k), np.rot90(alpha, k)
+    if flipped:
+        patch, alpha = patch[:, ::-1], alpha[:, ::-1]
+    w, h = normal.size
+    ph, pw = alpha.shape
+    if ph > h or pw > w:  # a defect larger than the target (another size): keep its top-left part
+        patch, alpha = patch[:h, :w], alpha[:h, :w]
+        ph, pw = alpha.shape
+    dx, dy = int(rng.integers(0, w - pw + 1)), int(rng.integers(0, h - ph + 1))
+    out = np.array(normal.convert("RGB"))
+    region = out[dy:dy + ph, dx:dx + pw]
+    region[alpha] = patch[alpha]
+    mask = np.zeros((h, w), np.uint8)
+    mask[dy:dy + ph, dx:dx + pw] = alpha
+    params = {"src_x": x0, "src_y": y0, "patch_w": int(x1 - x0), "patch_h": int(y1 - y0), "rot90": k,
+              "flip": flipped, "dst_x": dx, "dst_y": dy}
+    return Image.fromarray(out, mode="RGB"), mask, params
+
+
+DTD_KEY = "downstream.dtd_root"
+
+
+def dtd_textures(root: str | Path) -> list[Path]:
+    """The Describable Textures Dataset's images, sorted: ``<root>/images/<category>/*.jpg`` (the archive's layout,
+    ``dtd/images/banded/banded_0002.jpg``), or ``<root>/<category>/*.jpg`` when ``root`` is that ``images`` folder.
+    An absent folder, or one without such images, is a ConfigError naming ``downstream.dtd_root``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{DTD_KEY}: {root} is not a folder (the DTD archive unpacked: <root>/images/<category>/*.jpg; "
+                          "null = procedural textures, labelled as such)")
+    base = root / "images" if (root / "images").is_dir() else root
+    files = sorted(p for p in base.glob("*/*") if p.suffix.lower() in (".jpg", ".jpeg") and p.is_file())
+    if not files:
+        raise ConfigError(f"{DTD_KEY}: no DTD images (<category>/*.jpg) under {base}")
+    return files
+
+
 def draem_pair(normal: Image.Image, rng: np.random.Generator, other_normals: Sequence[Image.Image] = (),
-               beta_max: float = 0.8) -> tuple[Image.Image, np.ndarray, dict]:
+               beta_max: float = 0.8, texture: Image.Image | None = None) -> tuple[Image.Image, np.ndarray, dict]:
     """DRAEM-style Perlin anomaly on one normal image -> (image, mask uint8 {0,1}, parameters).
 
-    ``other_normals``: candidate texture sources (other normal images of the product); empty -> procedural only.
+    ``texture``: a DTD image, the source (DRAEM; rotated by k·90° and colour-jittered in place of DRAEM's imgaug
+    augmenters). Without it, ``other_normals`` (other normal images of the product) or a procedural texture, 1/2 each
+    (procedural only when empty).
     """
     size = normal.size[0]
     if normal.size[0] != normal.size[1]:
         raise DataError(f"draem_pair: expected a square image, got {normal.size}")
     mask, res, angle = perlin_mask(size, rng)
-    if other_normals and rng.random() < 0.5:
+    if texture is not None:
+        src = texture.convert("RGB").resize(normal.size, Image.BILINEAR).rotate(90 * int(rng.integers(0, 4)))
+        src, _ = color_jitter(src, rng, strength=0.3)
+        source = "dtd"
+    elif other_normals and rng.random() < 0.5:
         j = int(rng.integers(0, len(other_normals)))
         src = other_normals[j].rotate(90 * int(rng.integers(0, 4)))
         src, _ = color_jitter(src, rng, strength=0.3)
@@ -253,14 +321,15 @@ def generate_baseline(cfg: Mapping, method: str, split: Split, out: str | Path,
             normals[i] = load_image(split.train_normals[i], size, policy)
         return normals[i]
 
-    rot, flip = augmentation_for(cfg, split.product) if method == "real" else (False, False)
+    rot, flip = augmentation_for(cfg, split.product) if method in ("real", "crop_paste") else (False, False)
+    dtd = dtd_textures(ds["dtd_root"]) if method == "draem" and ds.get("dtd_root") else None
     base_seed = int(cfg["seed"])
     with atomic_dir(out) as tmp:
         for t in split.anomaly_types:
             type_dir = tmp / t
             rows = []
             real = split.train_anomalies.get(t, [])
-            if method == "real" and not real:
+            if method in ("real", "crop_paste") and not real:
                 raise DataError(f"split of {split.product!r}: no training anomalies of type {t!r}")
             for i in tqdm(range(n), desc=f"{method} {split.product}/{t}", disable=not progress, leave=False):
                 seed = derive_seed(base_seed, "baseline", method, split.product, t, i)
@@ -270,15 +339,27 @@ def generate_baseline(cfg: Mapping, method: str, split: Split, out: str | Path,
                     img, mask, params = real_pair(load_image(ref["image"], size, policy),
                                                   load_mask(ref["mask"], size, policy), seed, rot, flip)
                     reference = ref["image"]
+                elif method == "crop_paste":
+                    ref = real[i % len(real)]
+                    k = int(rng.integers(0, len(split.train_normals)))
+                    reference = split.train_normals[k]
+                    img, mask, params = crop_paste_pair(normal(k), load_image(ref["image"], size, policy),
+                                                        load_mask(ref["mask"], size, policy), rng, rot, flip)
+                    params["anomaly"] = ref["image"]
                 else:
                     k = int(rng.integers(0, len(split.train_normals)))
                     reference = split.train_normals[k]
                     if method == "cutpaste":
                         img, mask, params = cutpaste_pair(normal(k), rng)
                     else:
-                        others = [j for j in range(len(split.train_normals)) if j != k]
-                        picks = [others[j] for j in rng.permutation(len(others))[:8]] if others else []
-                        img, mask, params = draem_pair(normal(k), rng, [normal(j) for j in picks])
+                        if dtd is not None:  # DRAEM: a DTD texture
+                            tex_path = dtd[int(rng.integers(0, len(dtd)))]
+                            img, mask, params = draem_pair(normal(k), rng, texture=load_image(tex_path))
+                            params["texture"] = str(tex_path)
+                        else:  # the procedural stand-in (tables: draem (procedural textures, not DTD))
+                            others = [j for j in range(len(split.train_normals)) if j != k]
+                            picks = [others[j] for j in rng.permutation(len(others))[:8]] if others else []
+                            img, mask, params = draem_pair(normal(k), rng, [normal(j) for j in picks])
                 ip, mp = save_pair(type_dir, i, img, mask)
                 rows.append({"index": i, "image": ip, "mask": mp, "seed": seed, "reference": reference, "type": t,
                              "method": method, "anomalous_fraction": round(float(mask.mean()), 6), **params})

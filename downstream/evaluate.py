@@ -45,7 +45,7 @@ SCORE_COLUMNS = ["product"] + METRIC_COLUMNS + INFO_COLUMNS
 MEAN_ROW = "mean"
 #: what a complete scores file holds (seas.data.integrity.check_csv; the tables check every file before reading)
 SCORES_CHECK = {"columns": ["product"] + METRIC_COLUMNS, "numeric": METRIC_COLUMNS, "last_row": {"product": MEAN_ROW}}
-MODELS = ("bisenetv2", "upernet", "lfd")
+MODELS = ("bisenetv2", "upernet", "lfd", "draem_unet")  # = downstream.segmentation.models.MODEL_NAMES
 
 
 def metric_kwargs(cfg: Mapping) -> dict:

@@ -34,6 +34,10 @@ Per anomaly type folder ``<pairs>/<type>/images/`` (``good`` is skipped), images
   against each mask moved to a random position (a cyclic shift, seeded: same shape and area, unrelated place) --
   the chance level the real values must clear. All in percent (:func:`mask_defect_agreement`).
 
+* Test copies (downstream.leakage): ``test_copies`` = how many of the product's pair images (every type folder,
+  ``good`` included) are near-copies of one of its held-out test images (``test_copy_files``: each with its test
+  image and signature distance; ``test_copy_threshold``), shown in generation.csv.
+
 The product's ``is`` / ``ic_lpips`` / ``kid`` (and ``agreement``) are the means over its anomaly types;
 ``per_type`` holds each type's values.
 The clustering maths is in pure functions (:func:`assign_clusters`, :func:`cluster_members`,
@@ -420,6 +424,13 @@ def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) ->
               "n_images": 0, "inception": None, "lpips": None, "image_size": gm["image_size"],
               "cluster_cap": gm["cluster_cap"], "enabled": gm["enabled"],
               "kid_reference": kid_ref if do_kid else None, "agreement": None}
+    from downstream.leakage import product_copies  # the test-copy check (downstream.leakage.threshold)
+
+    leak = product_copies(pairs_dir, split, float(cfg["downstream"]["leakage"]["threshold"]))
+    result.update(test_copies=leak["test_copies"], test_copy_threshold=leak["threshold"], test_copy_files=leak["copies"])
+    if leak["test_copies"]:
+        log.warning("%s %s: %d of %d images are copies of held-out test images, e.g. %s ~ %s", method, split.product,
+                    leak["test_copies"], leak["n_images"], leak["copies"][0]["image"], leak["copies"][0]["test_image"])
     if not gm["enabled"]:
         return result
     device = device or get_device(cfg)

@@ -10,6 +10,11 @@ Optimisation (``downstream.train.<model>``): SGD with momentum (or AdamW), weigh
 ``batch_size`` samples drawn with replacement, poly learning-rate decay with optional linear warm-up; the loss is
 the model's own (mmseg decode + auxiliary heads; LFD: cross-entropy).
 
+A method whose pairs hold copies of held-out test images (downstream.leakage) is refused, naming the method, a copy
+and ``downstream.leakage.allow``, unless ``--allow-test-copies`` (the workflow passes it for the methods that list
+names); train.json records ``test_copies``. ``--model draem_unet`` (``downstream.protocol: peer_per_product_unet``)
+trains as AnomalyDiffusion's script does instead (downstream.segmentation.peer_unet; not resumable).
+
 Resumable: every ``checkpoint_every`` steps the state (model, optimiser, step, elapsed time) goes to
 ``<out>.work/state.pt``; a re-run continues from it, drawing the same batches (each batch's indices and flips
 come from ``derive_seed(seed, model, method, step)``). At the end ``<out>/model.safetensors`` (plain state_dict)
@@ -44,7 +49,7 @@ from seas.run.config import add_config_arguments, config_from_args
 from seas.run.runtime import cli, setup_logging
 from seas.run.stages import STAGES, fingerprint
 
-__all__ = ["poly_lr", "SeededBatchSampler", "make_optimizer", "train_segmentation", "main"]
+__all__ = ["poly_lr", "SeededBatchSampler", "make_optimizer", "check_test_copies", "train_segmentation", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +99,22 @@ def make_optimizer(model: torch.nn.Module, tcfg: Mapping) -> torch.optim.Optimiz
     return torch.optim.AdamW(params, lr=tcfg["lr"], betas=(tcfg["momentum"], 0.999), weight_decay=tcfg["weight_decay"])
 
 
+def check_test_copies(cfg: Mapping, method: str, dataset: SegTrainDataset, split_paths: Sequence[str | Path],
+                      allowed: bool) -> int:
+    """The number of the method's training pairs that copy a held-out test image of their product
+    (downstream.leakage, threshold ``downstream.leakage.threshold``); a DataError naming the method, a copy and
+    ``downstream.leakage.allow`` when there are copies and ``allowed`` is off."""
+    from downstream.leakage import check_no_test_copies
+    from downstream.segmentation.data import load_splits
+
+    by_product: dict[str, list[str]] = {}
+    for it in dataset.items:
+        if it.origin == "pairs":
+            by_product.setdefault(it.product, []).append(it.image)
+    return check_no_test_copies(method, by_product, load_splits(split_paths),
+                                float(cfg["downstream"]["leakage"]["threshold"]), allowed)
+
+
 def _save_state(path: Path, model, optimizer, step: int, seconds: float, history: list[float], meta: dict) -> None:
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
@@ -112,14 +133,20 @@ def _load_state(path: Path, meta: dict) -> dict:
 
 def train_segmentation(cfg: Mapping, model_name: str, pairs_root: str | Path, split_paths: Sequence[str | Path],
                        out: str | Path, method: str | None = None, progress: bool = True,
-                       stop_after: int | None = None, restart: bool = False) -> dict:
+                       stop_after: int | None = None, restart: bool = False, allow_test_copies: bool = False) -> dict:
     """Train, write ``out/model.safetensors`` + ``out/train.json``; returns the train.json dict.
 
     ``stop_after``: leave after this many steps *of this call* with the resume state saved (tests / time limits);
-    returns ``{}`` then and writes no output.
+    returns ``{}`` then and writes no output. A method whose pairs hold copies of held-out test images is refused
+    (downstream.leakage) unless ``allow_test_copies`` (the workflow: the method is in ``downstream.leakage.allow``).
     """
     if model_name not in MODEL_NAMES:
         raise ConfigError(f"--model: unknown model {model_name!r} (choose from {', '.join(MODEL_NAMES)})")
+    if model_name == "draem_unet":  # downstream.protocol peer_per_product_unet: the peers' own loop
+        from downstream.segmentation.peer_unet import train_peer_unet
+
+        return train_peer_unet(cfg, pairs_root, split_paths, out, method=method, progress=progress,
+                               allow_test_copies=allow_test_copies)
     tcfg = cfg["downstream"]["train"][model_name]  # min_lr <= lr, batch_size >= 2: seas.run.config.validate_config
     method = method or Path(pairs_root).name
     out = Path(out)
@@ -131,6 +158,7 @@ def train_segmentation(cfg: Mapping, model_name: str, pairs_root: str | Path, sp
     dataset = SegTrainDataset.from_config(cfg, pairs_root, split_paths)
     dataset.check()  # before the first step: a truncated image or a grey mask is named here, not at its first draw
     log.info("training set: %s over %d product(s)", dataset.counts(), len({it.product for it in dataset.items}))
+    test_copies = check_test_copies(cfg, method, dataset, split_paths, allow_test_copies)
     model = build_model(model_name, cfg).to(device)
     log.info("%s: %.2fM parameters, backbone %s", model_name, sum(p.numel() for p in model.parameters()) / 1e6,
              model.backbone_init)
@@ -195,6 +223,7 @@ def train_segmentation(cfg: Mapping, model_name: str, pairs_root: str | Path, sp
         "seconds": round(seconds, 2), "device": str(device), "seed": seed,
         "include_real_anomalies": bool(cfg["downstream"]["include_real_anomalies"]),
         "normal_images": cfg["downstream"]["normal_images"],
+        "test_copies": test_copies, "test_copies_allowed": bool(allow_test_copies),
     }
     model.eval()
     with atomic_dir(out) as tmp:
@@ -216,13 +245,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--splits", required=True, nargs="+", help="split manifests (one per product)")
     ap.add_argument("--out", required=True, help="output folder (segmentation/<model>/<method>)")
     ap.add_argument("--method", default=None, help="method label for train.json (default: the pairs-root folder name)")
+    ap.add_argument("--allow-test-copies", action="store_true",
+                    help="train although the pairs hold copies of held-out test images (the workflow passes it for "
+                         "the methods in downstream.leakage.allow); without it such a method is refused")
     add_resume_arguments(ap, "iterations")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
     cfg = config_from_args(args)
     info = train_segmentation(cfg, args.model, args.pairs_root, args.splits, args.out, method=args.method,
-                              stop_after=args.stop_after, restart=args.restart)
+                              stop_after=args.stop_after, restart=args.restart,
+                              allow_test_copies=args.allow_test_copies)
     if info:  # what this stage cost (tables/cost.csv)
         run_record(Path(args.out) / RUN_RECORD, stage="segmentation", steps=info["iterations"],
                    images=info["iterations"] * info["batch_size"])

@@ -26,6 +26,7 @@ CLIS = {
     "downstream.gen_metrics": [[]],
     "seas.run.layout": [[]],
     "downstream.baselines": [[]],
+    "downstream.leakage": [[]],
     "downstream.train_seg": [[]],
     "downstream.evaluate": [[]],
     "downstream.report.tables": [[]],

@@ -108,6 +108,7 @@ def _norm_method(m: str) -> str:
     m = str(m).strip()
     if m.lower().startswith("external:"):
         m = m.split(":", 1)[1]
+    m = re.sub(r"\s*\(.*\)$", "", m)  # a label's qualifier: "draem (procedural textures, not DTD)" is DRAEM's column
     m = re.sub(r"[^0-9a-z]", "", m.lower())
     return "seas" if m == "ours" else m
 

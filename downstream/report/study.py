@@ -70,7 +70,7 @@ def variant_rows(study: Study, variant: str, cfg: Mapping, run_dir: Path) -> lis
     # per_model (Tab. 19): a row per segmentation model, then the models' average; else the average alone
     per = [(mod, mod) for mod in models] + [(AVERAGE, AVERAGE)] if study.per_model else [(AVERAGE, _models_label(models))]
     for m in methods:
-        label = method_label(m)
+        label = method_label(m, cfg)
         for key, models_cell in per:
             s = seg[(seg["model"] == key) & (seg["method"] == label)].iloc[0]
             t = det[(det["model"] == key) & (det["method"] == label)].iloc[0]

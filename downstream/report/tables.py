@@ -54,7 +54,8 @@ import pandas as pd
 from seas.run.config import add_config_arguments, config_from_args
 from seas.run.errors import ConfigError, DataError
 from seas.run.layout import Layout, seg_scopes
-from seas.run.labels import all_methods, method_dir, method_label, setting_deviations, tiny_label
+from seas.run.labels import PEER_UNET_TEST_SELECTION, all_methods, method_dir, method_label, setting_deviations, \
+    test_copies_label, tiny_label
 
 from downstream.evaluate import MEAN_ROW, add_mean_row, read_scores
 from downstream.metrics import IMAGE_COLUMNS
@@ -80,7 +81,7 @@ NA_INCEPTION = "n/a (no Inception weights)"
 NA_LPIPS = "n/a (no LPIPS weights)"
 NOT_COMPUTED = "not computed"
 PROTOCOL = "seas-unified"
-PROTOCOLS = {"unified": PROTOCOL, "per_product": "seas-per-product"}
+PROTOCOLS = {"unified": PROTOCOL, "per_product": "seas-per-product", "peer_per_product_unet": "peer-per-product-unet"}
 PAPER_DIGITS = 2  # written CSVs round like the paper (round_paper)
 #: decimals of each main table as the paper prints it (Tab. 1-3, 8-10, 13-18, 30-32: 2). cost.csv keeps 2 although
 #: Tab. 7 prints whole hours and ms: a small run's GPU hours would round to 0. Study tables: their YAML's ``digits``.
@@ -123,7 +124,31 @@ def protocol_label(cfg: Mapping, run_dir: str | Path | None = None) -> str:
     records = _stage_records(lay.generator("p", "g")) if lay else []
     rmp_records = _stage_records(lay.rmp("p", "g")) if lay else []
     deviations = setting_deviations(cfg, records, rmp_records)
-    return f"{PROTOCOLS[cfg['downstream']['protocol']]} ({'; '.join([f'split {split}', *deviations])})"
+    d = cfg["downstream"]
+    if d["protocol"] == "peer_per_product_unet" and d["peer_unet"]["select_on"] == "test":
+        deviations.append(PEER_UNET_TEST_SELECTION)
+    deviations += [test_copies_label(m, n) for m, n in _allowed_copies(lay, cfg).items()]
+    return f"{PROTOCOLS[d['protocol']]} ({'; '.join([f'split {split}', *deviations])})"
+
+
+def _allowed_copies(lay: Layout | None, cfg: Mapping) -> dict[str, int | None]:
+    """``{method: test copies}`` of the methods in downstream.leakage.allow that were trained with copies, from
+    their train.json files (``test_copies``, downstream.train_seg); a method allowed but not yet trained: None."""
+    out: dict[str, int | None] = {}
+    for m in cfg["downstream"]["leakage"]["allow"]:
+        per_scope: dict[str, int] = {}  # every model of a scope trains on the same pairs
+        for model in cfg["downstream"]["models"] if lay is not None else []:
+            for f in sorted(Path(lay.seg_dir(model, m)).parent.glob("*/train.json")):
+                try:
+                    n = int(json.loads(f.read_text()).get("test_copies") or 0)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{f} is not valid JSON: {e}") from None
+                per_scope[f.parent.name] = max(n, per_scope.get(f.parent.name, 0))
+        if not per_scope:
+            out[m] = None
+        elif sum(per_scope.values()):
+            out[m] = sum(per_scope.values())
+    return out
 
 
 def _stage_records(one_job_dir: str | Path) -> list[dict]:
@@ -235,16 +260,24 @@ def generation_table(cfg: Mapping, run_dir: Path, methods: Sequence[str], produc
         per = []
         for p in products:
             d = _read_json(Path(lay.gen_metrics(m, p)))
-            per.append({**base, "method": method_label(m), "product": p, **_gen_values(d),
+            per.append({**base, "method": method_label(m, cfg), "product": p, **_gen_values(d),
+                        "test_copies": d.get("test_copies", NOT_COMPUTED),
                         "inception_weights": _weights_label(d.get("inception")),
                         "lpips_weights": _weights_label(d.get("lpips"))})
         rows += per
-        rows.append({**base, "method": method_label(m), "product": MEAN_ROW,
+        rows.append({**base, "method": method_label(m, cfg), "product": MEAN_ROW,
                      **{k: _mean_or_label([r[k] for r in per]) for k in GEN_COLUMNS},
+                     "test_copies": _sum_or_label([r["test_copies"] for r in per]),
                      "inception_weights": "+".join(sorted({r["inception_weights"] for r in per})),
                      "lpips_weights": "+".join(sorted({r["lpips_weights"] for r in per}))})
     return pd.DataFrame(rows, columns=BASE_COLUMNS + ["method", "product"] + GEN_COLUMNS
-                        + ["inception_weights", "lpips_weights"])
+                        + ["test_copies", "inception_weights", "lpips_weights"])
+
+
+def _sum_or_label(values):
+    """The products' total of test copies (the mean row of generation.csv); a product without a count: that label."""
+    labels = sorted({v for v in values if isinstance(v, str)})
+    return " / ".join(labels) if labels else int(sum(int(v) for v in values))
 
 
 def _read_model_scores(lay: Layout, model: str, method: str, products: Sequence[str]) -> tuple[list[dict], list, str]:
@@ -268,7 +301,7 @@ def _read_model_scores(lay: Layout, model: str, method: str, products: Sequence[
 
 def _load_scores(run_dir: Path, models: Sequence[str], methods: Sequence[str], cfg: Mapping) -> dict:
     lay = Layout(run_dir, cfg)
-    all_products = _products(lay) if cfg["downstream"]["protocol"] == "per_product" else []
+    all_products = _products(lay) if cfg["downstream"]["protocol"] != "unified" else []
     scores, products = {}, None
     for model in models:
         for m in methods:
@@ -291,12 +324,12 @@ def summary_table(cfg: Mapping, loaded: dict, models, methods, columns):
         for m in methods:
             s = loaded["scores"][model, m]
             mean = s["rows"][MEAN_ROW]
-            rows.append({**base, "model": model, "backbone_init": s["backbone_init"], "method": method_label(m),
+            rows.append({**base, "model": model, "backbone_init": s["backbone_init"], "method": method_label(m, cfg),
                          **{c: mean[c] for c in columns}})
     for m in methods:  # always present (with one model it repeats that model), so the layout is fixed
-        mine = [r for r in rows if r["method"] == method_label(m)]
+        mine = [r for r in rows if r["method"] == method_label(m, cfg)]
         inits = sorted({f"{r['model']}={r['backbone_init']}" for r in mine})
-        rows.append({**base, "model": AVERAGE, "backbone_init": ";".join(inits), "method": method_label(m),
+        rows.append({**base, "model": AVERAGE, "backbone_init": ";".join(inits), "method": method_label(m, cfg),
                      **{c: _mean([r[c] for r in mine]) for c in columns}})
     return pd.DataFrame(rows, columns=BASE_COLUMNS + ["model", "backbone_init", "method"] + list(columns))
 
@@ -305,7 +338,7 @@ def per_product_table(cfg: Mapping, loaded: dict, models, methods, columns):
     """Tab. 13-18 layout: rows product x metric, one column per ``<model>/<method>``."""
     base = _base(cfg, loaded.get("run_dir"))
     keys = [(model, m) for model in models for m in methods]
-    names = [f"{model}/{method_label(m)}" for model, m in keys]
+    names = [f"{model}/{method_label(m, cfg)}" for model, m in keys]
     rows = []
     for product in list(loaded["products"]) + [MEAN_ROW]:
         for c in columns:

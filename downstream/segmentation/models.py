@@ -11,6 +11,12 @@
   weights for its two ResNet-18 trunks from ``downstream.pretrained_backbones.resnet18`` (a torchvision
   ``resnet18`` state dict, ``resnet18-f37072fd.pth``), or random init where it says ``random``.
 
+* ``draem_unet`` — DRAEM's discriminative U-Net (anomalib's ``DiscriminativeSubNetwork``: 3 -> 2 channels, base
+  width 64), the per-product model of AnomalyDiffusion's downstream protocol (``downstream.protocol:
+  peer_per_product_unet``; sjtuplayer/anomalydiffusion train-localization.py): conv weights N(0, 0.02), BatchNorm
+  weights N(1, 0.02) and biases 0 as that script initialises it, RGB in [0, 1] (the ImageNet-normalised input is
+  mapped back), the script's focal loss (:func:`peer_focal_loss`). Trained by downstream.segmentation.peer_unet.
+
 The mmseg models are built from ``mmengine.config.ConfigDict`` through ``mmseg.registry.MODELS``; their
 losses are mmseg's own (decode head + auxiliary heads, ``EncoderDecoder.loss``). No mmengine Runner and no
 mmengine checkpoint loading (it fails on torch ≥ 2.6): checkpoints are plain ``state_dict`` safetensors.
@@ -33,10 +39,10 @@ from seas.run.errors import CheckpointError, ConfigError
 from downstream.segmentation.lfd import LFD
 # Lazy imports: mmseg / mmengine are imported inside the builders (heavy: registering mmseg's modules takes seconds).
 
-__all__ = ["MODEL_NAMES", "SegModel", "MMSegModel", "LFDModel", "bisenetv2_config", "upernet_config",
+__all__ = ["MODEL_NAMES", "SegModel", "MMSegModel", "LFDModel", "DraemUNetModel", "peer_focal_loss", "peer_weights_init", "bisenetv2_config", "upernet_config",
            "build_model", "load_trained", "load_resnet50_v1c_state", "MODEL_FILE", "TRAIN_JSON"]
 
-MODEL_NAMES = ("bisenetv2", "upernet", "lfd")
+MODEL_NAMES = ("bisenetv2", "upernet", "lfd", "draem_unet")
 MODEL_FILE = "model.safetensors"
 TRAIN_JSON = "train.json"
 RANDOM_INIT = "random-init"
@@ -191,6 +197,52 @@ class LFDModel(SegModel):
         return {"loss_ce": self.criterion(self.forward(x), target.long(), ignore_index=255)}
 
 
+def peer_focal_loss(prob: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, smooth: float = 1e-5) -> torch.Tensor:
+    """The focal loss of AnomalyDiffusion's (and DRAEM's) segmentation training, on softmax probabilities
+    ``prob`` [B,C,H,W] and class indices ``target`` [B,H,W]: the one-hot target clamped to [smooth/(C-1), 1-smooth],
+    p_t = sum(onehot * prob) + smooth, loss = mean(-(1 - p_t)^gamma * log p_t) (alpha = 1 per class)."""
+    c = prob.shape[1]
+    p = prob.permute(0, 2, 3, 1).reshape(-1, c)
+    onehot = torch.nn.functional.one_hot(target.reshape(-1).long(), c).to(p.dtype)
+    onehot = onehot.clamp(smooth / (c - 1), 1.0 - smooth)
+    pt = (onehot * p).sum(1) + smooth
+    return (-(1 - pt).pow(gamma) * pt.log()).mean()
+
+
+def peer_weights_init(m: nn.Module) -> None:
+    """AnomalyDiffusion's ``weights_init`` (train-localization.py): conv weights N(0, 0.02), BatchNorm N(1, 0.02), 0."""
+    name = m.__class__.__name__
+    if "Conv" in name and getattr(m, "weight", None) is not None:
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif "BatchNorm" in name:
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+class DraemUNetModel(SegModel):
+    """DRAEM's discriminative U-Net (anomalib) with the peer's initialisation, input range and focal loss."""
+
+    backbone_init = "random-init (N(0, 0.02), AnomalyDiffusion's weights_init)"
+
+    def __init__(self, num_classes: int = 2, base_width: int = 64):
+        super().__init__()
+        from anomalib.models.image.draem.torch_model import DiscriminativeSubNetwork
+
+        self.name, self.num_classes = "draem_unet", num_classes
+        self.net = DiscriminativeSubNetwork(in_channels=3, out_channels=num_classes, base_width=base_width)
+        self.net.apply(peer_weights_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from downstream.segmentation.data import IMAGENET_MEAN, IMAGENET_STD
+
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return self.net(x * std + mean)  # the peer feeds RGB in [0, 1]
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss_focal": peer_focal_loss(torch.softmax(self.forward(x).float(), dim=1), target)}
+
+
 def _load_state_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -255,6 +307,8 @@ def build_model(name: str, cfg: Mapping, num_classes: int = 2, load_pretrained: 
         model = MMSegModel(name, upernet_config(num_classes), num_classes)
         if state is not None:
             model.load_backbone(state, str(path))
+    elif name == "draem_unet":
+        model = DraemUNetModel(num_classes)
     else:
         model = LFDModel(num_classes)
         if state is not None:

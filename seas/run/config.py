@@ -81,11 +81,22 @@ def validate_config(raw: Mapping[str, Any], source: str = "<config>") -> dict:
         raise ConfigError(f"{source}: rmp.mrm_variant: {r['mrm_variant']} changes the Mask Refinement Modules, which "
                           "rmp.mrm: false removes; set rmp.mrm: true or rmp.mrm_variant: full")
     for model, t in cfg["downstream"]["train"].items():
-        if t["min_lr"] > t["lr"]:
+        if "min_lr" in t and t["min_lr"] > t["lr"]:  # draem_unet's schedule (peer_unet_train) has none
             raise ConfigError(f"{source}: downstream.train.{model}: min_lr {t['min_lr']} > lr {t['lr']}")
         if t["batch_size"] < 2:
             raise ConfigError(f"{source}: downstream.train.{model}.batch_size: BatchNorm training needs at least 2 "
                               f"samples per batch, got {t['batch_size']}")
+    d = cfg["downstream"]  # issue 21: the peers' protocol trains the peers' model, and only that one
+    peer = d["protocol"] == "peer_per_product_unet"
+    if peer and d["models"] != ["draem_unet"]:
+        raise ConfigError(f"{source}: downstream.protocol: peer_per_product_unet trains DRAEM's U-Net per product, as "
+                          f"AnomalyDiffusion's script does; set downstream.models: [draem_unet] (got {d['models']})")
+    if "draem_unet" in d["models"] and not peer:
+        raise ConfigError(f"{source}: downstream.models: draem_unet is the model of downstream.protocol: "
+                          "peer_per_product_unet (set that protocol, or drop draem_unet)")
+    stray = [m for m in d["leakage"]["allow"] if m not in d["methods"]]
+    if stray:
+        raise ConfigError(f"{source}: downstream.leakage.allow: {stray} not in downstream.methods {d['methods']}")
     for name in BACKBONES:
         if cfg["downstream"]["pretrained_backbones"][name] == "":
             raise ConfigError(f"{source}: downstream.pretrained_backbones.{name}: empty; give the weights file or "

@@ -10,8 +10,8 @@ from seas.run.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------- methods
-BUILTIN_METHODS = ("seas", "real", "cutpaste", "draem")
-BASELINE_METHODS = ("real", "cutpaste", "draem")
+BUILTIN_METHODS = ("seas", "real", "crop_paste", "cutpaste", "draem")
+BASELINE_METHODS = ("real", "crop_paste", "cutpaste", "draem")
 EXTERNAL_PREFIX = "external:"
 
 
@@ -82,9 +82,30 @@ def method_dir(method: str) -> str:
     return f"external-{_external_base(method)}" if is_external(method) else method
 
 
-def method_label(method: str) -> str:
-    """Table label: ``external:/data/ad/pairs`` -> ``external:pairs``; other methods unchanged."""
-    return f"external:{_external_base(method)}" if is_external(method) else method
+#: table label of the ``draem`` baseline without ``downstream.dtd_root``: its sources are not DRAEM's DTD textures
+DRAEM_PROCEDURAL_LABEL = "draem (procedural textures, not DTD)"
+
+
+def method_label(method: str, cfg: Mapping | None = None) -> str:
+    """Table label: ``external:/data/ad/pairs`` -> ``external:pairs``; ``draem`` of a config without
+    ``downstream.dtd_root`` -> :data:`DRAEM_PROCEDURAL_LABEL` (``cfg`` given); other methods unchanged."""
+    if is_external(method):
+        return f"external:{_external_base(method)}"
+    if method == "draem" and cfg is not None and not cfg["downstream"].get("dtd_root"):
+        return DRAEM_PROCEDURAL_LABEL
+    return method
+
+
+# ----------------------------------------------------------------------------- protocol parts of issue 21
+#: the ``protocol`` column's part for a method scored although its pairs hold copies of test images
+#: (``downstream.leakage.allow``; downstream.leakage)
+def test_copies_label(method: str, copies: int | None) -> str:
+    n = "" if copies is None else f"{copies} "
+    return f"{method_label(method)}: {n}test copies allowed (downstream.leakage.allow)"
+
+
+#: ``downstream.protocol: peer_per_product_unet`` with ``downstream.peer_unet.select_on: test``
+PEER_UNET_TEST_SELECTION = "checkpoint picked on test"
 
 
 def generation_only(cfg: Mapping) -> list[str]:

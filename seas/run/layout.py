@@ -61,8 +61,9 @@ def group_of(cfg: Mapping[str, Any], atype: str) -> str:
 
 def seg_scopes(cfg: Mapping[str, Any], products: Sequence[str]) -> list[str]:
     """The segmentation models of one (model, method): ``["all"]`` (one for every product, ``downstream.protocol:
-    unified``, the paper) or ``["product-<P>", ...]`` (one per product, Tab. 19)."""
-    if cfg["downstream"]["protocol"] == "per_product":
+    unified``, the paper) or ``["product-<P>", ...]`` (one per product: ``per_product``, Tab. 19, and the peers'
+    ``peer_per_product_unet``)."""
+    if cfg["downstream"]["protocol"] in ("per_product", "peer_per_product_unet"):
         return [f"product-{p}" for p in products]
     return ["all"]
 

@@ -62,13 +62,16 @@ def _generate_minutes(cfg: Mapping[str, Any], **_) -> int:
 
 
 #: GPU seconds per iteration, batch 8 at 256 px, with margin
-SEG_SECONDS_PER_ITER = {"bisenetv2": 0.15, "upernet": 0.45, "lfd": 0.1}
+SEG_SECONDS_PER_ITER = {"bisenetv2": 0.15, "upernet": 0.45, "lfd": 0.1, "draem_unet": 0.3}
 
 
 def _train_seg_minutes(cfg: Mapping[str, Any], model: str = "lfd", **_) -> int:
+    """draem_unet (epochs of samples_per_epoch, one checkpoint-choice pass per epoch): its steps + 30 % for the
+    per-epoch selection passes."""
     t = cfg["downstream"]["train"][model]
     scale = (cfg["downstream"]["image_size"] / 256) ** 2 * t["batch_size"] / 8
-    return int(20 + 1.5 * t["iterations"] * SEG_SECONDS_PER_ITER.get(model, 0.5) * scale / 60) + 1
+    iters = t["iterations"] if "iterations" in t else 1.3 * t["epochs"] * -(-t["samples_per_epoch"] // t["batch_size"])
+    return int(20 + 1.5 * iters * SEG_SECONDS_PER_ITER.get(model, 0.5) * scale / 60) + 1
 
 
 def _fixed(minutes: int) -> Callable[..., int]:
@@ -126,12 +129,13 @@ _ENTRIES = (
           upstream=("train_rmp",), folder="methods/seas", parts=("k", "product", "atype"), gpu=True,
           minutes=_generate_minutes, cost_stage="generation", record="{product}/{atype}", for_method="seas"),
     # what measures the pairs
-    Stage("gen_metrics", "downstream.gen_metrics", ("seed", "device", "dataset.image_policy", "gen_metrics"),
+    Stage("gen_metrics", "downstream.gen_metrics", ("seed", "device", "dataset.image_policy", "gen_metrics",
+                                                    "downstream.leakage.threshold"),
           upstream=("pairs", "split"), folder="gen_metrics/{method}", parts=("method", "k", "product"), gpu=True,
           minutes=_fixed(60), cost_stage="gen_metrics"),
     Stage("baselines", "downstream.baselines",
           ("seed", "dataset.image_policy", "augmentation", "downstream.image_size",
-           "downstream.num_baseline_images_per_type"),
+           "downstream.num_baseline_images_per_type", "downstream.dtd_root"),
           upstream=("split",), folder="methods/{method}", parts=("method", "k", "product"), minutes=_fixed(60),
           cost_stage="baselines"),
     # an external folder (external:<path>, a peer's released or generated pairs) in the pairs layout, per product
@@ -142,7 +146,7 @@ _ENTRIES = (
     Stage("train_seg", "downstream.train_seg",
           ("seed", "device", "dataset.image_policy", "model.mixed_precision", "downstream.image_size",
            "downstream.include_real_anomalies", "downstream.normal_images", "downstream.pretrained_backbones",
-           "downstream.train.{model}"),
+           "downstream.train.{model}", "downstream.leakage.threshold", "downstream.peer_unet"),
           upstream=("pairs", "split"), folder="segmentation/{model}/{method}", parts=("model", "method", "k", "scope"),
           gpu=True, minutes=_train_seg_minutes, cost_stage="segmentation", record="{scope}"),
     Stage("evaluate", "downstream.evaluate",

@@ -76,14 +76,14 @@ def test_paper_sized_dag(mvtec_tree, tmp_path):
     cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree)
     res = dry_run(cfg)
     counts = job_counts(res.stdout + res.stderr)
-    n_models, n_methods = 3, 4
+    n_models, n_methods = 3, 5
     expected = {
         "split": 15,
         "train_generator": 15,
         "train_rmp": 15,
         "generate": 73,
-        "gen_metrics": 3 * 15,  # seas, cutpaste, draem (not `real`: the real images)
-        "baselines": 3 * 15,  # real, cutpaste, draem
+        "gen_metrics": 4 * 15,  # seas, crop_paste, cutpaste, draem (not `real`: the real images)
+        "baselines": 4 * 15,  # real, crop_paste, cutpaste, draem
         "train_seg": n_models * n_methods,
         "evaluate": n_models * n_methods,
         "sample_grid": n_methods * 15,

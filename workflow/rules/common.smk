@@ -440,6 +440,13 @@ def seg_pairs_root(wc):
     return lay.pairs_root(method_spec(lay, wc.method))
 
 
+def allow_test_copies_arg(wc):
+    """params.allow of a train_seg job: --allow-test-copies where downstream.leakage.allow names its method (a
+    param, not a key: changing the list reruns that method's segmentation jobs only)."""
+    lay = layout_of("train_seg", wc.k)
+    return "--allow-test-copies" if method_spec(lay, wc.method) in lay.cfg["downstream"]["leakage"]["allow"] else ""
+
+
 def generation_inputs(wc):
     """The split, generator and RMP a generation job reads (its type's group)."""
     lay = layout_of("generate", wc.k)

@@ -43,6 +43,7 @@ rule train_seg:
         config=stage_config_file("train_seg"),
         pairs_root=seg_pairs_root,
         method=job_method("train_seg"),
+        allow=allow_test_copies_arg,
         outdir=lambda wc, output: str(Path(output[0]).parent),
     log:
         job_file(RUN, "logs", "train_seg"),
@@ -58,7 +59,7 @@ rule train_seg:
     shell:
         "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m downstream.train_seg --config {params.config:q} --model {wildcards.model:q}"
         " --pairs-root {params.pairs_root:q} --splits {input.splits:q} --method {params.method:q} --out {params.outdir:q}"
-        " > {log:q} 2>&1"
+        " {params.allow} > {log:q} 2>&1"
 
 
 rule evaluate:

@@ -131,8 +131,9 @@ def test_generation_table(tmp_path, run_dir):
     g = tables.build_tables(_cfg(tmp_path), run_dir)["generation.csv"]
     assert list(g.columns) == ["dataset", "generator_model", "protocol", "method", "product", "is", "ic_lpips", "kid",
                                "agreement_ap", "agreement_ap_random_mask", "agreement_iou",
-                               "agreement_iou_random_mask", "inception_weights", "lpips_weights"]
+                               "agreement_iou_random_mask", "test_copies", "inception_weights", "lpips_weights"]
     assert len(g) == len(METHODS) * (len(PRODUCTS) + 1)
+    assert set(g.test_copies) == {tables.NOT_COMPUTED}  # gen_metrics JSONs written before the test-copy check
     # random Inception (cutpaste): IS is not a number to print; no KID in its JSON: "not computed"
     mean = g[(g.method == "cutpaste") & (g["product"] == "mean")].iloc[0]
     assert mean["is"] == tables.NA_INCEPTION and mean.ic_lpips == pytest.approx(0.205)
@@ -322,3 +323,47 @@ def test_backbone_init_label(tmp_path):
     (tmp_path / "train.json").write_text("{not json")
     with pytest.raises(DataError, match="train.json"):
         tables._backbone_init(tmp_path)
+
+
+def test_test_copies_in_the_generation_table_and_the_protocol_when_allowed(tmp_path, run_dir):
+    """Issue 21 item 4: gen_metrics' count per product (summed in the mean row); a method scored with copies
+    (downstream.leakage.allow) is named in every table's protocol with its count from train.json."""
+    cfg = _cfg(tmp_path, leakage={"allow": ["cutpaste"]})
+    lay = Layout(run_dir, cfg)
+    for j, p in enumerate(PRODUCTS):
+        f = Path(lay.gen_metrics("cutpaste", p))
+        f.write_text(json.dumps({**json.loads(f.read_text()), "test_copies": 2 + j}))
+    assert tables.protocol_label(cfg, run_dir) == "seas-unified (split floor 1/3)"  # trained without copies
+    info = Path(lay.seg_info("lfd", "cutpaste"))
+    info.write_text(json.dumps({**json.loads(info.read_text()), "test_copies": 5, "test_copies_allowed": True}))
+    t = tables.build_tables(cfg, run_dir)
+    g = t["generation.csv"].set_index(["method", "product"])
+    assert g.loc[("cutpaste", "washer"), "test_copies"] == 2 and g.loc[("cutpaste", "mean"), "test_copies"] == 5
+    words = "seas-unified (split floor 1/3; cutpaste: 5 test copies allowed (downstream.leakage.allow))"
+    assert all(set(df.protocol) == {words} for name, df in t.items() if name != "cost_per_job.csv")
+
+
+def test_draem_without_dtd_is_labelled_in_every_row(tmp_path):
+    methods = ["seas", "draem"]
+    cfg = validate_config({"results_dir": str(tmp_path / "results"), "run_name": "r",
+                           "dataset": {"name": "demo", "root": str(tmp_path / "data")},
+                           "model": {"pretrained": str(tmp_path / "sd"), "tiny": True},
+                           "downstream": {"models": ["lfd"], "methods": methods}}, source="<test>")
+    run = tmp_path / "results" / "r"
+    lay = Layout(run, cfg)
+    for p in PRODUCTS:
+        Path(lay.split(p)).parent.mkdir(parents=True, exist_ok=True)
+        Path(lay.split(p)).write_text("{}")
+    for m in methods:
+        info = {"n_images": 5, "n_anomalous": 3, "n_regions": 4, "n_pixels": 320, "pixel_mode": "exact"}
+        rows = [{"product": p, **{c: 50.0 for c in METRIC_COLUMNS}, **info} for p in PRODUCTS + ["mean"]]
+        write_scores(rows, lay.scores("lfd", m))
+        for p in PRODUCTS:
+            f = Path(lay.gen_metrics(m, p))
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(json.dumps({"is": 1.0, "ic_lpips": 0.1, "inception": "random", "lpips": "random"}))
+    t = tables.build_tables(cfg, run, cost=False)
+    assert {"draem (procedural textures, not DTD)", "seas"} == set(t["segmentation.csv"].method)
+    assert set(t["generation.csv"].method) == {"draem (procedural textures, not DTD)", "seas"}
+    assert "lfd/draem (procedural textures, not DTD)" in t["segmentation_per_product.csv"].columns
+
