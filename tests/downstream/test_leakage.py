@@ -11,6 +11,7 @@ from PIL import Image
 
 from downstream.baselines import generate_baseline
 from downstream.leakage import DEFAULT_THRESHOLD, find_copies, main, pair_images, product_copies, signature
+from seas.data.pairs import read_manifest, write_manifest
 from seas.data.split import Split
 from seas.run.errors import DataError
 
@@ -30,6 +31,8 @@ def _plant(pairs_dir, t, test_images):
                _jpeg(src[2].resize(size)), _jpeg(src[3].resize((48, 48), Image.BILINEAR).resize(size), 60)]
     for p, img in zip(imgs, planted):
         img.save(p)
+    # the planted pairs are what the method wrote: its manifest records their sizes (seas.data.integrity checks them)
+    write_manifest(pairs_dir / t, read_manifest(pairs_dir / t))
     return [str(p) for p in imgs[:4]], [str(p) for p in test_images[:4]]
 
 
