@@ -154,6 +154,32 @@ def _batch(images, idx, gen, crop: int = 0):
     return out
 
 
+def _strokes(x, gen, prob: float):
+    """Random synthetic strokes (1-3 line segments, 1-4 px wide, random colour) drawn on each image of ``x`` with
+    probability ``prob``: generic content a VAE trained on normals alone never sees (an experiment of
+    benchmarks/prior_limits.py; not the committed recipe)."""
+    import torch
+
+    h, w = x.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    out = x.clone()
+    for i in range(x.shape[0]):
+        if float(torch.rand(1, generator=gen)) >= prob:
+            continue
+        for _ in range(int(torch.randint(1, 4, (1,), generator=gen))):
+            y0, x0 = float(torch.rand(1, generator=gen)) * h, float(torch.rand(1, generator=gen)) * w
+            ang = float(torch.rand(1, generator=gen)) * math.pi
+            length = (0.2 + 0.8 * float(torch.rand(1, generator=gen))) * min(h, w)
+            width = 1.0 + 3.0 * float(torch.rand(1, generator=gen))
+            colour = torch.rand(3, generator=gen) * 2 - 1
+            dy, dx = math.sin(ang), math.cos(ang)
+            t = ((yy - y0) * dy + (xx - x0) * dx).clamp(0, length)
+            dist = torch.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx))
+            m = (dist <= width / 2).to(out.device)
+            out[i] = torch.where(m, colour.view(3, 1, 1).to(out.device), out[i])
+    return out
+
+
 def _optimizer_step(module, opt, sched, loss) -> None:
     """One step of the prior's two trainings: backward, gradient norm clipped to 1, AdamW, the LR schedule."""
     import torch
@@ -170,7 +196,7 @@ def _log_every(steps: int) -> int:
 
 
 def train_vae(vae, images, *, steps: int, batch: int, lr: float, kl_weight: float, grad_weight: float, seed: int,
-              crop: int = 0, history: list | None = None, ckpt: "Resumable | None" = None):
+              crop: int = 0, history: list | None = None, ckpt: "Resumable | None" = None, strokes: float = 0.0):
     """Train ``vae`` in place on ``images`` ([N,3,H,W] in [-1,1]) with random flips/rotations (and random
     ``crop``-pixel windows: a convolutional autoencoder, cheaper on crops); returns ``vae`` (None: ``ckpt`` asked to
     stop early, the state saved). ``ckpt`` (:class:`Resumable`): continue an interrupted run, checkpoint, progress."""
@@ -185,6 +211,8 @@ def train_vae(vae, images, *, steps: int, batch: int, lr: float, kl_weight: floa
     for step in range(start, steps):
         idx = torch.randint(0, images.shape[0], (batch,), generator=gen).tolist()
         x = _batch(images, idx, gen, crop)
+        if strokes > 0:
+            x = _strokes(x, gen, strokes)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(dev)
         recon = vae.decode(z).sample

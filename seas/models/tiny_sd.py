@@ -28,7 +28,7 @@ from seas.run.cli_types import int_at_least, nonneg_int
 from seas.run.config import add_config_arguments, optional_config_from_args
 from seas.run.errors import CheckpointError
 from seas.models.clip_vocab import make_clip_tokenizer
-from seas.models.prior_choice import AUTO, DEMO_PRIOR, OWN_SOURCE, auto_trains, prior_products
+from seas.models.prior_choice import AUTO, DEMO_PRIOR, OWN_SOURCE, prior_products
 from seas.models.prior_file import load_prior_state, read_prior_manifest
 from seas.run.runtime import atomic_dir, cli, setup_logging
 from seas.run.stages import STAGES
@@ -205,10 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg is not None:
         seed, size, prior = cfg["seed"], cfg["model"]["resolution"], cfg["model"]["tiny_prior"]
         if prior == AUTO and args.prior is None:
-            if auto_trains(cfg):
-                raise CheckpointError("model.tiny_prior: auto: the committed demo prior does not cover this run's "
-                                      "dataset; the workflow's stage train_prior pretrains one -- pass it with --prior")
-            prior = str(DEMO_PRIOR)
+            raise CheckpointError(f"model.tiny_prior: auto is decided by the workflow (seas.models.prior_choice: the "
+                                  f"committed {DEMO_PRIOR.name} where it covers the run, else the prior of the stage "
+                                  f"train_prior); run on its own, pass the prior with --prior FILE")
     write_tiny_sd(args.out, seed=seed if args.seed is None else args.seed,
                   sample_size=size if args.sample_size is None else args.sample_size,
                   prior=args.prior if args.prior is not None else prior)
