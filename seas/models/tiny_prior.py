@@ -219,8 +219,8 @@ def train_vae(vae, images, *, steps: int, batch: int, lr: float, kl_weight: floa
         loss, parts = vae_loss(recon, x, post.mean, post.logvar, kl_weight, grad_weight)
         _optimizer_step(vae, opt, sched, loss)
         if history is not None and (step % _log_every(steps) == 0 or step == steps - 1):
-            history.append({"phase": "vae", "step": step + 1, "loss": float(loss), **parts})
-            log.info("vae step %d/%d  loss %.4f  l1 %.4f  grad %.4f  kl %.1f", step + 1, steps, float(loss),
+            history.append({"phase": "vae", "step": step + 1, "loss": float(loss.detach()), **parts})
+            log.info("vae step %d/%d  loss %.4f  l1 %.4f  grad %.4f  kl %.1f", step + 1, steps, float(loss.detach()),
                      parts["l1"], parts["grad"], parts["kl"])
         if ckpt is not None and ckpt.step_done("vae", step + 1, steps, vae, opt, sched, gen):
             return None

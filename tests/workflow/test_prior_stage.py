@@ -94,7 +94,7 @@ def own(tmp_path_factory):
     splits, prior and tiny model built by a real run of those targets."""
     tmp = tmp_path_factory.mktemp("own_prior")
     root = _tree(tmp / "data")
-    over = {"dataset.name": "own", "dataset.root": str(root), "model.resolution": RES, "model.prior": RECIPE,
+    over = {"dataset.name": "custom", "dataset.root": str(root), "model.resolution": RES, "model.prior": RECIPE,
             "split.num_normal_images": 2, "gen_metrics.image_size": RES, "downstream.image_size": RES}
     config, cfg = _write(tmp, **over)
     dry = _snakemake(tmp, config, "-n", "-p")

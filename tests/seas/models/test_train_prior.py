@@ -65,7 +65,7 @@ def own_tree(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def own_cfg(make_cfg, own_tree, tmp_path):
-    cfg = make_cfg({"dataset.name": "own", "dataset.root": str(own_tree), "model.resolution": RES,
+    cfg = make_cfg({"dataset.name": "custom", "dataset.root": str(own_tree), "model.resolution": RES,
                     "model.tiny_prior": "auto", "model.prior": RECIPE, "split.num_normal_images": 2})
     path = tmp_path / "own.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -157,7 +157,7 @@ def test_auto_keeps_the_committed_prior_for_the_demo_and_trains_for_other_data(m
     assert not prior_choice.auto_trains(demo)
     # the demo with other parameters (other images), another resolution, other products: a prior of their own
     for over in ({"dataset.demo": {"num_train_good": 8}}, {"model.resolution": 64},
-                 {"dataset.name": "own", "dataset.root": str(own_tree)}):
+                 {"dataset.name": "custom", "dataset.root": str(own_tree)}):
         cfg = make_cfg({"model.tiny_prior": "auto", "model.resolution": 128,
                         "dataset.demo": {"seed": 0, "image_size": 128, "num_train_good": 24, "num_test_good": 6,
                                          "num_per_type": 9}, **over})
@@ -168,7 +168,7 @@ def test_auto_keeps_the_committed_prior_for_the_demo_and_trains_for_other_data(m
 
 
 def test_a_pinned_demo_prior_on_other_products_warns_and_says_so(make_cfg, own_tree):
-    cfg = make_cfg({"dataset.name": "own", "dataset.root": str(own_tree), "model.resolution": 128,
+    cfg = make_cfg({"dataset.name": "custom", "dataset.root": str(own_tree), "model.resolution": 128,
                     "model.tiny_prior": str(prior_choice.DEMO_PRIOR)})
     choice = prior_choice.choose(cfg, ["dial", "tile"])
     assert choice.mode == "file" and choice.unseen == ("dial", "tile")
