@@ -297,8 +297,8 @@ def train_unet(unet, latents, cond, uncond, noise_scheduler, *, steps: int, batc
         loss = F.mse_loss(pred, noise)
         _optimizer_step(unet, opt, sched, loss)
         if history is not None and (step % _log_every(steps) == 0 or step == steps - 1):
-            history.append({"phase": "unet", "step": step + 1, "loss": float(loss)})
-            log.info("unet step %d/%d  loss %.4f", step + 1, steps, float(loss))
+            history.append({"phase": "unet", "step": step + 1, "loss": float(loss.detach())})
+            log.info("unet step %d/%d  loss %.4f", step + 1, steps, float(loss.detach()))
         if ckpt is not None and ckpt.step_done("unet", step + 1, steps, unet, opt, sched, gen):
             return None
     unet.eval()
