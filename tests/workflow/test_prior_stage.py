@@ -80,7 +80,11 @@ def _planned(res) -> dict[str, int]:
 
 
 def test_auto_keeps_the_committed_prior_for_the_demo(tmp_path):
-    cfg, _ = _write(tmp_path)
+    from seas.data.demo_data import generate_demo_dataset
+
+    cfg, c = _write(tmp_path)
+    # the demo tree built (else the DAG stops at its checkpoint): every job is planned
+    generate_demo_dataset(tmp_path / c["dataset"]["root"], **c["dataset"]["demo"])
     res = _snakemake(tmp_path, cfg, "-n", "-p")
     counts = _planned(res)
     assert "train_prior" not in counts and counts["tiny_sd"] == 1
@@ -107,11 +111,12 @@ def test_other_products_plan_the_prior_stage(own):
     tmp, _, cfg, _, dry, lay = own
     counts = _planned(dry)
     assert counts["train_prior"] == 1 and counts["tiny_sd"] == 1 and counts["split"] == 2
-    block = re.search(r"rule train_prior:\n(?:    .*\n)*Shell command: .*|rule train_prior:(?:.|\n)*?--out \S+", dry.stdout)
-    assert block, dry.stdout[-3000:]
-    assert "--splits" in block.group(0) and "rings.json" in dry.stdout and "stripes.json" in dry.stdout
+    block = re.search(r"rule train_prior:\n(?:    .*\n)*Shell command: .*", dry.stdout).group(0)
+    # one job fed every product's split (train/good images only: the CLI reads all_train_normals)
+    assert re.search(r"--splits \S+/split/[0-9a-f]{10}/rings\.json \S+/split/[0-9a-f]{10}/stripes\.json --out ", block)
+    assert re.search(r"benchmark: \S+/benchmarks/train_prior/[0-9a-f]{10}\.tsv", block)  # its cost is measured
+    assert "seas_python_gpu 0 -m seas.models.train_prior" in block  # a GPU job (here: no GPU to claim)
     assert f"--prior {lay.prior()}" in dry.stdout  # the tiny model is assembled from it
-    assert re.search(r"benchmarks/train_prior/[0-9a-f]{10}\.tsv", dry.stdout) or "train_prior" in dry.stdout
 
 
 def test_the_prior_saw_the_train_good_images_and_the_tables_say_own_normals(own):
@@ -127,16 +132,34 @@ def test_the_prior_saw_the_train_good_images_and_the_tables_say_own_normals(own)
     assert generator_label(cfg, run_dir(cfg)) == "tiny-pretrained (own normals: 6 images, 2 products)"
 
 
+def _outputs(res) -> dict[str, set[str]]:
+    """rule -> the output paths of its planned jobs (from a dry run's job blocks)."""
+    out: dict[str, set[str]] = {}
+    for block in re.split(r"\n(?=(?:rule|checkpoint|localrule) \w+:)", res.stdout):
+        m = re.match(r"(?:rule|checkpoint|localrule) (\w+):", block)
+        o = re.search(r"\n    output: (.*)", block)
+        if m and o:
+            out.setdefault(m.group(1), set()).add(o.group(1))
+    return out
+
+
 def test_a_rerun_reuses_the_prior_and_a_prior_key_replans_only_it_and_its_dependants(own):
     tmp, config, cfg, over, _, lay = own
-    again = _planned(_snakemake(tmp, config, "-n"))
-    assert "train_prior" not in again and "tiny_sd" not in again and "split" not in again
+    res = _snakemake(tmp, config, "-n", "-p")
+    again = _planned(res)
+    assert "train_prior" not in again and "tiny_sd" not in again and "split" not in again  # built: reused
     changed, ccfg = _write(tmp, "changed.yaml", **{**over, "model.prior": {**RECIPE, "unet_steps": 3}})
-    res = _snakemake(tmp, changed, "-n", "-p")
-    counts = _planned(res)
-    assert counts["train_prior"] == 1 and counts["tiny_sd"] == 1
-    assert "split" not in counts and "baselines" not in counts  # they do not read the prior
-    assert counts["train_generator"] == 2  # the generators start from the new prior
+    res2 = _snakemake(tmp, changed, "-n", "-p")
+    counts = _planned(res2)
+    assert counts["train_prior"] == 1 and counts["tiny_sd"] == 1 and "split" not in counts
+    before, after = _outputs(res), _outputs(res2)
+    # what does not read the prior keeps its folders (the baselines, their segmenters: not built here, planned
+    # alike); what does -- the generators and everything downstream of them -- moves to new ones
+    assert before["baselines"] == after["baselines"]
+    assert before["train_generator"].isdisjoint(after["train_generator"]) and len(after["train_generator"]) == 2
+    assert before["generate"].isdisjoint(after["generate"])
+    seg = lambda outs, m: {o for o in outs["train_seg"] if f"/{m}/" in o}  # noqa: E731
+    assert seg(before, "cutpaste") == seg(after, "cutpaste") and seg(before, "seas").isdisjoint(seg(after, "seas"))
     assert Layout(str(run_dir(ccfg)), ccfg).prior() != lay.prior()  # a new folder: switching back reuses the old
 
 
