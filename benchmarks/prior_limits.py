@@ -51,7 +51,6 @@ def thickness(mask: np.ndarray) -> float:
 
 
 def load_vae(prior: Path):
-    import torch
     from diffusers import AutoencoderKL
 
     from seas.models.prior_file import load_prior_state, read_prior_manifest

@@ -31,35 +31,14 @@ if TINY:
     # a file = that prior (warned about here when it never saw some of the run's products), auto = the committed
     # demo prior where its manifest covers the run, else the one the stage train_prior pretrains on the run's own
     # train/good images
-    from seas.models.prior_choice import choose as _choose_prior, warning_text as _prior_warning_text
-
-    def _train_good_hashes(product):
-        """sha256 of a product's train/good images (its dataset manifest), None where the tree is not built yet."""
-        if IS_DEMO and not (Path(ROOT) / "demo_dataset.json").is_file():
-            return None
-        good = str((Path(ROOT) / product / "train" / "good").resolve()) + "/"
-        files = _dataset_manifest(ROOT, product)["files"]
-        return [f["sha256"] for path, f in sorted(files.items()) if path.startswith(good)]
-
-    def _choice_products():
-        """The run's products as far as they are known when the workflow is parsed (the demo's before it is built:
-        the config's, or none -- a demo prior is checked against the demo parameters)."""
-        if IS_DEMO and not (Path(ROOT) / "demo_dataset.json").is_file():
-            want = CFG["dataset"]["products"]
-            return [] if want == "all" else list(want)
-        return list(_discover_products())
-
-    try:
-        PRIOR_CHOICE = _choose_prior(CFG, _choice_products(), _train_good_hashes)
-    except SeasError as _e:
-        raise WorkflowError(str(_e))
+    PRIOR_CHOICE = run_prior_choice()
     if PRIOR_CHOICE.mode == "train":
         TINY_PRIOR = LAYOUT.prior()
         print(f"model.tiny_prior auto: the committed demo prior does not cover this dataset; the stage "
               f"train_prior pretrains one on its products' train/good images ({TINY_PRIOR})", file=sys.stderr)
     else:
         TINY_PRIOR = PRIOR_CHOICE.path
-    _PRIOR_WARNING = _prior_warning_text(PRIOR_CHOICE)
+    _PRIOR_WARNING = prior_warning(PRIOR_CHOICE)
     if _PRIOR_WARNING:
         print(f"WARNING: {_PRIOR_WARNING}", file=sys.stderr)
 
