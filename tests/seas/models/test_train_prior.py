@@ -202,3 +202,27 @@ def test_schema_defaults_are_the_committed_recipe(make_cfg):
 
     prior = make_cfg()["model"]["prior"]
     assert {k: v for k, v in prior.items() if k not in tp_stage.NON_RECIPE} == DEFAULT_RECIPE
+
+
+def test_every_table_row_says_which_products_the_pinned_prior_never_saw(make_cfg, own_tree, tmp_path):
+    """generator_label (every table's generator_model): a model built from the demo prior on other products says
+    'never saw' for each, checked against the run's split manifests; the demo's own products pass."""
+    import shutil
+
+    from downstream.report.tables import generator_label
+    from seas.models.tiny_sd import TINY_MARKER, _marker
+    from seas.run.layout import Layout
+
+    model = tmp_path / "tiny"
+    model.mkdir()
+    (model / TINY_MARKER).write_text(json.dumps(_marker(0, 128, prior_choice.DEMO_PRIOR)))
+    cfg = make_cfg({"dataset.name": "custom", "dataset.root": str(own_tree), "model.resolution": 128,
+                    "model.pretrained": str(model), "model.tiny_prior": str(prior_choice.DEMO_PRIOR)})
+    run = tmp_path / "run"
+    split_dir = Path(Layout(run, cfg).split_dir())
+    for product in ("dial", "tile"):
+        build_split(own_tree, product, "1/3", 2).save(split_dir / f"{product}.json")
+    assert generator_label(cfg, run) == "tiny-pretrained (demo prior; never saw: dial, tile)"
+    assert generator_label(cfg) == "tiny-pretrained (demo prior)"  # no run to check against
+    shutil.rmtree(split_dir)
+    assert generator_label(cfg, run) == "tiny-pretrained (demo prior)"
