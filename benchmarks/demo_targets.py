@@ -47,16 +47,17 @@ IOU_RATIO_TARGET = 2.0
 
 def per_type_agreement(tables: Path) -> dict:
     """``{product: {type: {ap, random_ap, iou, random_iou, iou_ratio}}}`` from the run's gen_metrics JSONs (found
-    through the run's config, ``<tables>/../config.yaml``, and seas.run.layout); {} where the run has none."""
+    through the run's config, ``<tables>/../config.yaml``, and seas.run.layout); {} where the run has none. A type
+    whose random baseline is 0 gets ratio inf."""
     sys.path.insert(0, str(REPO))
-    from seas.run.config import load_config, run_dir
+    from seas.run.config import load_config
     from seas.run.layout import Layout
 
     cfg_file = tables.parent / "config.yaml"
     if not cfg_file.is_file():
         return {}
     cfg = load_config(cfg_file)
-    lay = Layout(run_dir(cfg), cfg)
+    lay = Layout(tables.parent, cfg)  # <run>/tables: the run directory is its parent
     out: dict = {}
     for f in sorted(Path(lay.gen_metrics("seas", "x")).parent.glob("*.json")):
         d = json.loads(f.read_text())
