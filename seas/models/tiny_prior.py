@@ -24,7 +24,9 @@ every later stage (generator, RMP, generation) runs the same code as with SD v1-
     python -m seas.models.tiny_prior --config config.yaml --out priors/tiny_prior.safetensors     # regenerate the prior
 
 writes ``<out>`` (every weight, keys ``vae.* unet.* text_encoder.*``) and ``<out stem>.json`` (architecture,
-recipe, the data it saw, its sha256, loss curve, CPU time). ``python -m seas.models.tiny_sd --prior <out>`` (the workflow's
+recipe, the data it saw, its sha256, loss curve, CPU time). The same training (:func:`pretrain_images`, resumable
+through :class:`Resumable`) pretrains a prior on a run's own ``train/good`` images: the workflow's stage
+``train_prior`` (seas.models.train_prior, ``model.tiny_prior: auto`` on data the committed prior never saw). ``python -m seas.models.tiny_sd --prior <out>`` (the workflow's
 ``tiny_sd`` rule, ``model.tiny_prior``) assembles the diffusers folder from it after checking the hash.
 """
 from __future__ import annotations
