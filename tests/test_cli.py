@@ -20,6 +20,7 @@ CLIS = {
     "seas.data.demo_data": [[]],
     "seas.models.tiny_sd": [[]],
     "seas.models.tiny_prior": [[]],
+    "seas.models.train_prior": [[]],
     "seas.method.train_generator": [[]],
     "seas.method.train_rmp": [[]],
     "seas.method.generate": [[]],

@@ -90,14 +90,41 @@ TABLE_DIGITS = {"generation.csv": 2, "segmentation.csv": 2, "detection.csv": 2, 
 
 
 
-def generator_label(cfg: Mapping) -> str:
-    """``tiny-pretrained`` (a tiny model built from a pretrained prior: its ``seas_tiny.json`` says
-    ``weights: pretrained``, or model.tiny_prior is set), ``tiny-random (not SD v1-4)``, else model.pretrained."""
+def generator_label(cfg: Mapping, run_dir: str | Path | None = None) -> str:
+    """``tiny-pretrained (...)`` (a tiny model built from a pretrained prior: its ``seas_tiny.json`` says
+    ``weights: pretrained``, or model.tiny_prior is set; what the prior saw from the marker's ``prior_data``:
+    :func:`seas.run.labels.prior_label`, with ``; never saw: X`` for the run's products it never saw, checked against
+    the run's split manifests in ``run_dir``), ``tiny-random (not SD v1-4)``, else model.pretrained."""
     m = cfg["model"]
     marker = read_marker(m["pretrained"]) if Path(m["pretrained"]).is_dir() else None
     if marker is None and m["tiny"]:
         marker = {"weights": "pretrained" if m["tiny_prior"] else "random"}
-    return str(m["pretrained"]) if marker is None else tiny_label(marker)
+    if marker is None:
+        return str(m["pretrained"])
+    return tiny_label(marker, prior_unseen(cfg, marker, run_dir))
+
+
+def prior_unseen(cfg: Mapping, marker: Mapping, run_dir: str | Path | None) -> list[str]:
+    """The run's products whose train/good images the tiny model's prior never saw (seas.models.prior_choice), from
+    the marker's ``prior_data`` and the hashes of the run's split manifests (``all_train_normals``)."""
+    from seas.data.split import Split
+    from seas.models.prior_choice import unseen_products
+
+    data = marker.get("prior_data")
+    if marker.get("weights") != "pretrained" or not data or run_dir is None:
+        return []
+    split_dir = Path(Layout(run_dir, cfg).split_dir())
+    want = cfg["dataset"]["products"]
+    files = sorted(split_dir.glob("*.json")) if split_dir.is_dir() else []
+    hashes: dict[str, list[str] | None] = {}
+    for f in files:
+        s = Split.load(f)
+        if want != "all" and s.product not in want:
+            continue
+        normals = s.all_train_normals if s.all_train_normals is not None else s.train_normals
+        hashes[s.product] = [s.sha256[n] for n in normals] if all(n in s.sha256 for n in normals) else None
+    manifest = {"resolution": marker.get("sample_size", cfg["model"]["resolution"]), "data": data}
+    return unseen_products(manifest, cfg, list(hashes), hashes.get)
 
 
 def protocol_label(cfg: Mapping, run_dir: str | Path | None = None) -> str:
@@ -248,7 +275,7 @@ GEN_COLUMNS = ["is", "ic_lpips", "kid", *AGREEMENT_COLUMNS]
 
 def _base(cfg: Mapping, run_dir: Path | None) -> dict:
     """The columns every table starts with."""
-    return {"dataset": cfg["dataset"]["name"], "generator_model": generator_label(cfg),
+    return {"dataset": cfg["dataset"]["name"], "generator_model": generator_label(cfg, run_dir),
             "protocol": protocol_label(cfg, run_dir)}
 
 

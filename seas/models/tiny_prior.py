@@ -24,12 +24,15 @@ every later stage (generator, RMP, generation) runs the same code as with SD v1-
     python -m seas.models.tiny_prior --config config.yaml --out priors/tiny_prior.safetensors     # regenerate the prior
 
 writes ``<out>`` (every weight, keys ``vae.* unet.* text_encoder.*``) and ``<out stem>.json`` (architecture,
-recipe, the data it saw, its sha256, loss curve, CPU time). ``python -m seas.models.tiny_sd --prior <out>`` (the workflow's
+recipe, the data it saw, its sha256, loss curve, CPU time). The same training (:func:`pretrain_images`, resumable
+through :class:`Resumable`) pretrains a prior on a run's own ``train/good`` images: the workflow's stage
+``train_prior`` (seas.models.train_prior, ``model.tiny_prior: auto`` on data the committed prior never saw). ``python -m seas.models.tiny_sd --prior <out>`` (the workflow's
 ``tiny_sd`` rule, ``model.tiny_prior``) assembles the diffusers folder from it after checking the hash.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import tempfile
@@ -153,6 +156,32 @@ def _batch(images, idx, gen, crop: int = 0):
     return out
 
 
+def _strokes(x, gen, prob: float):
+    """Random synthetic strokes (1-3 line segments, 1-4 px wide, random colour) drawn on each image of ``x`` with
+    probability ``prob``: generic content a VAE trained on normals alone never sees (an experiment of
+    benchmarks/prior_limits.py; not the committed recipe)."""
+    import torch
+
+    h, w = x.shape[-2:]
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    out = x.clone()
+    for i in range(x.shape[0]):
+        if float(torch.rand(1, generator=gen)) >= prob:
+            continue
+        for _ in range(int(torch.randint(1, 4, (1,), generator=gen))):
+            y0, x0 = float(torch.rand(1, generator=gen)) * h, float(torch.rand(1, generator=gen)) * w
+            ang = float(torch.rand(1, generator=gen)) * math.pi
+            length = (0.2 + 0.8 * float(torch.rand(1, generator=gen))) * min(h, w)
+            width = 1.0 + 3.0 * float(torch.rand(1, generator=gen))
+            colour = torch.rand(3, generator=gen) * 2 - 1
+            dy, dx = math.sin(ang), math.cos(ang)
+            t = ((yy - y0) * dy + (xx - x0) * dx).clamp(0, length)
+            dist = torch.hypot(yy - (y0 + t * dy), xx - (x0 + t * dx))
+            m = (dist <= width / 2).to(out.device)
+            out[i] = torch.where(m, colour.view(3, 1, 1).to(out.device), out[i])
+    return out
+
+
 def _optimizer_step(module, opt, sched, loss) -> None:
     """One step of the prior's two trainings: backward, gradient norm clipped to 1, AdamW, the LR schedule."""
     import torch
@@ -169,27 +198,34 @@ def _log_every(steps: int) -> int:
 
 
 def train_vae(vae, images, *, steps: int, batch: int, lr: float, kl_weight: float, grad_weight: float, seed: int,
-              crop: int = 0, history: list | None = None):
+              crop: int = 0, history: list | None = None, ckpt: "Resumable | None" = None, strokes: float = 0.0):
     """Train ``vae`` in place on ``images`` ([N,3,H,W] in [-1,1]) with random flips/rotations (and random
-    ``crop``-pixel windows: a convolutional autoencoder, cheaper on crops); returns ``vae``."""
+    ``crop``-pixel windows: a convolutional autoencoder, cheaper on crops); returns ``vae`` (None: ``ckpt`` asked to
+    stop early, the state saved). ``ckpt`` (:class:`Resumable`): continue an interrupted run, checkpoint, progress."""
     import torch
 
     gen = torch.Generator().manual_seed(derive_seed(seed, "prior", "vae"))
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    start = ckpt.restore("vae", vae, opt, sched, gen) if ckpt is not None else 0
+    dev = images.device
     vae.train()
-    for step in range(steps):
+    for step in range(start, steps):
         idx = torch.randint(0, images.shape[0], (batch,), generator=gen).tolist()
         x = _batch(images, idx, gen, crop)
+        if strokes > 0:
+            x = _strokes(x, gen, strokes)
         post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen).to(dev)
         recon = vae.decode(z).sample
         loss, parts = vae_loss(recon, x, post.mean, post.logvar, kl_weight, grad_weight)
         _optimizer_step(vae, opt, sched, loss)
         if history is not None and (step % _log_every(steps) == 0 or step == steps - 1):
-            history.append({"phase": "vae", "step": step + 1, "loss": float(loss), **parts})
-            log.info("vae step %d/%d  loss %.4f  l1 %.4f  grad %.4f  kl %.1f", step + 1, steps, float(loss),
+            history.append({"phase": "vae", "step": step + 1, "loss": float(loss.detach()), **parts})
+            log.info("vae step %d/%d  loss %.4f  l1 %.4f  grad %.4f  kl %.1f", step + 1, steps, float(loss.detach()),
                      parts["l1"], parts["grad"], parts["kl"])
+        if ckpt is not None and ckpt.step_done("vae", step + 1, steps, vae, opt, sched, gen):
+            return None
     vae.eval()
     return vae
 
@@ -222,7 +258,7 @@ def rescale_latent_space(vae, factor: float) -> None:
 def train_unet(unet, latents, cond, uncond, noise_scheduler, *, steps: int, batch: int, lr: float, warmup: int,
                seed: int, crop: int = 0, crop_steps: int = 0, caption_dropout: float = CAPTION_DROPOUT,
                history: list | None = None, cond_bank=None, subject_of=None, product_prob: float = 0.0,
-               suffix_prob: float = 0.0):
+               suffix_prob: float = 0.0, ckpt: "Resumable | None" = None):
     """Epsilon-prediction training of ``unet`` in place on scaled ``latents`` [N,4,h,w] (each
     batch flips/rotates them) with text embedding ``cond`` ([1,77,D]) and, with probability
     ``caption_dropout``, ``uncond`` (the empty prompt); returns ``unet``. The first ``crop_steps`` steps see random
@@ -230,7 +266,8 @@ def train_unet(unet, latents, cond, uncond, noise_scheduler, *, steps: int, batc
     of the cost), the rest whole latents. ``cond_bank`` ([S,V,77,D]: subject 0 = the generic prompt, then one per
     product; variant 0 = no suffix) with ``subject_of`` ([N], each latent's product subject) varies the captions:
     the product's subject with probability ``product_prob``, a random suffixed variant with probability
-    ``suffix_prob`` (drawn only when a probability is > 0: the generic-only recipe's random stream is unchanged)."""
+    ``suffix_prob`` (drawn only when a probability is > 0: the generic-only recipe's random stream is unchanged).
+    ``ckpt`` (:class:`Resumable`): continue an interrupted run, checkpoint, progress (None returned: stopped early)."""
     import torch
     import torch.nn.functional as F
 
@@ -239,15 +276,17 @@ def train_unet(unet, latents, cond, uncond, noise_scheduler, *, steps: int, batc
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     n_t = noise_scheduler.config.num_train_timesteps
+    start = ckpt.restore("unet", unet, opt, sched, gen) if ckpt is not None else 0
+    dev = latents.device
     unet.train()
-    for step in range(steps):
+    for step in range(start, steps):
         cropped = step < crop_steps and 0 < crop < latents.shape[-1]
         b = 2 * batch if cropped else batch
         idx = torch.randint(0, latents.shape[0], (b,), generator=gen)
         x0 = _batch(latents, idx.tolist(), gen, crop if cropped else 0)
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, n_t, (b,), generator=gen)
-        drop = (torch.rand(b, generator=gen) < caption_dropout).view(-1, 1, 1)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        t = torch.randint(0, n_t, (b,), generator=gen).to(dev)
+        drop = (torch.rand(b, generator=gen) < caption_dropout).view(-1, 1, 1).to(dev)
         ctx = cond.expand(b, -1, -1)
         if cond_bank is not None and (product_prob > 0 or suffix_prob > 0):
             subj = torch.where(torch.rand(b, generator=gen) < product_prob, subject_of[idx], 0)
@@ -260,8 +299,10 @@ def train_unet(unet, latents, cond, uncond, noise_scheduler, *, steps: int, batc
         loss = F.mse_loss(pred, noise)
         _optimizer_step(unet, opt, sched, loss)
         if history is not None and (step % _log_every(steps) == 0 or step == steps - 1):
-            history.append({"phase": "unet", "step": step + 1, "loss": float(loss)})
-            log.info("unet step %d/%d  loss %.4f", step + 1, steps, float(loss))
+            history.append({"phase": "unet", "step": step + 1, "loss": float(loss.detach())})
+            log.info("unet step %d/%d  loss %.4f", step + 1, steps, float(loss.detach()))
+        if ckpt is not None and ckpt.step_done("unet", step + 1, steps, unet, opt, sched, gen):
+            return None
     unet.eval()
     return unet
 
@@ -289,35 +330,146 @@ def _recipe(overrides: Mapping | None) -> dict:
     return r
 
 
+class Resumable:
+    """The prior training's resumable state (seas.run.resume): ``<work>/state.pt`` holds the phase (``vae``,
+    ``vae_done``, ``unet``), its step, the module / optimizer / LR schedule / random generator states, the loss
+    history and the fingerprint it was computed under, saved every ``every`` steps (atomically) and when
+    ``stop_after`` steps of this call are done (then training stops: the test-only early exit). A tqdm bar counts
+    the steps of both phases. A rerun under another fingerprint is refused (StaleStateError)."""
+
+    def __init__(self, work: Path | None, fingerprint: Mapping, total: int, every: int = 100,
+                 stop_after: int | None = None, desc: str = "prior"):
+        from tqdm import tqdm
+
+        self.work, self.fp, self.every, self.stop_after = work, dict(fingerprint), max(1, int(every)), stop_after
+        self.state = self._load() if work is not None else None
+        self.history: list = list(self.state["history"]) if self.state else []
+        self.done_here = 0
+        self.extra: dict = dict(self.state.get("extra", {})) if self.state else {}
+        self.carry: dict = {}  # name -> module whose state every checkpoint also holds (the finished VAE)
+        self.bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+
+    @property
+    def file(self) -> Path:
+        return Path(self.work) / "state.pt"
+
+    def _load(self) -> dict | None:
+        import torch
+
+        from seas.run.resume import check_fingerprint
+
+        if not self.file.is_file():
+            return None
+        state = torch.load(self.file, map_location="cpu", weights_only=False)
+        check_fingerprint(self.work, json.loads(state["fingerprint"]), self.fp)
+        log.info("resuming the prior's training: phase %s, step %d (%s)", state["phase"], state["step"], self.work)
+        return state
+
+    @property
+    def phase(self) -> str | None:
+        return self.state["phase"] if self.state else None
+
+    def restore(self, phase: str, module, opt, sched, gen) -> int:
+        """Load the saved state of ``phase`` into the objects; the step to continue from (0: none saved)."""
+        base = self.extra.get("vae_steps", 0) if phase == "unet" else 0
+        step = 0
+        if self.state and self.state["phase"] == phase:
+            module.load_state_dict(self.state["module"])
+            opt.load_state_dict(self.state["opt"])
+            sched.load_state_dict(self.state["sched"])
+            gen.set_state(self.state["gen"])
+            step = int(self.state["step"])
+        self.bar.update(max(0, base + step - self.bar.n))
+        return step
+
+    def save(self, phase: str, step: int, module, opt=None, sched=None, gen=None) -> None:
+        import io
+
+        import torch
+
+        from seas.run.runtime import atomic_write_bytes
+
+        if self.work is None:
+            return
+        payload = {"phase": phase, "step": step, "module": module.state_dict(),
+                   "opt": opt.state_dict() if opt is not None else None,
+                   "sched": sched.state_dict() if sched is not None else None,
+                   "gen": gen.get_state() if gen is not None else None,
+                   "history": self.history, "extra": self.extra, "fingerprint": json.dumps(self.fp, default=str),
+                   **{name: m.state_dict() for name, m in self.carry.items()}}
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        Path(self.work).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.file, buf.getvalue())
+
+    def step_done(self, phase: str, step: int, steps: int, module, opt, sched, gen) -> bool:
+        """After each optimizer step: progress, periodic checkpoint; True = stop now (state saved)."""
+        self.bar.update(1)
+        self.done_here += 1
+        stop = self.stop_after is not None and self.done_here >= self.stop_after and step < steps
+        if stop or (step % self.every == 0 and step < steps):
+            self.save(phase, step, module, opt, sched, gen)
+        return stop
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def pretrain(demo: Mapping, resolution: int, seed: int = 0, recipe: Mapping | None = None):
-    """Build and pretrain the tiny model -> (state dict {vae.*, unet.*, text_encoder.*}, manifest dict)."""
+    """Build and pretrain the tiny model on the demo's normal training images -> (state dict {vae.*, unet.*,
+    text_encoder.*}, manifest dict)."""
+    images, names = training_images(demo, resolution)
+    data = {"demo": {k: demo[k] for k in sorted(demo)}, "images": names, "augmentation": "8 flips/rotations"}
+    return pretrain_images(images, names, resolution, seed, recipe, data=data)
+
+
+def pretrain_images(images, names: Sequence[str], resolution: int, seed: int = 0, recipe: Mapping | None = None,
+                    data: Mapping | None = None, ckpt: Resumable | None = None, device=None):
+    """Build and pretrain the tiny model on ``images`` ([N,3,R,R] in [-1,1]; ``names`` ``product/file``, the
+    product giving each image's caption) -> (state dict, manifest dict with ``data`` as what it saw), or None
+    when ``ckpt`` stopped early (its state saved: a rerun continues, bit-identically on the same machine)."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-
     r = _recipe(recipe)
     cfgs = prior_configs(resolution)
+    device = torch.device(device or "cpu")
     t_cpu, t_wall = time.process_time(), time.perf_counter()
-    images, names = training_images(demo, resolution)
     log.info("prior training set: %d normal images (%s), %d px, x8 flips/rotations", len(names),
              ", ".join(sorted({n.split('/')[0] for n in names})), resolution)
+    images = images.to(device)
     torch.manual_seed(derive_seed(seed, "prior", "init"))
-    vae = AutoencoderKL(**cfgs["vae"])
-    unet = UNet2DConditionModel(**cfgs["unet"])
-    text_encoder = CLIPTextModel(CLIPTextConfig(**cfgs["text_encoder"])).eval().requires_grad_(False)
-    history: list = []
-    train_vae(vae, images, steps=r["vae_steps"], batch=r["vae_batch"], lr=r["vae_lr"], kl_weight=r["kl_weight"],
-              grad_weight=r["grad_weight"], seed=seed, crop=r["vae_crop"], history=history)
-    t_vae = time.process_time() - t_cpu
+    vae = AutoencoderKL(**cfgs["vae"]).to(device)
+    unet = UNet2DConditionModel(**cfgs["unet"]).to(device)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**cfgs["text_encoder"])).eval().requires_grad_(False).to(device)
+    history: list = ckpt.history if ckpt is not None else []
+    if ckpt is not None:
+        ckpt.extra["vae_steps"] = r["vae_steps"]
+    if ckpt is not None and ckpt.phase in ("vae_done", "unet"):
+        vae_state = ckpt.state["vae"] if ckpt.phase == "unet" else ckpt.state["module"]
+        vae.load_state_dict(vae_state)
+        vae.eval()
+        ckpt.bar.update(r["vae_steps"] - ckpt.bar.n)
+        recon_l1, rescale = ckpt.extra["recon_l1"], ckpt.extra["rescale"]
+        t_vae = 0.0
+    else:
+        if train_vae(vae, images, steps=r["vae_steps"], batch=r["vae_batch"], lr=r["vae_lr"],
+                     kl_weight=r["kl_weight"], grad_weight=r["grad_weight"], seed=seed, crop=r["vae_crop"],
+                     history=history, ckpt=ckpt) is None:
+            return None
+        t_vae = time.process_time() - t_cpu
+        with torch.no_grad():  # the latents of the images as they are (the U-Net's batches flip/rotate them)
+            means = torch.cat([vae.encode(images[i:i + 16]).latent_dist.mean for i in range(0, len(images), 16)])
+            recon = torch.cat([vae.decode(means[i:i + 16]).sample for i in range(0, len(images), 16)])
+            recon_l1 = float((recon.clamp(-1, 1) - images).abs().mean())
+        # SD v1-4's latent scale: 1 / std of the training latents = 0.18215 after an exact reparametrisation
+        rescale = (1.0 / SD_SCALING_FACTOR) / float(means.float().std())
+        rescale_latent_space(vae, rescale)
+        if ckpt is not None:
+            ckpt.extra.update(recon_l1=recon_l1, rescale=rescale)
+            ckpt.save("vae_done", r["vae_steps"], vae)
     vae.requires_grad_(False)
-    with torch.no_grad():  # the latents of the images as they are (the U-Net's batches flip/rotate them)
-        means = torch.cat([vae.encode(images[i:i + 16]).latent_dist.mean for i in range(0, len(images), 16)])
-        recon = torch.cat([vae.decode(means[i:i + 16]).sample for i in range(0, len(images), 16)])
-        recon_l1 = float((recon.clamp(-1, 1) - images).abs().mean())
-    # SD v1-4's latent scale: 1 / std of the training latents = 0.18215 after an exact reparametrisation
-    rescale = (1.0 / SD_SCALING_FACTOR) / float(means.float().std())
-    rescale_latent_space(vae, rescale)
     with torch.no_grad():
         means = torch.cat([vae.encode(images[i:i + 16]).latent_dist.mean for i in range(0, len(images), 16)])
     sf = SD_SCALING_FACTOR
@@ -332,31 +484,36 @@ def pretrain(demo: Mapping, resolution: int, seed: int = 0, recipe: Mapping | No
         prompts = [PRIOR_PROMPT, ""] + [c for row in bank for c in row]
         ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         with torch.no_grad():
-            emb = text_encoder(ids.input_ids)[0]
+            emb = text_encoder(ids.input_ids.to(device))[0]
     cond, uncond = emb[:1], emb[1:2]
     cond_bank = emb[2:].reshape(len(bank), len(bank[0]), *emb.shape[1:])
     subject_of = torch.tensor([1 + products.index(n.split("/")[0]) for n in names])
     noise_scheduler = DDPMScheduler(**{k: v for k, v in cfgs["scheduler"].items()
                                        if k not in ("set_alpha_to_one", "skip_prk_steps")})
-    train_unet(unet, means * sf, cond, uncond, noise_scheduler, steps=r["unet_steps"], batch=r["unet_batch"],
-               lr=r["unet_lr"], warmup=r["warmup"], seed=seed, crop=r["unet_crop"],
-               crop_steps=r["unet_crop_steps"], history=history, cond_bank=cond_bank, subject_of=subject_of,
-               product_prob=r["product_captions"], suffix_prob=r["caption_suffixes"])
+    if ckpt is not None:  # the U-Net phase's checkpoints carry the finished VAE
+        ckpt.carry["vae"] = vae
+    if train_unet(unet, means * sf, cond, uncond, noise_scheduler, steps=r["unet_steps"], batch=r["unet_batch"],
+                  lr=r["unet_lr"], warmup=r["warmup"], seed=seed, crop=r["unet_crop"],
+                  crop_steps=r["unet_crop_steps"], history=history, cond_bank=cond_bank, subject_of=subject_of,
+                  product_prob=r["product_captions"], suffix_prob=r["caption_suffixes"], ckpt=ckpt) is None:
+        return None
     state = {}
     for prefix, m in (("vae", vae), ("unet", unet), ("text_encoder", text_encoder)):
-        state.update({f"{prefix}.{k}": v.detach().contiguous() for k, v in m.state_dict().items()})
+        state.update({f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in m.state_dict().items()})
     manifest = {
         "version": PRIOR_VERSION, "seed": int(seed), "resolution": int(resolution), "prompt": PRIOR_PROMPT,
         "caption_dropout": CAPTION_DROPOUT, "product_prompt": PRODUCT_PROMPT if r["product_captions"] else None,
         "captions": bank if (r["product_captions"] or r["caption_suffixes"]) else None,
         "recipe": r, "configs": cfgs,
-        "data": {"demo": {k: demo[k] for k in sorted(demo)}, "images": names, "augmentation": "8 flips/rotations"},
+        "data": dict(data) if data is not None else {"images": list(names), "augmentation": "8 flips/rotations"},
         "vae_recon_l1": recon_l1, "latent_rescale": rescale, "history": history,
         "parameters": {p: int(sum(v.numel() for k, v in state.items() if k.startswith(p + ".")))
                        for p in ("vae", "unet", "text_encoder")},
         "cpu_seconds": {"vae": round(t_vae, 1), "total": round(time.process_time() - t_cpu, 1)},
         "wall_seconds": round(time.perf_counter() - t_wall, 1), "torch_threads": torch.get_num_threads(),
     }
+    if ckpt is not None and ckpt.state is not None:
+        manifest["resumed_from"] = {"phase": ckpt.state["phase"], "step": int(ckpt.state["step"])}
     return state, manifest
 
 

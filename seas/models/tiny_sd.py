@@ -28,6 +28,7 @@ from seas.run.cli_types import int_at_least, nonneg_int
 from seas.run.config import add_config_arguments, optional_config_from_args
 from seas.run.errors import CheckpointError
 from seas.models.clip_vocab import make_clip_tokenizer
+from seas.models.prior_choice import AUTO, DEMO_PRIOR, OWN_SOURCE, prior_products
 from seas.models.prior_file import load_prior_state, read_prior_manifest
 from seas.run.runtime import atomic_dir, cli, setup_logging
 from seas.run.stages import STAGES
@@ -110,10 +111,27 @@ def _marker(seed: int, sample_size: int, prior: str | Path | None) -> dict:
                 "note": "random weights with Stable Diffusion v1-4's structure; NOT Stable Diffusion. "
                         "Results are tiny-model numbers."}
     m = read_prior_manifest(prior)  # checks the file's sha256
+    data = prior_data(m)
+    what = ("the run's own normal training images (seas.models.train_prior)" if data["source"] == OWN_SOURCE
+            else "the demo's normal training images (seas.models.tiny_prior)")
     return {"tiny": True, "weights": "pretrained", "prior": Path(prior).name, "prior_sha256": m["sha256"],
-            "seed": m["seed"], "sample_size": m["resolution"], "version": 3,
-            "note": "Stable Diffusion v1-4's structure at CPU widths, pretrained on the demo's normal training images "
-                    "(seas.models.tiny_prior); NOT Stable Diffusion. Results are tiny-model numbers."}
+            "seed": m["seed"], "sample_size": m["resolution"], "version": 3, "prior_data": data,
+            "note": f"Stable Diffusion v1-4's structure at CPU widths, pretrained on {what}; NOT Stable Diffusion. "
+                    "Results are tiny-model numbers."}
+
+
+def prior_data(manifest: dict) -> dict:
+    """What a prior saw, as the model folder's marker keeps it (``prior_data``: the tables' label and their check
+    of the run's products, seas.run.labels.prior_label / seas.models.prior_choice.unseen_products): ``source``
+    (``demo`` or ``train_prior``), ``images`` (how many), ``products``, and the demo parameters or the images'
+    sha256 it was made from."""
+    data = manifest.get("data") or {}
+    out = {"source": data.get("source", "demo" if "demo" in data else "unknown"),
+           "images": len(data.get("images", [])), "products": prior_products(manifest)}
+    for k in ("demo", "sha256"):
+        if k in data:
+            out[k] = data[k]
+    return out
 
 
 def write_tiny_sd(out_dir: str | Path, seed: int = 0, sample_size: int = 64, prior: str | Path | None = None) -> Path:
@@ -138,7 +156,7 @@ def write_tiny_sd(out_dir: str | Path, seed: int = 0, sample_size: int = 64, pri
     if prior is None:
         cfgs = tiny_configs(sample_size)
     else:
-            cfgs = read_prior_manifest(prior)["configs"]
+        cfgs = read_prior_manifest(prior)["configs"]
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**cfgs["unet"])
     vae = AutoencoderKL(**cfgs["vae"])
@@ -174,8 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder (diffusers layout)")
     add_config_arguments(ap, required=False, help="run configuration: seed and model.resolution (the workflow)")
     ap.add_argument("--seed", type=nonneg_int, default=None, help="weight initialisation seed (default: seed, or 0)")
-    ap.add_argument("--prior", default=None, help="pretrained prior weights (python -m seas.models.tiny_prior; default: "
-                    "model.tiny_prior with --config, else none = random weights)")
+    ap.add_argument("--prior", default=None, help="pretrained prior weights (python -m seas.models.tiny_prior or the "
+                    "stage train_prior; default: model.tiny_prior with --config (auto: the committed demo prior "
+                    "where it covers the run), else none = random weights)")
     ap.add_argument("--sample-size", type=int_at_least(8), default=None,
                     help="image side the VAE config declares (default: model.resolution, or 64)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -185,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = optional_config_from_args(args)
     if cfg is not None:
         seed, size, prior = cfg["seed"], cfg["model"]["resolution"], cfg["model"]["tiny_prior"]
+        if prior == AUTO and args.prior is None:
+            raise CheckpointError(f"model.tiny_prior: auto is decided by the workflow (seas.models.prior_choice: the "
+                                  f"committed {DEMO_PRIOR.name} where it covers the run, else the prior of the stage "
+                                  f"train_prior); run on its own, pass the prior with --prior FILE")
     write_tiny_sd(args.out, seed=seed if args.seed is None else args.seed,
                   sample_size=size if args.sample_size is None else args.sample_size,
                   prior=args.prior if args.prior is not None else prior)

@@ -145,9 +145,33 @@ TINY_RANDOM_LABEL = "tiny-random (not SD v1-4)"
 TINY_PRETRAINED_LABEL = "tiny-pretrained"
 
 
-def tiny_label(marker: Mapping | None) -> str:
-    """How tables name a tiny model from its ``seas_tiny.json`` marker: pretrained prior or random weights."""
-    return TINY_PRETRAINED_LABEL if (marker or {}).get("weights") == "pretrained" else TINY_RANDOM_LABEL
+def tiny_label(marker: Mapping | None, unseen=()) -> str:
+    """How tables name a tiny model from its ``seas_tiny.json`` marker: random weights, or a pretrained prior and what
+    it saw (the marker's ``prior_data``, see :func:`prior_label`; ``unseen``: the run's products it never saw)."""
+    marker = marker or {}
+    if marker.get("weights") != "pretrained":
+        return TINY_RANDOM_LABEL
+    return prior_label(marker.get("prior_data"), unseen)
+
+
+def prior_label(prior_data: Mapping | None, unseen=()) -> str:
+    """``tiny-pretrained (own normals: N images, P products)`` for a prior the workflow pretrained on the run's own
+    ``train/good`` images (stage train_prior: ``source: train_prior``), ``tiny-pretrained (demo prior)`` for one
+    pretrained on the demo's (the committed prior); ``; never saw: X, Y`` is added for the run's products it never
+    saw (its own normals then are another run's: ``prior normals``). ``prior_data`` None (a model folder built before
+    the marker recorded it): ``tiny-pretrained``."""
+    if not prior_data:
+        return TINY_PRETRAINED_LABEL
+    unseen = list(unseen)
+    if prior_data.get("source") == "train_prior":
+        n, p = int(prior_data.get("images", 0)), len(prior_data.get("products", ()))
+        what = (f"{'prior' if unseen else 'own'} normals: {n} image{'s' * (n != 1)}, "
+                f"{p} product{'s' * (p != 1)}")
+    else:
+        what = "demo prior"
+    if unseen:
+        what += f"; never saw: {', '.join(unseen)}"
+    return f"{TINY_PRETRAINED_LABEL} ({what})"
 
 
 # ----------------------------------------------------------------------------- the settings a run departs from

@@ -2,6 +2,7 @@
 stage reads, so two configurations that agree on a stage's inputs share its output (studies, reruns).
 
     <run>/split/<k>/<product>.json
+    <run>/prior/<k>/tiny_prior.safetensors            + tiny_prior.json (model.tiny_prior auto: seas.models.train_prior)
     <run>/generator/<k>/<product>/<group>/            group: all | type-<T> (generator.scope)
     <run>/rmp/<k>/<product>/<group>/
     <run>/methods/seas/<k>/<product>/<type>/          the pairs layout (seas.data.pairs) under a pairs root
@@ -147,6 +148,13 @@ class Layout:
     def generator(self, product: str, group: str) -> str:
         return f"{self._folder('train_generator')}/{product}/{group}"
 
+    def prior(self) -> str:
+        """The weights file of the prior the stage train_prior pretrains (its manifest: ``.json`` beside it)."""
+        return f"{self._folder('train_prior')}/tiny_prior.safetensors"
+
+    def prior_manifest(self) -> str:
+        return f"{self._folder('train_prior')}/tiny_prior.json"
+
     def rmp(self, product: str, group: str) -> str:
         return f"{self._folder('train_rmp')}/{product}/{group}"
 
@@ -199,6 +207,8 @@ class Layout:
             return [{"method": m} for m in all_methods(self.cfg) if is_external(m)]
         if "{method}" in s.folder:
             return [{"method": m} for m in self.gen_metrics_methods()]
+        if name == "train_prior" and not (self.cfg["model"].get("tiny") and self.cfg["model"].get("tiny_prior") == "auto"):
+            return []  # only model.tiny_prior auto may train a prior (whether it does: seas.models.prior_choice)
         return [{}] if s.for_method is None or s.for_method in all_methods(self.cfg) else []
 
     def instance_keys(self, name: str) -> list[str]:
@@ -232,7 +242,7 @@ def pattern(run: str) -> Layout:
 
 
 # ----------------------------------------------------------------------------- CLI
-PATH_METHODS = ("split", "generator", "rmp", "pairs_root", "pairs_dir", "generation_manifest", "gen_metrics",
+PATH_METHODS = ("split", "prior", "generator", "rmp", "pairs_root", "pairs_dir", "generation_manifest", "gen_metrics",
                 "seg_dir", "seg_model", "seg_info", "scores")
 
 

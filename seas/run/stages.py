@@ -74,6 +74,15 @@ def _train_seg_minutes(cfg: Mapping[str, Any], model: str = "lfd", **_) -> int:
     return int(20 + 1.5 * iters * SEG_SECONDS_PER_ITER.get(model, 0.5) * scale / 60) + 1
 
 
+def _prior_minutes(cfg: Mapping[str, Any], **_) -> int:
+    """The tiny prior (seas.models.train_prior), measured on one CPU core at 128 px (priors/tiny_prior.json: 80 CPU-s
+    for 300 VAE steps, 592 for 700 U-Net steps: ~0.27 and ~0.85 s/step); x2 margin, +10 min; scales with
+    (resolution/128)^2."""
+    p = cfg["model"]["prior"]
+    scale = (cfg["model"]["resolution"] / 128) ** 2
+    return int(10 + 2 * (0.27 * p["vae_steps"] + 0.85 * p["unet_steps"]) * scale / 60) + 1
+
+
 def _fixed(minutes: int) -> Callable[..., int]:
     return lambda cfg, **_: minutes
 
@@ -109,6 +118,12 @@ _ENTRIES = (
     # the method
     Stage("split", "seas.data.split", ("dataset.root", "split"), folder="split", parts=("k", "product"),
           minutes=_fixed(10)),
+    # the tiny prior pretrained on the run's own train/good images (model.tiny_prior: auto on products the committed
+    # demo prior never saw: seas.models.prior_choice); the tiny model (tiny_sd) is then assembled from it
+    Stage("train_prior", "seas.models.train_prior",
+          ("seed", "device", "dataset.image_policy", "dataset.products", "model.resolution", "model.prior"),
+          upstream=("split",), folder="prior", parts=("k",), gpu=True, minutes=_prior_minutes,
+          for_method="seas"),
     Stage("train_generator", "seas.method.train_generator",
           ("seed", "device", "dataset.image_policy", "augmentation", "model", "generator"),
           upstream=("split",), folder="generator", parts=("k", "product", "group"), gpu=True,

@@ -519,6 +519,45 @@ def intact(path, kind=None):
     return path
 
 
+# ----------------------------------------------------------------------------- the tiny prior (issue 24)
+# model.tiny_prior (seas.models.prior_choice): null = random weights; a file = that prior (a warning here when it never
+# saw some of the run's products, and the tables say so); auto = the committed demo prior where its manifest covers
+# the run, else the prior the stage train_prior pretrains on the run's own train/good images (rules/data.smk).
+def _train_good_hashes(product):
+    """sha256 of a product's train/good images (its dataset manifest), None where the tree is not built yet."""
+    if IS_DEMO and not (Path(ROOT) / "demo_dataset.json").is_file():
+        return None
+    good = str((Path(ROOT) / product / "train" / "good").resolve()) + "/"
+    files = _dataset_manifest(ROOT, product)["files"]
+    return [f["sha256"] for path, f in sorted(files.items()) if path.startswith(good)]
+
+
+def _prior_choice_products():
+    """The run's products as far as they are known when the workflow is parsed (the demo's before it is built:
+    the config's list, or none -- a demo prior is checked against the demo parameters)."""
+    if IS_DEMO and not (Path(ROOT) / "demo_dataset.json").is_file():
+        want = CFG["dataset"]["products"]
+        return [] if want == "all" else list(want)
+    return list(_discover_products())
+
+
+def run_prior_choice():
+    """The run's seas.models.prior_choice.PriorChoice (random / file / train)."""
+    from seas.models.prior_choice import choose
+
+    try:
+        return choose(CFG, _prior_choice_products(), _train_good_hashes)
+    except SeasError as e:
+        raise WorkflowError(str(e))
+
+
+def prior_warning(choice):
+    """The parse-time warning of a pinned prior that never saw some of the run's products (or None)."""
+    from seas.models.prior_choice import warning_text
+
+    return warning_text(choice)
+
+
 # ----------------------------------------------------------------------------- tables
 #: tables with a `_vs_paper` companion: downstream.report.paper.COMPARED_TABLES (kept equal by
 #: tests/downstream/report/test_paper.py; not imported here, so parsing the workflow needs no pandas)

@@ -122,7 +122,8 @@ def test_tiny_model_from_prior_loads_its_weights_and_is_labelled_pretrained(smal
     marker = read_marker(model)
     assert marker["weights"] == "pretrained" and marker["prior_sha256"] == manifest_sha(out)
     sd = load_sd(model)
-    assert sd.label == TINY_PRETRAINED_LABEL
+    assert sd.label == f"{TINY_PRETRAINED_LABEL} (demo prior)"  # what it saw: the demo's normals (its manifest)
+    assert marker["prior_data"]["source"] == "demo" and marker["prior_data"]["products"] == ["washer", "weave"]
     assert sd.vae.config.scaling_factor == manifest["configs"]["vae"]["scaling_factor"]
     assert len(sd.vae.config.block_out_channels) == 3  # x4 VAE
     w = sd.unet.conv_in.weight

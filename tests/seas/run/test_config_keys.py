@@ -38,6 +38,7 @@ def _argv(w, c, cfg):
         ("seas.data.demo_data", [*cfg, "--out", str(w / "demo")]),
         ("seas.models.tiny_sd", [*cfg, "--out", str(w / "tiny")]),
         ("seas.data.split", [*cfg, "--product", "weave", "--out", s]),
+        ("seas.models.train_prior", [*cfg, "--splits", s, "--out", lay.prior()]),
         ("seas.method.train_generator", [*cfg, "--split", s, "--anomaly-type", "scratch", "--out", gen, "--no-progress"]),
         ("seas.method.train_rmp", [*cfg, "--split", s, "--generator", gen, "--out", rmp]),
         ("seas.method.generate", [*cfg, "--split", s, "--generator", gen, "--rmp", rmp, "--type", "scratch",
@@ -67,6 +68,8 @@ def test_every_stage_reads_only_its_declared_keys(make_cfg, tmp_path, monkeypatc
                     "dataset.demo": {"image_size": 32, "num_train_good": 3, "num_test_good": 1, "num_per_type": 3},
                     "downstream.train.lfd": {"iterations": 2, "batch_size": 2, "num_workers": 0},
                     "downstream.evaluation.num_workers": 0,
+                    "model.prior": {"vae_steps": 1, "vae_batch": 1, "vae_crop": 16, "unet_steps": 1, "unet_batch": 1,
+                                    "unet_crop_steps": 0, "warmup": 1},
                     "studies": {"keys": {"models": ["lfd"], "variants": {"base": {}}}}})
     c = tmp_path / "config.yaml"
     c.write_text(yaml.safe_dump(cfg))

@@ -93,7 +93,7 @@ def _perturbed(value):
     return "changed"
 
 
-@pytest.mark.parametrize("name", ["train_generator", "train_rmp", "train_seg"])
+@pytest.mark.parametrize("name", ["train_generator", "train_rmp", "train_seg", "train_prior"])
 def test_every_declared_key_of_a_resumable_stage_is_in_its_fingerprint(name):
     """Change each declared leaf in turn: the saved state is refused (resume_free / result-free leaves resume)."""
     cfg = _cfg()
