@@ -118,6 +118,8 @@ class Layout:
     @functools.lru_cache(maxsize=None)
     def pairs_key(self, method: str) -> str:
         """The key of a method's pairs: its generation / baselines instance, or its external folder."""
+        if method == NO_METHOD:  # an unsupervised detector (train_detector): no pairs
+            return NO_METHOD
         if method == "seas":
             return self.key("generate")
         if method in BASELINE_METHODS:
@@ -177,6 +179,13 @@ class Layout:
     def scores(self, model: str, method: str, scope: str = "all") -> str:
         return f"{self._folder('evaluate', model=model, method=method)}/{scope}/scores.csv"
 
+    def detector_dir(self, model: str, method: str = NO_METHOD) -> str:
+        """A detector's folder (downstream.train_detector): scores.csv, train.json, run_record.json."""
+        return self._folder("train_detector", model=model, method=method)
+
+    def detector_scores(self, model: str, method: str = NO_METHOD) -> str:
+        return f"{self.detector_dir(model, method)}/scores.csv"
+
     # ------------------------------------------------------------------ what a run holds
     def gen_metrics_methods(self) -> list[str]:
         """The configured methods that get generation metrics: all but ``real`` (the real images)."""
@@ -188,6 +197,8 @@ class Layout:
         s = stage(name)
         if s.folder is None:
             return [{}]
+        if name == "train_detector":
+            return detector_instances(self.cfg)
         if "{model}" in s.folder:
             return [{"model": model, "method": m} for model in d["models"] for m in d["methods"]]
         if name == "baselines":
@@ -208,6 +219,23 @@ class Layout:
                 continue
             for f in self.instances(s.name):
                 yield s.name, "/".join(f[k] for k in ("model", "method") if k in f), self._folder(s.name, **f)
+
+
+#: the {method} of an unsupervised detector (trained on normal images only)
+NO_METHOD = "none"
+
+
+def detector_instances(cfg: Mapping[str, Any]) -> list[dict]:
+    """``downstream.detectors``' jobs: an unsupervised detector once (method ``none``), a ``+ pairs`` one
+    (``draem_pairs``) per ``downstream.methods`` entry with pairs (not ``real``)."""
+    d = cfg["downstream"]
+    out = []
+    for det in d.get("detectors") or []:
+        if det.endswith("_pairs"):
+            out += [{"model": det, "method": m} for m in d["methods"] if m != "real"]
+        else:
+            out.append({"model": det, "method": NO_METHOD})
+    return out
 
 
 class _Pattern(Layout):
