@@ -79,8 +79,9 @@ def backbone_label(path: Path | None) -> str:
 
 
 def load_backbone_weights(module, path: Path) -> None:
-    """Load a torchvision ResNet checkpoint into a timm ``features_only`` ResNet (same parameter names; the
-    classifier ``fc`` is dropped). Any other missing or unexpected key is an error naming the file."""
+    """Load a torchvision ResNet checkpoint into a timm ``features_only`` ResNet (same parameter names; the layers
+    after the last extracted one and the classifier ``fc`` are dropped). A parameter of the network missing from
+    the file, or of another shape, is an error naming the file."""
     import torch
 
     from seas.run.errors import CheckpointError
@@ -89,8 +90,14 @@ def load_backbone_weights(module, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    # a features_only network ends at its last extracted layer (PatchCore: layer3): the file's deeper layers and
+    # its classifier are not part of it
+    kept = {k.split(".", 1)[0] for k in module.state_dict()}
+    state = {k: v for k, v in state.items() if k.split(".", 1)[0] in kept}
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a shape mismatch
+        raise CheckpointError(f"{path}: does not fit the backbone ({str(e).splitlines()[-1].strip()})") from None
     if missing or unexpected:
         raise CheckpointError(f"{path}: does not fit the backbone (missing {sorted(missing)[:5]}, unexpected "
                               f"{sorted(unexpected)[:5]})")
