@@ -38,13 +38,15 @@ from seas.run.labels import BASELINE_METHODS, external_path, is_external, method
 from seas.run.runtime import cli
 from seas.run.stages import STAGES, stage, stage_values
 
-__all__ = ["KEY_LEN", "stage_values", "Layout", "pattern", "job_file", "seg_scopes", "scope_product", "group_of",
-           "main"]
+__all__ = ["KEY_LEN", "NO_METHOD", "stage_values", "Layout", "pattern", "job_file", "seg_scopes", "scope_product",
+           "group_of", "detector_instances", "main"]
 
 #: the config keys the CLI (``python -m seas.run.layout``) reads: every stage's
 CONFIG_KEYS = ("run_name", "results_dir", "seed", "device", "dataset", "split", "augmentation", "model", "generator",
                "rmp", "generation", "gen_metrics", "downstream", "resources")
 KEY_LEN = 10
+#: the {method} of an unsupervised detector (train_detector: trained on normal images only, no pairs)
+NO_METHOD = "none"
 
 
 def _hash(payload: Any) -> str:
@@ -219,10 +221,6 @@ class Layout:
                 continue
             for f in self.instances(s.name):
                 yield s.name, "/".join(f[k] for k in ("model", "method") if k in f), self._folder(s.name, **f)
-
-
-#: the {method} of an unsupervised detector (trained on normal images only)
-NO_METHOD = "none"
 
 
 def detector_instances(cfg: Mapping[str, Any]) -> list[dict]:
