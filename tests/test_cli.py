@@ -27,6 +27,7 @@ CLIS = {
     "downstream.baselines": [[]],
     "downstream.train_seg": [[]],
     "downstream.evaluate": [[]],
+    "downstream.train_detector": [[]],
     "downstream.report.tables": [[]],
     "downstream.report.study": [[]],
     "downstream.report.md_table": [[]],

@@ -89,8 +89,8 @@ def variant_rows(study: Study, variant: str, cfg: Mapping, run_dir: Path) -> lis
             row.update({c: t[c] for c in DET_COLUMNS})
             rows.append(row)
     # the variant's anomaly detectors (downstream.detectors; Tab. 11, 12, 33): a row each, models = the detector
-    for s, t in zip(seg[seg["family"] == DETECTOR].itertuples(index=False),
-                    det[det["family"] == DETECTOR].itertuples(index=False)):
+    dets = (seg[seg["family"] == DETECTOR], det[det["family"] == DETECTOR]) if "family" in seg.columns else ([], [])
+    for s, t in zip(*(getattr(d, "itertuples", lambda **_: [])(index=False) for d in dets)):
         row = {"study": study.name, "paper_table": study.paper_table, "variant": variant,
                "overrides": json.dumps(study.variants[variant], sort_keys=True), "dataset": s.dataset,
                "generator_model": s.generator_model, "protocol": s.protocol, "method": s.method, "models": s.model,
