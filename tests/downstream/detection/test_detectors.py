@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import downstream.detection.models as det_models
 from downstream.baselines import generate_baseline
@@ -21,7 +20,7 @@ from downstream.detection.data import REFERENCES, MissingTargetError
 from downstream.evaluate import MEAN_ROW, read_scores
 from downstream.segmentation.data import SegTestDataset
 from downstream.train_detector import SCORES, TRAIN_JSON, main, train_detector
-from seas.data.pairs import IMAGES, MASKS
+from seas.data.pairs import IMAGES
 from seas.data.split import Split
 from seas.run.errors import CheckpointError, ConfigError
 
