@@ -306,7 +306,9 @@ class ProductMetrics:
         self._done = False
 
     # -- accumulation
-    def update(self, anomaly_map, mask, label: int) -> None:
+    def update(self, anomaly_map, mask, label: int, image_score: float | None = None) -> None:
+        """Add one test image. ``image_score``: the model's own detection score (the anomaly detectors'); default
+        the max of its map (the segmenters')."""
         if self._done:
             raise RuntimeError("ProductMetrics.update() after compute()")
         amap = np.asarray(anomaly_map, dtype=np.float32)
@@ -322,7 +324,7 @@ class ProductMetrics:
         if label != int(pos.any()):
             self.n_label_mask_mismatch += 1
 
-        self.image_score.append(float(amap.max()))
+        self.image_score.append(float(amap.max()) if image_score is None else float(image_score))
         self.image_label.append(label)
         tp, fp, fn = _iou_counts(amap, pos, self.iou_threshold)
         self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn

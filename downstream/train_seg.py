@@ -219,6 +219,7 @@ def train_segmentation(cfg: Mapping, model_name: str, pairs_root: str | Path, sp
         "iterations": total, "batch_size": batch, "image_size": int(cfg["downstream"]["image_size"]),
         "optimizer": tcfg["optimizer"], "lr": tcfg["lr"], "weight_decay": tcfg["weight_decay"],
         "backbone_init": model.backbone_init, "num_classes": model.num_classes,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
         "train_items": dataset.counts(), "final_loss": float(np.mean(tail)), "first_loss": history[0],
         "seconds": round(seconds, 2), "device": str(device), "seed": seed,
         "include_real_anomalies": bool(cfg["downstream"]["include_real_anomalies"]),

@@ -109,7 +109,7 @@ def write_tree(root: Path, products: dict[str, list[str]], n_per_type: int = 3) 
 
 
 #: the backbone files the paper presets name (downstream.pretrained_backbones), as torch.hub keeps them
-PRESET_BACKBONE_FILES = ("resnet50_v1c-2cccc1ad.pth", "resnet18-f37072fd.pth")
+PRESET_BACKBONE_FILES = ("resnet50_v1c-2cccc1ad.pth", "resnet18-f37072fd.pth", "wide_resnet50_2-95faca4d.pth")
 _FAKE_TORCH_HOME: list[Path] = []
 
 

@@ -30,6 +30,7 @@ CLIS = {
     "downstream.leakage": [[]],
     "downstream.train_seg": [[]],
     "downstream.evaluate": [[]],
+    "downstream.train_detector": [[]],
     "downstream.report.tables": [[]],
     "downstream.report.study": [[]],
     "downstream.report.md_table": [[]],

@@ -96,6 +96,8 @@ def _job_fields(cfg: Mapping, s, products_types: Mapping[str, Sequence[str]]) ->
         return [({"product": p}, 0) for p in products_types]
     if parts == ["scope"]:
         return [({"scope": sc}, 0) for sc in seg_scopes(cfg, list(products_types))]
+    if not parts:  # one job per instance (train_detector: every product in one job)
+        return [({}, 0)]
     raise ValueError(f"stage {s.name}: no job enumeration for parts {s.parts}")
 
 

@@ -34,7 +34,7 @@ from seas.run.labels import method_label
 from seas.run.runtime import cli, setup_logging
 from seas.run.studies import Study, load_studies, variant_configs
 
-from downstream.report.tables import (AVERAGE, DET_COLUMNS, GEN_COLUMNS, PRO_COLUMN, PRO_DATASETS, SEG_COLUMNS, _load_scores, _products, generation_table, summary_table, write_tables)
+from downstream.report.tables import (AVERAGE, DET_COLUMNS, DETECTOR, SEGMENTATION, GEN_COLUMNS, PRO_COLUMN, PRO_DATASETS, SEG_COLUMNS, _load_scores, _products, generation_table, summary_table, write_tables)
 from seas.run.layout import Layout
 from seas.run.stages import STAGES
 
@@ -45,6 +45,8 @@ CONFIG_KEYS = STAGES["study"].config_keys
 
 __all__ = ["LEAD_COLUMNS", "variant_rows", "study_table", "main"]
 
+#: the columns a study with detectors adds after LEAD_COLUMNS
+DETECTOR_COLUMNS = ["family", "parameters", "backbone_init"]
 LEAD_COLUMNS = ["study", "paper_table", "variant", "overrides", "dataset", "generator_model", "protocol", "method",
                 "models"]
 
@@ -86,6 +88,17 @@ def variant_rows(study: Study, variant: str, cfg: Mapping, run_dir: Path) -> lis
             row.update({c: s[c] for c in seg_cols})
             row.update({c: t[c] for c in DET_COLUMNS})
             rows.append(row)
+    # the variant's anomaly detectors (downstream.detectors; Tab. 11, 12, 33): a row each, models = the detector
+    dets = (seg[seg["family"] == DETECTOR], det[det["family"] == DETECTOR]) if "family" in seg.columns else ([], [])
+    for s, t in zip(*(getattr(d, "itertuples", lambda **_: [])(index=False) for d in dets)):
+        row = {"study": study.name, "paper_table": study.paper_table, "variant": variant,
+               "overrides": json.dumps(study.variants[variant], sort_keys=True), "dataset": s.dataset,
+               "generator_model": s.generator_model, "protocol": s.protocol, "method": s.method, "models": s.model,
+               "family": DETECTOR, "parameters": s.parameters, "backbone_init": s.backbone_init}
+        row.update({c: "" for c in GEN_COLUMNS})
+        row.update({c: getattr(s, c) for c in seg_cols})
+        row.update({c: getattr(t, c) for c in DET_COLUMNS})
+        rows.append(row)
     return rows
 
 
@@ -95,6 +108,12 @@ def study_table(base_cfg: Mapping, study: Study, run_dir: str | Path) -> pd.Data
     for variant, cfg in variant_configs(base_cfg, study).items():
         rows += variant_rows(study, variant, cfg, run_dir)
     metric_cols = [c for c in GEN_COLUMNS + SEG_COLUMNS + [PRO_COLUMN] + list(DET_COLUMNS) if any(c in r for r in rows)]
+    if any(r.get("family") == DETECTOR for r in rows):  # a study with detectors: which family and its size
+        for r in rows:
+            r.setdefault("family", SEGMENTATION)
+            r.setdefault("parameters", "")
+            r.setdefault("backbone_init", "")
+        metric_cols = DETECTOR_COLUMNS + metric_cols
     return pd.DataFrame(rows, columns=LEAD_COLUMNS + metric_cols)
 
 

@@ -53,7 +53,7 @@ import pandas as pd
 
 from seas.run.config import add_config_arguments, config_from_args
 from seas.run.errors import ConfigError, DataError
-from seas.run.layout import Layout, seg_scopes
+from seas.run.layout import NO_METHOD, Layout, detector_instances, seg_scopes
 from seas.run.labels import PEER_UNET_TEST_SELECTION, all_methods, method_dir, method_label, setting_deviations, \
     test_copies_label, tiny_label
 
@@ -72,6 +72,10 @@ __all__ = ["AVERAGE", "SEG_COLUMNS", "DET_COLUMNS", "NA_INCEPTION", "NA_LPIPS", 
            "PROTOCOL", "generator_label", "protocol_label", "build_tables", "write_tables", "main"]
 
 AVERAGE = "average"
+#: the ``family`` column of segmentation.csv / detection.csv
+SEGMENTATION, DETECTOR = "segmentation", "detector"
+#: the ``method`` cell of an unsupervised detector's row
+NO_METHOD_LABEL = "none (unsupervised)"
 SEG_COLUMNS = ["pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_pooled", "pixel_iou_fixed"]
 PRO_COLUMN = "pixel_pro"
 DET_COLUMNS = list(IMAGE_COLUMNS)
@@ -223,6 +227,23 @@ def _backbone_init(folder: Path) -> str:
     return value
 
 
+def _train_info(folder: Path) -> dict:
+    meta = folder / "train.json"
+    if not meta.is_file():
+        return {}
+    try:
+        return json.loads(meta.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{meta} is not valid JSON: {e}") from None
+
+
+def parameters_label(n) -> str:
+    """The ``parameters`` cell: millions as the paper prints them (``24.86M``), or ``not recorded``."""
+    if isinstance(n, list):
+        return "/".join(parameters_label(v) for v in n)
+    return NOT_RECORDED if n is None else f"{int(n) / 1e6:.2f}M"
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"generation metrics file {path} does not exist (run `python -m downstream.gen_metrics` first)")
@@ -339,8 +360,30 @@ def _load_scores(run_dir: Path, models: Sequence[str], methods: Sequence[str], c
             elif sorted(prods) != sorted(products):
                 raise DataError(f"{', '.join(map(str, paths))} cover products {sorted(prods)}, "
                                 f"other score files cover {sorted(products)}")
-            scores[model, m] = {"rows": {r["product"]: r for r in rows}, "backbone_init": init}
-    return {"scores": scores, "products": sorted(products or []), "run_dir": run_dir}
+            scopes = seg_scopes(cfg, all_products) if all_products else ["all"]
+            params = _train_info(Path(lay.seg_dir(model, m, scopes[0]))).get("parameters")
+            scores[model, m] = {"rows": {r["product"]: r for r in rows}, "backbone_init": init,
+                                "parameters": parameters_label(params)}
+    detectors = {}
+    for inst in detector_instances(cfg):
+        det, m = inst["model"], inst["method"]
+        path = Path(lay.detector_scores(det, m))
+        rows = read_scores(path)
+        prods = [r["product"] for r in rows if r["product"] != MEAN_ROW]
+        if products is not None and sorted(prods) != sorted(products):
+            raise DataError(f"{path} covers products {sorted(prods)}, the segmenters' score files {sorted(products)}")
+        products = prods if products is None else products
+        info = _train_info(path.parent)
+        detectors[det, m] = {"rows": {r["product"]: r for r in rows},
+                             "backbone_init": str(info.get("backbone_init", NOT_RECORDED)),
+                             "parameters": parameters_label(info.get("parameters")),
+                             "target": info.get("target")}
+    return {"scores": scores, "detectors": detectors, "products": sorted(products or []), "run_dir": run_dir}
+
+
+def detector_method_label(method: str) -> str:
+    """The ``method`` cell of a detector row: ``none (unsupervised)`` or the pairs' method."""
+    return NO_METHOD_LABEL if method == NO_METHOD else method_label(method)
 
 
 def summary_table(cfg: Mapping, loaded: dict, models, methods, columns):
@@ -351,14 +394,24 @@ def summary_table(cfg: Mapping, loaded: dict, models, methods, columns):
         for m in methods:
             s = loaded["scores"][model, m]
             mean = s["rows"][MEAN_ROW]
-            rows.append({**base, "model": model, "backbone_init": s["backbone_init"], "method": method_label(m, cfg),
+            rows.append({**base, "model": model, "family": SEGMENTATION, "parameters": s.get("parameters", NOT_RECORDED),
+                         "backbone_init": s["backbone_init"], "method": method_label(m, cfg),
                          **{c: mean[c] for c in columns}})
     for m in methods:  # always present (with one model it repeats that model), so the layout is fixed
         mine = [r for r in rows if r["method"] == method_label(m, cfg)]
         inits = sorted({f"{r['model']}={r['backbone_init']}" for r in mine})
-        rows.append({**base, "model": AVERAGE, "backbone_init": ";".join(inits), "method": method_label(m, cfg),
+        rows.append({**base, "model": AVERAGE, "family": SEGMENTATION, "parameters": "",
+                     "backbone_init": ";".join(inits), "method": method_label(m, cfg),
                      **{c: _mean([r[c] for r in mine]) for c in columns}})
-    return pd.DataFrame(rows, columns=BASE_COLUMNS + ["model", "backbone_init", "method"] + list(columns))
+    # the anomaly detectors (downstream.detectors): their own rows, never in the segmenters' average
+    for (det, m), s in loaded.get("detectors", {}).items():
+        mean = s["rows"][MEAN_ROW]
+        proto = base["protocol"] + (f" [{s['target']}]" if s.get("target") else "")
+        rows.append({**base, "protocol": proto, "model": det, "family": DETECTOR, "parameters": s["parameters"],
+                     "backbone_init": s["backbone_init"], "method": detector_method_label(m),
+                     **{c: mean[c] for c in columns}})
+    return pd.DataFrame(rows, columns=BASE_COLUMNS + ["model", "family", "parameters", "backbone_init", "method"]
+                        + list(columns))
 
 
 def per_product_table(cfg: Mapping, loaded: dict, models, methods, columns):
@@ -366,13 +419,18 @@ def per_product_table(cfg: Mapping, loaded: dict, models, methods, columns):
     base = _base(cfg, loaded.get("run_dir"))
     keys = [(model, m) for model in models for m in methods]
     names = [f"{model}/{method_label(m, cfg)}" for model, m in keys]
+    dets = list(loaded.get("detectors", {}))
+    det_names = [f"{det}/{detector_method_label(m)}" for det, m in dets]
     rows = []
     for product in list(loaded["products"]) + [MEAN_ROW]:
         for c in columns:
             row = {**base, "product": product, "metric": c}
             for (model, m), name in zip(keys, names):
                 row[name] = loaded["scores"][model, m]["rows"][product][c]
+            for key, name in zip(dets, det_names):
+                row[name] = loaded["detectors"][key]["rows"][product][c]
             rows.append(row)
+    names = names + det_names
     return pd.DataFrame(rows, columns=BASE_COLUMNS + ["product", "metric"] + names)
 
 

@@ -40,13 +40,15 @@ from seas.run.labels import BASELINE_METHODS, all_methods, is_external, method_d
 from seas.run.runtime import cli
 from seas.run.stages import STAGES, stage, stage_values
 
-__all__ = ["KEY_LEN", "stage_values", "Layout", "pattern", "job_file", "seg_scopes", "scope_product", "group_of",
-           "main"]
+__all__ = ["KEY_LEN", "NO_METHOD", "stage_values", "Layout", "pattern", "job_file", "seg_scopes", "scope_product",
+           "group_of", "detector_instances", "main"]
 
 #: the config keys the CLI (``python -m seas.run.layout``) reads: every stage's
 CONFIG_KEYS = ("run_name", "results_dir", "seed", "device", "dataset", "split", "augmentation", "model", "generator",
                "rmp", "generation", "gen_metrics", "downstream", "resources")
 KEY_LEN = 10
+#: the {method} of an unsupervised detector (train_detector: trained on normal images only, no pairs)
+NO_METHOD = "none"
 
 
 def _hash(payload: Any) -> str:
@@ -121,6 +123,8 @@ class Layout:
     @functools.lru_cache(maxsize=None)
     def pairs_key(self, method: str) -> str:
         """The key of a method's pairs: its generation / baselines instance, or its external folder."""
+        if method == NO_METHOD:  # an unsupervised detector (train_detector): no pairs
+            return NO_METHOD
         if method == "seas":
             return self.key("generate")
         if method in BASELINE_METHODS:
@@ -187,6 +191,13 @@ class Layout:
     def scores(self, model: str, method: str, scope: str = "all") -> str:
         return f"{self._folder('evaluate', model=model, method=method)}/{scope}/scores.csv"
 
+    def detector_dir(self, model: str, method: str = NO_METHOD) -> str:
+        """A detector's folder (downstream.train_detector): scores.csv, train.json, run_record.json."""
+        return self._folder("train_detector", model=model, method=method)
+
+    def detector_scores(self, model: str, method: str = NO_METHOD) -> str:
+        return f"{self.detector_dir(model, method)}/scores.csv"
+
     # ------------------------------------------------------------------ what a run holds
     def gen_metrics_methods(self) -> list[str]:
         """The configured methods that get generation metrics: all but ``real`` (the real images), the
@@ -199,6 +210,8 @@ class Layout:
         s = stage(name)
         if s.folder is None:
             return [{}]
+        if name == "train_detector":
+            return detector_instances(self.cfg)
         if "{model}" in s.folder:
             return [{"model": model, "method": m} for model in d["models"] for m in d["methods"]]
         if name == "baselines":
@@ -223,6 +236,19 @@ class Layout:
                 continue
             for f in self.instances(s.name):
                 yield s.name, "/".join(f[k] for k in ("model", "method") if k in f), self._folder(s.name, **f)
+
+
+def detector_instances(cfg: Mapping[str, Any]) -> list[dict]:
+    """``downstream.detectors``' jobs: an unsupervised detector once (method ``none``), a ``+ pairs`` one
+    (``draem_pairs``) per ``downstream.methods`` entry with pairs (not ``real``)."""
+    d = cfg["downstream"]
+    out = []
+    for det in d.get("detectors") or []:
+        if det.endswith("_pairs"):
+            out += [{"model": det, "method": m} for m in d["methods"] if m != "real"]
+        else:
+            out.append({"model": det, "method": NO_METHOD})
+    return out
 
 
 class _Pattern(Layout):

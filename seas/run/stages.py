@@ -83,6 +83,19 @@ def _prior_minutes(cfg: Mapping[str, Any], **_) -> int:
     return int(10 + 2 * (0.27 * p["vae_steps"] + 0.85 * p["unet_steps"]) * scale / 60) + 1
 
 
+#: GPU seconds per training iteration of a detector (batch 8 at 256 px, with margin); PatchCore: per normal image
+DETECTOR_SECONDS_PER_ITER = {"patchcore": 0.5, "stfpm": 0.1, "draem": 0.3, "draem_pairs": 0.3}
+
+
+def _train_detector_minutes(cfg: Mapping[str, Any], model: str = "draem", **_) -> int:
+    """One detector per product, trained then scored: iterations (PatchCore: 300 normals) x products (15 in MVTec
+    AD) at the per-iteration estimate, scaled with (image_size/256)^2; +20 min load/score."""
+    t = cfg["downstream"]["detector_train"][model]
+    scale = (cfg["downstream"]["image_size"] / 256) ** 2
+    iters = t.get("iterations", 300) * 15
+    return int(20 + 1.5 * iters * DETECTOR_SECONDS_PER_ITER.get(model, 0.5) * scale / 60) + 1
+
+
 def _fixed(minutes: int) -> Callable[..., int]:
     return lambda cfg, **_: minutes
 
@@ -169,6 +182,14 @@ _ENTRIES = (
            "downstream.evaluation"),
           upstream=("train_seg",), folder="evaluation/{model}/{method}", parts=("model", "method", "k", "scope"),
           gpu=True, minutes=_fixed(60), cost_stage="evaluation"),
+    # the anomaly detectors (anomalib; paper Tab. 11, 12, 33): trained per product on the normals (+ a method's
+    # pairs: draem_pairs) and scored on the held-out test split; method "none" for the unsupervised ones
+    Stage("train_detector", "downstream.train_detector",
+          ("seed", "device", "dataset.image_policy", "downstream.image_size", "downstream.normal_images",
+           "downstream.iou_threshold", "downstream.evaluation", "downstream.detector_backbones",
+           "downstream.detector_train.{model}"),
+          upstream=("pairs", "split"), folder="detection/{model}/{method}", parts=("model", "method", "k"),
+          gpu=True, minutes=_train_detector_minutes, cost_stage="detection", record="."),
     # tables (read everything: run-wide keys)
     Stage("tables", "downstream.report.tables", _RUN_WIDE, minutes=_fixed(10)),
     Stage("study", "downstream.report.study", ("run_name", "results_dir") + _RUN_WIDE + ("studies",),

@@ -15,7 +15,7 @@ A study is declared in the run config's ``studies:`` section (part of the run's 
       "tau=0.2 (SeaS)": {}
 
 Variant ``v`` of a study on run config ``base`` is ``base`` with ``v``'s overrides merged in (mappings key by key),
-``downstream.models`` / ``downstream.methods`` set to the study's, validated like any config
+``downstream.models`` / ``downstream.methods`` set to the study's (``downstream.detectors``: only those the variant names), validated like any config
 (:func:`variant_config`). Its stage folders come from :class:`seas.run.layout.Layout`, so every stage whose keys a
 variant does not change is computed once for all variants (a tau study trains one generator and one RMP).
 Pure Python (no torch): the Snakefile imports it.
@@ -113,6 +113,9 @@ def variant_config(base: Mapping[str, Any], study: Study, variant: str) -> dict:
     """The validated configuration of one variant (see the module docstring)."""
     cfg = _plain(base)
     cfg["studies"] = {}
+    # a study's anomaly detectors are those its variants name (Tab. 11, 12, 33), never the run's: an ablation of a
+    # run with detectors on does not retrain them per variant
+    cfg.setdefault("downstream", {})["detectors"] = []
     deep_update(cfg, study.variants[variant])
     cfg["downstream"]["models"] = list(study.models or base["downstream"]["models"])
     cfg["downstream"]["methods"] = list(study.methods)

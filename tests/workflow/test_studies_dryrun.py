@@ -48,6 +48,11 @@ EXPECTED = {
     "tab28_extra": None,
     # one generator and one RMP per product; generation, its metrics and a model per tau
     "tab29_tau": _seas(5, P, P, 5, 5),
+    # issue 23: the run's generation + 3 segmenters, and one job per detector (patchcore, stfpm, draem: method none)
+    "tab11_detectors": _seas(1, P, P, 1, 3) | {"train_detector": 3},
+    "tab12_detectors": _seas(1, P, P, 1, 3) | {"train_detector": 3},
+    # generation with the normal-prompt twins (reference_images), LFD on it, DRAEM (none) and DRAEM + SeaS pairs
+    "tab33_draem_pairs": _seas(1, P, P, 1, 1) | {"train_detector": 2},
 }
 
 

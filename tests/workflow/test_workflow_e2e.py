@@ -128,8 +128,8 @@ def test_trimmed_demo_end_to_end(tmp_path):
     companions = [f"{Path(n).stem}_vs_paper.csv" for n in base if n in COMPARED_TABLES or n.startswith("study_")]
     assert companions and sorted(p.name for p in tables.glob("*.csv")) == sorted(base + companions)
     seg = _read_csv(tables / "segmentation.csv")
-    assert list(seg[0]) == ["dataset", "generator_model", "protocol", "model", "backbone_init", "method",
-                            "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_pooled", "pixel_iou_fixed"]
+    assert list(seg[0]) == ["dataset", "generator_model", "protocol", "model", "family", "parameters",
+                            "backbone_init", "method", "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_pooled", "pixel_iou_fixed"]
     # the CPU run departs from the authors' settings in these (its fp32 comes from the run records: not named)
     assert {r["protocol"] for r in seg} == {
         "seas-unified (split floor 1/3; seg without real anomalies; generator accumulation 1; torch AdamW; RMP torch AdamW)"}

@@ -29,6 +29,8 @@ from seas.run.config import check_backbones, read_yaml, run_dir, validate_config
 from seas.run.stages import STAGES, stage_keys, stage_values  # noqa: E402
 from seas.run.errors import SeasError  # noqa: E402
 from seas.run.layout import KEY_LEN, Layout, group_of, job_file, pattern, scope_product, seg_scopes  # noqa: E402
+from seas.run.layout import NO_METHOD, detector_instances  # noqa: E402
+from downstream.detection.backbones import check_detector_backbones  # noqa: E402  (pure Python)
 from seas.run.labels import BASELINE_METHODS, all_methods, generation_only, is_external, method_dir  # noqa: E402
 from seas.run.studies import load_studies, variant_configs  # noqa: E402
 
@@ -218,6 +220,21 @@ for _name, _study in STUDIES.items():
         if _name in CFG["studies"]:  # the run's own study: its error is the run's
             raise WorkflowError(str(_e))
         STUDY_ERRORS[_name] = str(_e)  # a shipped study that does not fit this config: an error only if requested
+# the detectors' backbones (downstream.detector_backbones): the run's detectors stop the run at parse time naming the
+# missing file; a shipped study whose detectors lack theirs is an error only when requested
+try:
+    check_detector_backbones(CFG, source=_SOURCE)
+except SeasError as _e:
+    raise WorkflowError(str(_e))
+for _name, _variants in list(STUDY_CONFIGS.items()):
+    try:
+        for _vcfg in _variants.values():
+            check_detector_backbones(_vcfg, source=STUDIES[_name].source)
+    except SeasError as _e:
+        if _name in CFG["studies"]:
+            raise WorkflowError(str(_e))
+        STUDY_ERRORS[_name] = str(_e)
+        del STUDY_CONFIGS[_name]
 LAYOUT = Layout(RUN, CFG)
 PAT = pattern(RUN)
 STUDY_LAYOUTS = {name: [Layout(RUN, c) for c in vs.values()] for name, vs in STUDY_CONFIGS.items()}
@@ -464,6 +481,27 @@ def seg_inputs(wc):
             "pairs": [f for p in prods for f in pairs_of_product(lay, spec, p)]}
 
 
+def detector_inputs(wc):
+    """The splits a detector trains and is tested on (every product) and, for a + pairs detector, the DAG files
+    marking the method's pairs as complete."""
+    lay = layout_of("train_detector", wc.k)
+    prods = products()
+    pairs = []
+    if wc.method != NO_METHOD:
+        spec = method_spec(lay, wc.method)
+        pairs = [f for p in prods for f in pairs_of_product(lay, spec, p)]
+    return {"splits": [lay.split(p) for p in prods], "pairs": pairs}
+
+
+def detector_pairs_args(wc):
+    """--pairs-root ROOT --method SPEC of a + pairs detector; nothing for an unsupervised one."""
+    if wc.method == NO_METHOD:
+        return ""
+    lay = layout_of("train_detector", wc.k)
+    spec = method_spec(lay, wc.method)
+    return f"--pairs-root {shlex.quote(lay.pairs_root(spec))} --method {shlex.quote(spec)}"
+
+
 def eval_inputs(wc):
     """The splits a model is tested on and the model."""
     lay = layout_of("evaluate", wc.k)
@@ -477,6 +515,7 @@ def run_outputs(lay):
     d = lay.cfg["downstream"]
     scores = [intact(lay.scores(model, m, scope), "scores") for model in d["models"] for m in d["methods"]
               for scope in seg_scopes(lay.cfg, products())]
+    scores += [lay.detector_scores(i["model"], i["method"]) for i in detector_instances(lay.cfg)]
     gen = []
     if lay.cfg["gen_metrics"]["enabled"]:
         gen = [intact(lay.gen_metrics(m, p)) for m in lay.gen_metrics_methods() for p in products()]

@@ -89,6 +89,37 @@ rule evaluate:
         " --checkpoint {params.ckpt:q} --splits {input.splits:q} --out {output:q} > {log:q} 2>&1"
 
 
+rule train_detector:
+    """One anomaly detector (anomalib: downstream.detectors) per product of the dataset, trained on its normal
+    training images (+ the method's pairs: draem_pairs) and scored on its held-out test split by our metrics."""
+    input:
+        unpack(detector_inputs),
+    output:
+        scores=PAT.detector_scores("{model}", "{method}"),
+    params:
+        cfg=stage_cfg("train_detector"),
+        config=stage_config_file("train_detector"),
+        pairs=detector_pairs_args,
+        outdir=lambda wc, output: str(Path(output.scores).parent),
+    wildcard_constraints:
+        model="patchcore|stfpm|draem|draem_pairs",
+        method="|".join(re.escape(m) for m in _ALL_METHODS + [NO_METHOD]),
+    log:
+        job_file(RUN, "logs", "train_detector"),
+    benchmark:
+        job_file(RUN, "benchmarks", "train_detector")
+    threads: job_threads(4)
+    resources:
+        gpu=GPUS,
+        mem_mb=32000,
+        runtime=stage_runtime("train_detector"),
+    conda:
+        "../../envs/downstream.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} seas_python_gpu {resources.gpu} -m downstream.train_detector --config {params.config:q} --model {wildcards.model:q}"
+        " --splits {input.splits:q} {params.pairs} --out {params.outdir:q} > {log:q} 2>&1"
+
+
 rule tables:
     """Collect every score into <results_dir>/<run_name>/tables/*.csv (labelled with dataset, generator model and protocol),
     and the jobs' benchmark files into cost.csv (measured cost of this run)."""

@@ -49,4 +49,5 @@ def test_shipped_studies_print_as_the_paper():
     """Tab. 22 prints 3 decimals (its rows differ in the third), every other shipped study 2; Tab. 19 per model."""
     studies = load_studies({})
     assert {n: s.digits for n, s in studies.items() if s.digits != 2} == {"tab22_shots": 3}
-    assert [n for n, s in studies.items() if s.per_model] == ["tab19_segmentation_protocol"]
+    assert [n for n, s in studies.items() if s.per_model] == ["tab11_detectors", "tab12_detectors",
+                                                             "tab19_segmentation_protocol"]

@@ -59,7 +59,8 @@ def fabricate(run: Path, cfg) -> Path:
             if model == "lfd":
                 folder = Path(lay.seg_dir(model, method))
                 folder.mkdir(parents=True, exist_ok=True)
-                (folder / "train.json").write_text(json.dumps({"model": "lfd", "backbone_init": "random-init"}))
+                (folder / "train.json").write_text(json.dumps({"model": "lfd", "backbone_init": "random-init",
+                                                               "parameters": 936_000}))
     for i, method in enumerate(METHODS):
         for j, p in enumerate(PRODUCTS):
             # seas: real Inception weights, random LPIPS; cutpaste: the reverse, no KID recorded; external: both real
@@ -82,6 +83,35 @@ def run_dir(tmp_path):
     return fabricate(tmp_path / "results" / "r", _cfg(tmp_path))
 
 
+def test_detector_rows_join_the_tables_labelled_by_family(tmp_path, run_dir):
+    """downstream.detectors: a row per detector (x method for draem_pairs) in segmentation.csv / detection.csv and
+    a column per detector in the per-product tables, never in the segmenters' average."""
+    cfg = _cfg(tmp_path, detectors=["patchcore", "draem_pairs"])
+    lay = Layout(run_dir, cfg)
+    for i, (det, m) in enumerate([("patchcore", "none"), ("draem_pairs", "seas"), ("draem_pairs", "cutpaste"),
+                                  ("draem_pairs", METHODS[2])]):
+        rows = [{"product": p, **{c: 50.0 + i + j for c in METRIC_COLUMNS}, "n_images": 5, "n_anomalous": 3,
+                 "n_regions": 4, "n_pixels": 320, "pixel_mode": "exact"} for j, p in enumerate(PRODUCTS)]
+        mean = {**rows[0], "product": "mean", **{c: 50.5 + i for c in METRIC_COLUMNS}}
+        write_scores(rows + [mean], lay.detector_scores(det, m))
+        info = {"parameters": 24_860_000 if det == "patchcore" else 97_420_000,
+                "backbone_init": "random-init" if det == "patchcore" else "none (trained from scratch)",
+                "target": None if det == "patchcore" else "DRAEM target: normal-prompt twin"}
+        (Path(lay.detector_dir(det, m)) / "train.json").write_text(json.dumps(info))
+    t = tables.build_tables(cfg, run_dir, cost=False)
+    seg, det = t["segmentation.csv"], t["detection.csv"]
+    d = seg[seg.family == "detector"]
+    assert list(zip(d.model, d.method, d.parameters)) == [
+        ("patchcore", "none (unsupervised)", "24.86M"), ("draem_pairs", "seas", "97.42M"),
+        ("draem_pairs", "cutpaste", "97.42M"), ("draem_pairs", "external:anomalydiffusion", "97.42M")]
+    assert d.iloc[0].pixel_auroc == 50.5 and det[det.family == "detector"].iloc[1].image_auroc == 51.5
+    assert d.iloc[1].protocol.endswith("[DRAEM target: normal-prompt twin]") and "[" not in d.iloc[0].protocol
+    avg = seg[(seg.model == tables.AVERAGE) & (seg.method == "seas")].iloc[0]
+    assert avg.pixel_auroc == pytest.approx(seg[seg.model.isin(MODELS) & (seg.method == "seas")].pixel_auroc.mean())
+    pp = t["segmentation_per_product.csv"]
+    assert pp[(pp["product"] == "weave") & (pp.metric == "pixel_auroc")].iloc[0]["patchcore/none (unsupervised)"] == 51.0
+
+
 def test_method_names():
     assert method_label("external:/data/x/pairs/") == "external:pairs"
     assert method_dir("external:/data/x/pairs") == "external-pairs"
@@ -91,10 +121,12 @@ def test_method_names():
 def test_segmentation_and_detection_tables(tmp_path, run_dir):
     t = tables.build_tables(_cfg(tmp_path), run_dir)
     seg, det = t["segmentation.csv"], t["detection.csv"]
-    assert list(seg.columns) == ["dataset", "generator_model", "protocol", "model", "backbone_init", "method",
-                                 "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best", "pixel_iou_pooled", "pixel_iou_fixed"]
-    assert list(det.columns) == ["dataset", "generator_model", "protocol", "model", "backbone_init", "method",
-                                 "image_auroc", "image_ap", "image_f1max"]
+    assert list(seg.columns) == ["dataset", "generator_model", "protocol", "model", "family", "parameters",
+                                 "backbone_init", "method", "pixel_auroc", "pixel_ap", "pixel_f1max", "pixel_iou_best",
+                                 "pixel_iou_pooled", "pixel_iou_fixed"]
+    assert list(det.columns) == ["dataset", "generator_model", "protocol", "model", "family", "parameters",
+                                 "backbone_init", "method", "image_auroc", "image_ap", "image_f1max"]
+    assert set(seg.family) == {"segmentation"} and set(seg[seg.model == "lfd"].parameters) == {"0.94M"}
     assert set(seg.protocol) == set(det.protocol) == {"seas-unified (split floor 1/3)"}
     assert len(seg) == len(MODELS) * len(METHODS) + len(METHODS)  # + one average row per method
     assert set(seg["dataset"]) == {"demo"} and set(seg["generator_model"]) == {TINY_RANDOM_LABEL}

@@ -52,10 +52,16 @@ def _argv(w, c, cfg):
                               "--out", lay.seg_dir("lfd", "seas")]),
         ("downstream.evaluate", [*cfg, "--model", "lfd", "--checkpoint", lay.seg_dir("lfd", "seas"),
                                  "--splits", s, "--out", lay.scores("lfd", "seas")]),
+        ("downstream.train_detector", [*cfg, "--model", "draem", "--splits", s, "--out", lay.detector_dir("draem")]),
         ("downstream.report.tables", [*cfg, "--run-dir", str(w / "run"), "--out-dir", str(w / "tables")]),
         ("downstream.report.study", [*cfg, "--run-dir", str(w / "run"), "--study", "keys",
                               "--out", str(w / "tables" / "study_keys.csv")]),
     ]
+
+
+def _model(module: str) -> str:
+    """The {model} of a stage's keys here: a detector for train_detector, else a segmenter."""
+    return "draem" if module == "downstream.train_detector" else "lfd"
 
 
 def test_every_stage_reads_only_its_declared_keys(make_cfg, tmp_path, monkeypatch):
@@ -67,9 +73,10 @@ def test_every_stage_reads_only_its_declared_keys(make_cfg, tmp_path, monkeypatc
                     "generation.num_images_per_type": 2, "generation.mask_steps": 1, "generation.num_inference_steps": 2,
                     "dataset.demo": {"image_size": 32, "num_train_good": 3, "num_test_good": 1, "num_per_type": 3},
                     "downstream.train.lfd": {"iterations": 2, "batch_size": 2, "num_workers": 0},
-                    "downstream.evaluation.num_workers": 0,
                     "model.prior": {"vae_steps": 1, "vae_batch": 1, "vae_crop": 16, "unet_steps": 1, "unet_batch": 1,
                                     "unet_crop_steps": 0, "warmup": 1},
+                    "downstream.evaluation.num_workers": 0, "downstream.detectors": ["draem"],
+                    "downstream.detector_train.draem": {"iterations": 1, "batch_size": 2},
                     "studies": {"keys": {"models": ["lfd"], "variants": {"base": {}}}}})
     c = tmp_path / "config.yaml"
     c.write_text(yaml.safe_dump(cfg))
@@ -84,7 +91,7 @@ def test_every_stage_reads_only_its_declared_keys(make_cfg, tmp_path, monkeypatc
         reads.clear()
         mod = importlib.import_module(module)
         assert mod.main(argv) == 0, module
-        declared = next(s for s in STAGES.values() if s.module == module).keys(model="lfd")
+        declared = next(s for s in STAGES.values() if s.module == module).keys(model=_model(module))
         outside = sorted(r for r in reads if not allowed(r, declared))
         if outside:
             failures[module] = outside
@@ -101,7 +108,7 @@ def test_one_name_per_stage_and_declared_keys_exist(name):
     if s.config_keys:
         assert mod.CONFIG_KEYS == s.config_keys
     schema = seas.run.config.load_schema()
-    for key in s.keys(model="lfd"):
+    for key in s.keys(model=_model(s.module)):
         node = schema
         for part in key.split("."):
             props = node.get("properties") or {}

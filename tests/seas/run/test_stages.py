@@ -60,7 +60,8 @@ def test_cost_jobs_match_a_real_dry_run(tmp_path):
     raw = yaml.safe_load((REPO / "config" / "mvtec_ad.yaml").read_text())
     raw.update({"results_dir": str(tmp_path / "res"), "studies": {}})
     raw["dataset"].update({"root": str(root), "products": sorted(types)})
-    raw["downstream"].update({"methods": ["seas", "cutpaste", "real"], "models": ["lfd", "bisenetv2"]})
+    raw["downstream"].update({"methods": ["seas", "cutpaste", "real"], "models": ["lfd", "bisenetv2"],
+                              "detectors": ["draem", "draem_pairs"]})
     c = tmp_path / "c.yaml"
     c.write_text(yaml.safe_dump(raw))
     counts = job_counts(dry_run(c, cwd=tmp_path).stdout)
@@ -193,4 +194,4 @@ def test_registry_modules_exist_and_upstreams_are_stages():
         assert (REPO / (s.module.replace(".", "/") + ".py")).is_file(), s.module
         assert all(u == "pairs" or u in STAGES for u in s.upstream), s.name
     assert stages_mod.COST_ORDER == ("generator", "rmp", "generation", "gen_metrics", "baselines", "segmentation",
-                                     "evaluation")
+                                     "evaluation", "detection")
