@@ -28,3 +28,145 @@ rule sample_grid:
     shell:
         "seas_python -m downstream.report.sample_grid --pairs {params.pairs:q} --per-type {params.per_type}"
         " --title {params.title:q} --out {output:q} > {log:q} 2>&1"
+
+
+# ----------------------------------------------------------------------------- the report's pages (issue 22)
+from downstream.report.plot_specs import plot_names  # noqa: E402  (pure Python: which plot from which table)
+
+#: every table of the run as an HTML page: the run's tables, their _vs_paper companions, the studies'
+RUN_STUDIES = list(CFG["studies"])
+REPORT_TABLES = (TABLE_NAMES + [f"{n}_vs_paper" for n in TABLE_NAMES if f"{n}.csv" in COMPARED_TABLES]
+                 + [f"study_{s}" for s in RUN_STUDIES] + [f"study_{s}_vs_paper" for s in RUN_STUDIES])
+PLOT_NAMES = plot_names(TABLE_NAMES + [f"study_{s}" for s in RUN_STUDIES])
+
+
+def _table_page_group(name):
+    if name.startswith("study_"):
+        return "studies"
+    return "the paper beside ours" if name.endswith("_vs_paper") else "this run"
+
+
+localrules: html_table, plots, front_page, compare_grid
+
+
+rule html_table:
+    """Every table CSV as an HTML page (paper-like rounding, best values bold) for the report."""
+    input:
+        [f"{TABLES}/{name}.csv" for name in REPORT_TABLES],
+    output:
+        [
+            report(
+                f"{RUN}/report/tables/{name}.html",
+                category="Tables",
+                subcategory=_table_page_group(name),
+                caption="../report/html_table.rst",
+                labels={"table": name},
+            )
+            for name in REPORT_TABLES
+        ],
+    params:
+        out_dir=f"{RUN}/report/tables",
+        digits=" ".join(f"--digits study_{s}={STUDIES[s].digits}" for s in RUN_STUDIES),
+    log:
+        f"{RUN}/logs/html_table.log",
+    threads: job_threads(1)
+    resources:
+        mem_mb=1000,
+        runtime=STAGES["html_table"].minutes(CFG),
+    conda:
+        "../../envs/base.yaml"
+    shell:
+        "seas_python -m downstream.report.html_table --tables {input:q} --out-dir {params.out_dir:q} {params.digits}"
+        " > {log:q} 2>&1"
+
+
+rule plots:
+    """The report's plots (downstream.report.plot_specs: which plot from which table), PNG."""
+    input:
+        [f"{TABLES}/{name}.csv" for name in REPORT_TABLES],
+    output:
+        [
+            report(
+                f"{RUN}/report/plots/{name}.png",
+                category="Plots",
+                caption="../report/plots.rst",
+                labels={"plot": name},
+            )
+            for name in PLOT_NAMES
+        ],
+    params:
+        tables=TABLES,
+        out_dir=f"{RUN}/report/plots",
+        only=" ".join(PLOT_NAMES),
+    log:
+        f"{RUN}/logs/plots.log",
+    threads: job_threads(1)
+    resources:
+        mem_mb=2000,
+        runtime=STAGES["plots"].minutes(CFG),
+    conda:
+        "../../envs/base.yaml"
+    shell:
+        "seas_python -m downstream.report.plots --tables-dir {params.tables:q} --out-dir {params.out_dir:q}"
+        " --only {params.only} > {log:q} 2>&1"
+
+
+rule front_page:
+    """What the run did, from its own records (split manifests, generator tokens.json, tables, cost.csv)."""
+    input:
+        [f"{TABLES}/{name}.csv" for name in TABLE_NAMES],
+        splits=lambda wc: [LAYOUT.split(p) for p in products()],
+    output:
+        report(
+            f"{RUN}/report/front_page.html",
+            category="Run",
+            caption="../report/front_page.rst",
+            labels={"page": "what was run"},
+        ),
+    params:
+        cfg=stage_params("front_page"),
+        config=RESOLVED_CONFIG,
+        run_dir=RUN,
+        tables=TABLES,
+    log:
+        f"{RUN}/logs/front_page.log",
+    threads: job_threads(1)
+    resources:
+        mem_mb=1000,
+        runtime=STAGES["front_page"].minutes(CFG),
+    conda:
+        "../../envs/base.yaml"
+    shell:
+        "seas_python -m downstream.report.front_page --config {params.config:q} --run-dir {params.run_dir:q}"
+        " --tables-dir {params.tables:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule compare_grid:
+    """Per product: the real training defects beside each method's generated pairs, per anomaly type."""
+    input:
+        split=lambda wc: LAYOUT.split(wc.product),
+        pairs=lambda wc: [f for m in METHODS for f in pairs_of_product(LAYOUT, METHODS[m], wc.product)],
+    output:
+        report(
+            f"{RUN}/report/compare/{{product}}.png",
+            category="Samples",
+            subcategory="real vs generated",
+            caption="../report/compare_grid.rst",
+            labels={"product": "{product}"},
+        ),
+    params:
+        pairs=lambda wc: " ".join(
+            "--pairs " + shlex.quote(f"{m}={LAYOUT.pairs_dir(METHODS[m], wc.product)}") for m in METHODS
+        ),
+        per_type=3,
+    log:
+        f"{RUN}/logs/compare_grid/{{product}}.log",
+    threads: job_threads(1)
+    resources:
+        mem_mb=1000,
+        runtime=STAGES["compare_grid"].minutes(CFG),
+    conda:
+        "../../envs/base.yaml"
+    shell:
+        "seas_python -m downstream.report.compare_grid --split {input.split:q} {params.pairs}"
+        " --per-type {params.per_type} --out {output:q} > {log:q} 2>&1"
