@@ -186,7 +186,8 @@ def test_trimmed_demo_end_to_end(tmp_path):
     res = _run(tmp_path, "-n", "--config", "generation={guidance_scale: 3.0}")
     counts = job_counts(res.stdout)
     assert counts == {"generate": 4, "gen_metrics": 2, "sample_grid": 1, "train_seg": 3, "evaluate": 3,
-                      "tables": 1, "study": 1, "all": 1, "total": 16}, counts
+                      "tables": 1, "study": 1, "all": 1, "compare_grid": 1, "html_table": 1, "plots": 1,
+                      "front_page": 1, "total": 20}, counts
     assert "reason: Missing output files" in res.stdout and "train_generator" not in counts
     # ... and switching back finds the old folders: nothing to do
     res = _run(tmp_path, "-n")
@@ -196,6 +197,46 @@ def test_trimmed_demo_end_to_end(tmp_path):
     _run(tmp_path, "--report", str(tmp_path / "report.html"), timeout=300)
     html = (tmp_path / "report.html").read_text(errors="replace")
     assert "segmentation.csv" in html and "weave.png" in html
+    check_report_pages(html, tables, run)
+
+
+def check_report_pages(html: str, tables: Path, run: Path) -> None:
+    """The report shows the numbers (issue 22): each table's page holds every number of its CSV as a table cell, each
+    plot is an embedded PNG, the front page names the model the run loaded (tiny random here: config/test_e2e.yaml)."""
+    from downstream.report.html_table import format_cell, read_table, table_digits
+    from downstream.report.plot_specs import plot_names
+
+    items = embedded_items(html)
+    assert items, "no embedded result in the report"
+    pages = {k: v for k, v in items.items() if k.endswith(".html")}
+    for csv_path in sorted(tables.glob("*.csv")):
+        page = pages.get(f"{csv_path.stem}.html")
+        assert page is not None, f"{csv_path.name}: no table page in the report"
+        cells = {m.strip() for m in re.findall(r"<td[^>]*>(.*?)</td>", page.decode(), flags=re.S)}
+        df, digits = read_table(csv_path), table_digits(csv_path.name, {"study_e2e_tau": 2})
+        for col in df.columns:
+            for v in df[col]:
+                assert format_cell(v, digits) in cells, (csv_path.name, col, v)
+    names = plot_names(p.stem for p in tables.glob("*.csv"))
+    assert {"segmentation_methods", "segmentation_heatmap", "generation", "study_e2e_tau"} <= set(names)
+    for name in names:
+        png = items.get(f"{name}.png")
+        assert png is not None and png.startswith(b"\x89PNG"), f"plot {name} is not an embedded PNG"
+    assert items["weave.png"].startswith(b"\x89PNG")  # sample grid and compare grid (both named weave.png)
+    front = pages["front_page.html"].decode()
+    assert "tiny-random (not SD v1-4)" in front and "tiny-pretrained" not in front
+    assert "scratch" in front and "stain" in front and "GPU-hours" in front
+
+
+def embedded_items(html: str) -> dict[str, bytes]:
+    """{file name: content} of every result embedded in a Snakemake HTML report (base64 data URIs next to their
+    file names in the report's data)."""
+    import base64
+
+    out = {}
+    for m in re.finditer(r'"name":\s*"([^"]+)"[^{}]*?"data_uri":\s*"data:[^;,"]*(?:;[^;,"]*)*;base64,([^"]+)"', html):
+        out[Path(m.group(1)).name] = base64.b64decode(m.group(2))
+    return out
 
 
 # ----------------------------------------------------------------------------- users' own names (issue 14)
