@@ -131,6 +131,13 @@ def _unique(df: pd.DataFrame | None, col: str) -> list[str]:
     return [str(v) for v in dict.fromkeys(df[col].dropna())]
 
 
+def _count(v) -> str:
+    try:
+        return str(int(float(v)))
+    except (TypeError, ValueError):
+        return "?"
+
+
 def _table(tables_dir: Path, name: str) -> pd.DataFrame | None:
     return read_table(tables_dir / name) if (tables_dir / name).is_file() else None
 
@@ -150,16 +157,18 @@ def run_facts(cfg: Mapping, run_dir: str | Path, tables_dir: str | Path) -> dict
             zip(seg["model"].astype(str), seg["backbone_init"].astype(str))) if m != "average"]
     weights = {}
     if gen is not None:
+        mean = gen[gen["product"].astype(str) == "mean"]
         for col, what in (("inception_weights", "Inception (IS, KID)"), ("lpips_weights", "LPIPS (IC-LPIPS)")):
-            vals = _unique(gen, col)
-            weights[what] = ("random network: no number reported" if vals == ["random"] else
-                             "real weights: " + ", ".join(v for v in vals if v != "random"))
+            if col in mean.columns:
+                weights[what] = "; ".join(
+                    f"{m}: " + ("random network, no number reported" if str(w) == "random" else f"weights {w}")
+                    for m, w in zip(mean["method"].astype(str), mean[col].astype(str)))
     total = None
     if cost is not None and (cost["stage"].astype(str) == "total").any():
         r = cost[cost["stage"].astype(str) == "total"].iloc[0]
         total = {"wall_h": float(r["seconds_total"]) / 3600 if pd.notna(r["seconds_total"]) else None,
                  "gpu_hours": float(r["gpu_hours"]) if pd.notna(r["gpu_hours"]) else None,
-                 "machine": str(r.get("machine", "")), "jobs": f"{r.get('measured_jobs')} of {r.get('jobs')}"}
+                 "machine": str(r.get("machine", "")), "jobs": f"{_count(r.get('measured_jobs'))} of {_count(r.get('jobs'))}"}
     return {
         "run_name": cfg["run_name"],
         "dataset": (_unique(seg, "dataset") or [cfg["dataset"]["name"]])[0],
@@ -199,10 +208,7 @@ padding-right: 1em; vertical-align: top;} td {vertical-align: top;}</style></hea
  {{ f.backbones | join("; ") }}{% endif %}</td></tr>
 <tr><th>protocol</th><td>{% for p in f.protocols %}<code>{{ p }}</code><br>{% else %}no table yet{% endfor %}</td></tr>
 <tr><th>generation-metric networks</th><td>{% for k, v in f.weights.items() %}{{ k }}: {{ v }}<br>{% endfor %}</td></tr>
-<tr><th>cost of the run</th><td>{% if f.total %}{{ "%.3g" | format(f.total.wall_h) if f.total.wall_h is not none else "?" }}
- h wall time (sum of the jobs), {{ "%.3g" | format(f.total.gpu_hours) if f.total.gpu_hours is not none else "?" }}
- GPU-hours; {{ f.total.jobs }} jobs measured; machine {{ f.total.machine }}{% else %}cost.csv not written{% endif %}
-</td></tr>
+<tr><th>cost of the run</th><td>{% if f.total %}{{ fmt(f.total.wall_h) }} h wall time (sum of the jobs), {{ fmt(f.total.gpu_hours) }} GPU-hours; {{ f.total.jobs }} jobs measured; machine {{ f.total.machine }}{% else %}cost.csv not written{% endif %}</td></tr>
 {% if f.studies %}<tr><th>studies</th><td>{{ f.studies | join(", ") }}</td></tr>{% endif %}
 </table>
 <h3>Categories of this report</h3><ul>
@@ -211,8 +217,12 @@ padding-right: 1em; vertical-align: top;} td {vertical-align: top;}</style></hea
 """)
 
 
+def _fmt(x) -> str:
+    return "?" if x is None else f"{x:.3g}"
+
+
 def render(facts: Mapping) -> str:
-    return _TEMPLATE.render(f=facts)
+    return _TEMPLATE.render(f=facts, fmt=_fmt)
 
 
 @cli

@@ -76,8 +76,9 @@ def test_an_sd_checkpoint_and_the_rest_of_the_facts(tmp_path):
     assert facts["protocols"] == ["seas-unified (split floor 1/3)"] and "seas-unified (split floor 1/3)" in page
     assert "lfd: random-init" in facts["backbones"]
     # seas used real Inception weights, cutpaste random ones: both are said
-    assert facts["weights"]["Inception (IS, KID)"] == "real weights: inc.pth, pt_inception.pth"
-    assert "2 h wall time" in page and "1.5\n GPU-hours" in page
+    assert facts["weights"]["Inception (IS, KID)"] == ("seas: weights pt_inception.pth; cutpaste: random network, no "
+                                                      "number reported; external:anomalydiffusion: weights inc.pth")
+    assert "2 h wall time (sum of the jobs), 1.5 GPU-hours; 9 of 9 jobs measured" in page
     for cat in ("Run", "Tables", "Plots", "Samples", "CSV"):
         assert f"<b>{cat}</b>" in page
 
