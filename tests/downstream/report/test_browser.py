@@ -6,37 +6,13 @@ Debian's chromium) turns that skip into a failure, so CI never passes without ha
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
-
-import pytest
 
 from test_tables import _cfg, fabricate  # noqa: E402 (pytest puts this folder on sys.path)
 
+from browser import browser, dump_dom  # tests/browser.py
 from downstream.report import html_table, tables
-
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-def browser() -> str:
-    exe = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
-    if exe is None:
-        reason = f"no headless browser ({', '.join(BROWSERS)}) on PATH; .ci/run installs Debian's chromium as root"
-        if os.environ.get("SEAS_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"SEAS_REQUIRE_BROWSER=1 but {reason}")
-        pytest.skip(reason)
-    return exe
-
-
-def dump_dom(exe: str, url: str, tmp_path) -> str:
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", url]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return res.stdout
 
 
 class VisibleCells(HTMLParser):
