@@ -197,15 +197,28 @@ def test_trimmed_demo_end_to_end(tmp_path):
     _run(tmp_path, "--report", str(tmp_path / "report.html"), timeout=300)
     html = (tmp_path / "report.html").read_text(errors="replace")
     assert "segmentation.csv" in html and "weave.png" in html
-    check_report_pages(html, tables, run)
+    check_report_pages(html, tables, lay.cfg)
+    # ... and as a browser shows it (the report is a script-rendered page): its menu names the categories
+    import shutil
+
+    from browser import BROWSERS, dump_dom  # tests/browser.py
+
+    exe = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    assert exe or os.environ.get("SEAS_REQUIRE_BROWSER") != "1", "SEAS_REQUIRE_BROWSER=1 but no browser installed"
+    if exe:
+        dom = dump_dom(exe, (tmp_path / "report.html").as_uri(), tmp_path)
+        assert all(c in dom for c in ("Run", "Tables", "Plots", "Samples", "CSV")), dom[-3000:]
 
 
-def check_report_pages(html: str, tables: Path, run: Path) -> None:
+def check_report_pages(html: str, tables: Path, cfg: dict) -> None:
     """The report shows the numbers (issue 22): each table's page holds every number of its CSV as a table cell, each
     plot is an embedded PNG, the front page names the model the run loaded (tiny random here: config/test_e2e.yaml)."""
     from downstream.report.html_table import format_cell, read_table, table_digits
     from downstream.report.plot_specs import plot_names
 
+    from seas.run.studies import load_studies
+
+    study_digits = {f"study_{k}": s.digits for k, s in load_studies(cfg).items()}
     items = embedded_items(html)
     assert items, "no embedded result in the report"
     pages = {k: v for k, v in items.items() if k.endswith(".html")}
@@ -213,7 +226,7 @@ def check_report_pages(html: str, tables: Path, run: Path) -> None:
         page = pages.get(f"{csv_path.stem}.html")
         assert page is not None, f"{csv_path.name}: no table page in the report"
         cells = {m.strip() for m in re.findall(r"<td[^>]*>(.*?)</td>", page.decode(), flags=re.S)}
-        df, digits = read_table(csv_path), table_digits(csv_path.name, {"study_e2e_tau": 2})
+        df, digits = read_table(csv_path), table_digits(csv_path.name, study_digits)
         for col in df.columns:
             for v in df[col]:
                 assert format_cell(v, digits) in cells, (csv_path.name, col, v)
@@ -222,20 +235,22 @@ def check_report_pages(html: str, tables: Path, run: Path) -> None:
     for name in names:
         png = items.get(f"{name}.png")
         assert png is not None and png.startswith(b"\x89PNG"), f"plot {name} is not an embedded PNG"
-    assert items["weave.png"].startswith(b"\x89PNG")  # sample grid and compare grid (both named weave.png)
+    assert items["weave.png"].startswith(b"\x89PNG")  # a sample grid / the compare grid (both named weave.png)
     front = pages["front_page.html"].decode()
     assert "tiny-random (not SD v1-4)" in front and "tiny-pretrained" not in front
     assert "scratch" in front and "stain" in front and "GPU-hours" in front
 
 
 def embedded_items(html: str) -> dict[str, bytes]:
-    """{file name: content} of every result embedded in a Snakemake HTML report (base64 data URIs next to their
-    file names in the report's data)."""
+    """{file name: content} of every result embedded in a Snakemake HTML report (its base64 data URIs,
+    ``data:<mime>;charset=<enc>;filename=<name>;base64,<data>``; of several with one name, the largest)."""
     import base64
 
-    out = {}
-    for m in re.finditer(r'"name":\s*"([^"]+)"[^{}]*?"data_uri":\s*"data:[^;,"]*(?:;[^;,"]*)*;base64,([^"]+)"', html):
-        out[Path(m.group(1)).name] = base64.b64decode(m.group(2))
+    out: dict[str, bytes] = {}
+    for m in re.finditer(r"data:[\w/+.-]+;charset=[^;\"]*;filename=([^;\"]+);base64,([A-Za-z0-9+/=]+)", html):
+        data = base64.b64decode(m.group(2))
+        if len(data) > len(out.get(m.group(1), b"")):
+            out[m.group(1)] = data
     return out
 
 
