@@ -130,7 +130,7 @@ def best_cells(name: str, df: pd.DataFrame) -> pd.DataFrame:
                     best.at[i, c] = v == top
         return best
     keys = [c for c in _GROUPS[kind] if c in df.columns]
-    groups = df.groupby(keys, sort=False).groups.values() if keys else [df.index]
+    groups = df.groupby(keys if len(keys) > 1 else keys[0], sort=False).groups.values() if keys else [df.index]
     for col in df.columns:
         sense = better(col)
         if not sense:

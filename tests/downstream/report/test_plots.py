@@ -90,7 +90,7 @@ def test_study_one_group_per_variant():
     fig = plots.draw_study(spec, df, vs)
     assert _bars(fig.axes[0]) == [40.0, 30.0]
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["tau=0.2", "tau=0.5"]
-    assert "Tab. 29" in fig.texts[0].get_text()
+    assert "Tab. 29" in fig._suptitle.get_text()  # the figure title names the paper table
     paper = [c for c in fig.axes[0].collections if c.get_label() == "paper"]
     assert np.allclose(paper[0].get_offsets(), [[-0.0, 58.1]])
     plt.close(fig)
