@@ -1,4 +1,5 @@
-# Report: sample grids of every method and product (snakemake --report).
+# Report: sample grids of every method and product, and the report's pages (snakemake --report): tables as HTML,
+# plots, the front page (what was run), real-vs-generated grids per product.
 
 
 rule sample_grid:
@@ -31,21 +32,6 @@ rule sample_grid:
 
 
 # ----------------------------------------------------------------------------- the report's pages (issue 22)
-from downstream.report.plot_specs import plot_names  # noqa: E402  (pure Python: which plot from which table)
-
-#: every table of the run as an HTML page: the run's tables, their _vs_paper companions, the studies'
-RUN_STUDIES = list(CFG["studies"])
-REPORT_TABLES = (TABLE_NAMES + [f"{n}_vs_paper" for n in TABLE_NAMES if f"{n}.csv" in COMPARED_TABLES]
-                 + [f"study_{s}" for s in RUN_STUDIES] + [f"study_{s}_vs_paper" for s in RUN_STUDIES])
-PLOT_NAMES = plot_names(TABLE_NAMES + [f"study_{s}" for s in RUN_STUDIES])
-
-
-def _table_page_group(name):
-    if name.startswith("study_"):
-        return "studies"
-    return "the paper beside ours" if name.endswith("_vs_paper") else "this run"
-
-
 localrules: html_table, plots, front_page, compare_grid
 
 
@@ -65,7 +51,7 @@ rule html_table:
             for name in REPORT_TABLES
         ],
     params:
-        out_dir=f"{RUN}/report/tables",
+        out_dir=lambda wc, output: str(Path(output[0]).parent),
         digits=" ".join(f"--digits study_{s}={STUDIES[s].digits}" for s in RUN_STUDIES),
     log:
         f"{RUN}/logs/html_table.log",
@@ -95,8 +81,8 @@ rule plots:
             for name in PLOT_NAMES
         ],
     params:
-        tables=TABLES,
-        out_dir=f"{RUN}/report/plots",
+        tables=lambda wc, input: str(Path(input[0]).parent),
+        out_dir=lambda wc, output: str(Path(output[0]).parent),
         only=" ".join(PLOT_NAMES),
     log:
         f"{RUN}/logs/plots.log",
@@ -126,8 +112,8 @@ rule front_page:
     params:
         cfg=stage_params("front_page"),
         config=RESOLVED_CONFIG,
-        run_dir=RUN,
-        tables=TABLES,
+        run_dir=lambda wc, output: str(Path(output[0]).parent.parent),  # <run>: the page lives in <run>/report
+        tables=lambda wc, input: str(Path(input[0]).parent),
     log:
         f"{RUN}/logs/front_page.log",
     threads: job_threads(1)
@@ -156,7 +142,7 @@ rule compare_grid:
         ),
     params:
         pairs=lambda wc: " ".join(
-            "--pairs " + shlex.quote(f"{m}={LAYOUT.pairs_dir(METHODS[m], wc.product)}") for m in METHODS
+            f"--pairs {shlex.quote(f'{m}={LAYOUT.pairs_dir(METHODS[m], wc.product)}')}" for m in METHODS
         ),
         per_type=3,
     log:
