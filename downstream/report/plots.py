@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 from seas.run.errors import DataError  # noqa: E402
 from seas.run.runtime import atomic_write_bytes, cli, setup_logging  # noqa: E402
 
-from downstream.report.html_table import better, read_table  # noqa: E402
+from downstream.report.html_table import better, format_cell, read_table  # noqa: E402
 from downstream.report.plot_specs import PlotSpec, specs_for  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,9 @@ def _grouped_bars(ax, groups: Sequence[str], series: Sequence[str], value: Calla
         vals = [value(g, s) for g in groups]
         pos = x - 0.4 + width * (j + 0.5)
         ax.bar(pos, [np.nan if v is None else v for v in vals], width, label=s)
-        for p, v in zip(pos, vals):
-            if v is not None:
-                ax.annotate(f"{v:.2f}", (p, v), ha="center", va="bottom", fontsize=6)
+        for p, v in zip(pos, vals):  # the table's number on its bar; a missing one says so
+            ax.annotate("n/a" if v is None else format_cell(v), (p, 0 if v is None else v), ha="center",
+                        va="bottom", fontsize=6, color="grey" if v is None else "black")
         if paper is not None:
             pts = [(p, paper(g, s)) for p, g in zip(pos, groups)]
             pts = [(p, y) for p, y in pts if y is not None]
