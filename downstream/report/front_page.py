@@ -17,6 +17,9 @@ What it says, and where each fact comes from:
 * total wall time and GPU-hours: cost.csv's ``total`` row (and the machines the run records name);
 * the report's categories (the Snakemake report links them from its own front text, workflow/report/workflow.rst).
 
+The page is the report's *Run* item, and its body is also shown on the report's first screen: workflow.rst reads
+it back (the report's ``files`` records) into a raw-HTML block, so the front text itself states the run's facts.
+
 Rendered with a jinja2 template (autoescaped).
 """
 from __future__ import annotations
