@@ -51,7 +51,7 @@ CONFIG_KEYS = STAGES["front_page"].config_keys
 __all__ = ["CATEGORIES", "products_types", "generator_bases", "model_description", "run_facts", "render", "main"]
 
 #: the report's categories, in the order the front page lists them (rules/*.smk's report(category=...))
-CATEGORIES = {"Run": "this page",
+CATEGORIES = {"Run": "what was run (this summary, as its own page)",
               "Tables": "every table of the run (and the paper's values beside ours, the studies) as a page, numbers "
                         "rounded like the paper, best values bold",
               "Plots": "the tables drawn: methods x segmentation models, per-product heat map, generation metrics "

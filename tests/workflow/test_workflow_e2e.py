@@ -207,7 +207,11 @@ def test_trimmed_demo_end_to_end(tmp_path):
     assert exe or os.environ.get("SEAS_REQUIRE_BROWSER") != "1", "SEAS_REQUIRE_BROWSER=1 but no browser installed"
     if exe:
         dom = dump_dom(exe, (tmp_path / "report.html").as_uri(), tmp_path)
-        assert all(c in dom for c in ("Run", "Tables", "Plots", "Samples", "CSV")), dom[-3000:]
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.S)))
+        assert all(c in text for c in ("Run", "Tables", "Plots", "Samples", "CSV")), text[:3000]
+        # the first screen states what was run: the model the run loaded, its protocol (from segmentation.csv)
+        assert "What run e2e did" in text and "tiny-random (not SD v1-4)" in text, text[:3000]
+        assert next(iter(_read_csv(tables / "segmentation.csv")))["protocol"] in text
 
 
 def check_report_pages(html: str, tables: Path, cfg: dict) -> None:
@@ -236,6 +240,7 @@ def check_report_pages(html: str, tables: Path, cfg: dict) -> None:
         png = items.get(f"{name}.png")
         assert png is not None and png.startswith(b"\x89PNG"), f"plot {name} is not an embedded PNG"
     assert items["weave.png"].startswith(b"\x89PNG")  # a sample grid / the compare grid (both named weave.png)
+    assert "What run e2e did" in html  # the front text shows the front page's body (workflow/report/workflow.rst)
     front = pages["front_page.html"].decode()
     assert "tiny-random (not SD v1-4)" in front and "tiny-pretrained" not in front
     assert "scratch" in front and "stain" in front and "GPU-hours" in front
