@@ -154,7 +154,8 @@ def draw_heatmap(spec: PlotSpec, df: pd.DataFrame, vs: pd.DataFrame | None):
     products = rows["product"].astype(str).tolist()
     mat = np.array([[np.nan if v is None else v for v in numeric(rows[c])] for c in cols], dtype=float).T
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(cols), 1.0 + 0.45 * len(products)))
-    im = ax.imshow(mat, cmap="viridis", aspect="auto", vmin=0, vmax=100 if np.nanmax(mat, initial=0) > 1 else None)
+    # colours span the values shown (a tiny run's few percent would all be one colour on 0-100); numbers on the cells
+    im = ax.imshow(mat, cmap="viridis", aspect="auto")
     for i in range(mat.shape[0]):
         for j in range(mat.shape[1]):
             if not math.isnan(mat[i, j]):
