@@ -93,3 +93,33 @@ def test_cli(tmp_path, capsys):
     assert front_page.main(argv) == 0 and TINY_RANDOM_LABEL in out.read_text()
     (Path(Layout(run, cfg).generator("weave", "all")) / "tokens.json").write_text("{")
     assert front_page.main(argv) == 2 and "tokens.json is not valid JSON" in capsys.readouterr().err
+
+
+def test_the_report_front_text_shows_the_page_and_keys_on_nothing_stale(tmp_path):
+    """workflow/report/workflow.rst rendered as Snakemake's report renders it (jinja2 with its `snakemake.config` and
+    `files` records, then docutils): the front page's body appears in it; no sentence keys on model.tiny."""
+    from types import SimpleNamespace
+
+    import jinja2
+    from docutils.core import publish_parts
+
+    text = (REPO / "workflow" / "report" / "workflow.rst").read_text()
+    assert 'model"]["tiny"' not in text and "plumbing check" not in text
+    page = tmp_path / "front_page.html"
+    page.write_text(front_page.render({**_minimal_facts(), "models": [{"label": TINY_PRETRAINED_LABEL, "detail": "d"}]}))
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    snakemake = SimpleNamespace(config={"run_name": "r", "dataset": {"name": "demo"}})
+    links = "\n\n" + "\n".join(f".. _{c}: javascript:void(0)" for c in front_page.CATEGORIES) + "\n"
+    for files, want in (([SimpleNamespace(target="front_page.html", path=page)], "What run r did"),
+                        ([], "not written yet")):
+        rst = env.from_string(text + links).render(snakemake=snakemake, files=files, categories={})
+        html = publish_parts(rst, writer="html", settings_overrides={"report_level": 2})["html_body"]
+        assert want in html and "System Message" not in html
+        assert (TINY_PRETRAINED_LABEL in html) == bool(files)
+
+
+def _minimal_facts() -> dict:
+    return {"run_name": "r", "dataset": "demo", "dataset_root": "d", "products": {"p": {"types": ["t"], "train": {"t": 1},
+            "test": 2}}, "methods": ["seas"], "seg_models": ["lfd"], "models": [], "generator_labels": [],
+            "protocols": ["seas-unified (split floor 1/3)"], "backbones": [], "weights": {}, "total": None,
+            "studies": [], "categories": dict(front_page.CATEGORIES)}
