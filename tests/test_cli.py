@@ -35,6 +35,10 @@ CLIS = {
     "downstream.report.study": [[]],
     "downstream.report.md_table": [[]],
     "downstream.report.sample_grid": [[]],
+    "downstream.report.html_table": [[]],
+    "downstream.report.plots": [[]],
+    "downstream.report.front_page": [[]],
+    "downstream.report.compare_grid": [[]],
 }
 
 

@@ -76,7 +76,10 @@ def _base_info(base_source: str, revision: str | None, tiny: bool) -> dict:
     info = {"pretrained": str(base_source), "resolved": str(p.resolve()) if p.is_dir() else None,
             "revision": revision, "tiny": bool(tiny)}
     if tiny:
-        info["tiny_weights"] = (read_marker(p) or {}).get("weights", "random") if p.is_dir() else "random"
+        marker = (read_marker(p) or {}) if p.is_dir() else {}
+        info["tiny_weights"] = marker.get("weights", "random")
+        if marker.get("weights") == "pretrained":  # which prior was loaded (the report's front page says it)
+            info["tiny_prior"], info["tiny_prior_sha256"] = marker.get("prior"), marker.get("prior_sha256")
     return info
 
 

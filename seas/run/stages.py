@@ -195,6 +195,12 @@ _ENTRIES = (
     Stage("study", "downstream.report.study", ("run_name", "results_dir") + _RUN_WIDE + ("studies",),
           parts=("study",), minutes=_fixed(10)),
     Stage("sample_grid", "downstream.report.sample_grid", (), parts=("method", "product"), minutes=_fixed(10)),
+    # the report's pages (snakemake --report): tables as HTML, plots, the front page, real-vs-generated grids
+    Stage("html_table", "downstream.report.html_table", (), minutes=_fixed(10)),
+    Stage("plots", "downstream.report.plots", (), minutes=_fixed(10)),
+    Stage("front_page", "downstream.report.front_page",
+          ("run_name", "dataset", "split", "downstream", "gen_metrics", "studies"), minutes=_fixed(10)),
+    Stage("compare_grid", "downstream.report.compare_grid", (), parts=("product",), minutes=_fixed(10)),
 )
 
 #: name -> Stage, in pipeline order

@@ -95,7 +95,8 @@ def test_deploy_copies_config_and_profiles(deployed):
 def test_deployed_demo_dry_run(deployed):
     clone, dest = deployed
     res = _dry_run(dest)
-    assert job_counts(res.stdout) == {"demo_data": 1, "tables": 1, "study": 1, "all": 1, "total": 4}  # study: demo_tau
+    assert job_counts(res.stdout) == {"demo_data": 1, "tables": 1, "study": 1, "html_table": 1, "plots": 1,
+                                      "front_page": 1, "all": 1, "total": 7}  # study: demo_tau; the report's pages
     # relative paths of the config resolve in the deploying directory, and the jobs run the clone's code
     assert not (dest / "results").exists() and not (clone / "results").exists()  # a dry run writes nothing
     assert "seas_python -m seas.data.demo_data --config results/demo/config.yaml --out resources/demo_data" in res.stdout

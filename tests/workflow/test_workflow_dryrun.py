@@ -87,6 +87,10 @@ def test_paper_sized_dag(mvtec_tree, tmp_path):
         "train_seg": n_models * n_methods,
         "evaluate": n_models * n_methods,
         "sample_grid": n_methods * 15,
+        "compare_grid": 15,
+        "html_table": 1,
+        "plots": 1,
+        "front_page": 1,
         "tables": 1,
         "all": 1,
     }

@@ -186,7 +186,8 @@ def test_trimmed_demo_end_to_end(tmp_path):
     res = _run(tmp_path, "-n", "--config", "generation={guidance_scale: 3.0}")
     counts = job_counts(res.stdout)
     assert counts == {"generate": 4, "gen_metrics": 2, "sample_grid": 1, "train_seg": 3, "evaluate": 3,
-                      "tables": 1, "study": 1, "all": 1, "total": 16}, counts
+                      "tables": 1, "study": 1, "all": 1, "compare_grid": 1, "html_table": 1, "plots": 1,
+                      "front_page": 1, "total": 20}, counts
     assert "reason: Missing output files" in res.stdout and "train_generator" not in counts
     # ... and switching back finds the old folders: nothing to do
     res = _run(tmp_path, "-n")
@@ -196,6 +197,66 @@ def test_trimmed_demo_end_to_end(tmp_path):
     _run(tmp_path, "--report", str(tmp_path / "report.html"), timeout=300)
     html = (tmp_path / "report.html").read_text(errors="replace")
     assert "segmentation.csv" in html and "weave.png" in html
+    check_report_pages(html, tables, lay.cfg)
+    # ... and as a browser shows it (the report is a script-rendered page): its menu names the categories
+    import shutil
+
+    from browser import BROWSERS, dump_dom  # tests/browser.py
+
+    exe = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    assert exe or os.environ.get("SEAS_REQUIRE_BROWSER") != "1", "SEAS_REQUIRE_BROWSER=1 but no browser installed"
+    if exe:
+        dom = dump_dom(exe, (tmp_path / "report.html").as_uri(), tmp_path)
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style).*?</\1>", "", dom, flags=re.S)))
+        assert all(c in text for c in ("Run", "Tables", "Plots", "Samples", "CSV")), text[:3000]
+        # the first screen states what was run: the model the run loaded, its protocol (from segmentation.csv)
+        assert "What run e2e did" in text and "tiny-random (not SD v1-4)" in text, text[:3000]
+        assert next(iter(_read_csv(tables / "segmentation.csv")))["protocol"] in text
+
+
+def check_report_pages(html: str, tables: Path, cfg: dict) -> None:
+    """The report shows the numbers (issue 22): each table's page holds every number of its CSV as a table cell, each
+    plot is an embedded PNG, the front page names the model the run loaded (tiny random here: config/test_e2e.yaml)."""
+    from downstream.report.html_table import format_cell, read_table, table_digits
+    from downstream.report.plot_specs import plot_names
+
+    from seas.run.studies import load_studies
+
+    study_digits = {f"study_{k}": s.digits for k, s in load_studies(cfg).items()}
+    items = embedded_items(html)
+    assert items, "no embedded result in the report"
+    pages = {k: v for k, v in items.items() if k.endswith(".html")}
+    for csv_path in sorted(tables.glob("*.csv")):
+        page = pages.get(f"{csv_path.stem}.html")
+        assert page is not None, f"{csv_path.name}: no table page in the report"
+        cells = {m.strip() for m in re.findall(r"<td[^>]*>(.*?)</td>", page.decode(), flags=re.S)}
+        df, digits = read_table(csv_path), table_digits(csv_path.name, study_digits)
+        for col in df.columns:
+            for v in df[col]:
+                assert format_cell(v, digits) in cells, (csv_path.name, col, v)
+    names = plot_names(p.stem for p in tables.glob("*.csv"))
+    assert {"segmentation_methods", "segmentation_heatmap", "generation", "study_e2e_tau"} <= set(names)
+    for name in names:
+        png = items.get(f"{name}.png")
+        assert png is not None and png.startswith(b"\x89PNG"), f"plot {name} is not an embedded PNG"
+    assert items["weave.png"].startswith(b"\x89PNG")  # a sample grid / the compare grid (both named weave.png)
+    assert "What run e2e did" in html  # the front text shows the front page's body (workflow/report/workflow.rst)
+    front = pages["front_page.html"].decode()
+    assert "tiny-random (not SD v1-4)" in front and "tiny-pretrained" not in front
+    assert "scratch" in front and "stain" in front and "GPU-hours" in front
+
+
+def embedded_items(html: str) -> dict[str, bytes]:
+    """{file name: content} of every result embedded in a Snakemake HTML report (its base64 data URIs,
+    ``data:<mime>;charset=<enc>;filename=<name>;base64,<data>``; of several with one name, the largest)."""
+    import base64
+
+    out: dict[str, bytes] = {}
+    for m in re.finditer(r"data:[\w/+.-]+;charset=[^;\"]*;filename=([^;\"]+);base64,([A-Za-z0-9+/=]+)", html):
+        data = base64.b64decode(m.group(2))
+        if len(data) > len(out.get(m.group(1), b"")):
+            out[m.group(1)] = data
+    return out
 
 
 # ----------------------------------------------------------------------------- users' own names (issue 14)

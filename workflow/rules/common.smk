@@ -648,3 +648,19 @@ wildcard_constraints:
     method="|".join(re.escape(m) for m in _ALL_METHODS),
     model="|".join(_ALL_MODELS),
     study="|".join(re.escape(s) for s in STUDIES) or "NO_STUDY",
+
+
+# ----------------------------------------------------------------------------- the report's pages (rules/report.smk)
+from downstream.report.plot_specs import plot_names  # noqa: E402  (pure Python: which plot from which table)
+
+#: every table of the run as an HTML page: the run's tables, their _vs_paper companions, the studies'
+RUN_STUDIES = list(CFG["studies"])
+REPORT_TABLES = (TABLE_NAMES + [f"{n}_vs_paper" for n in TABLE_NAMES if f"{n}.csv" in COMPARED_TABLES]
+                 + [f"study_{s}" for s in RUN_STUDIES] + [f"study_{s}_vs_paper" for s in RUN_STUDIES])
+PLOT_NAMES = plot_names(TABLE_NAMES + [f"study_{s}" for s in RUN_STUDIES])
+
+
+def _table_page_group(name):
+    if name.startswith("study_"):
+        return "studies"
+    return "the paper beside ours" if name.endswith("_vs_paper") else "this run"

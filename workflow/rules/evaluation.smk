@@ -130,7 +130,8 @@ rule tables:
         [
             report(
                 f"{TABLES}/{name}.csv",
-                category="Tables",
+                category="CSV",
+                subcategory="this run",
                 caption="../report/tables.rst",
                 labels={"table": name},
             )
@@ -163,7 +164,7 @@ rule study:
     input:
         study_inputs,
     output:
-        table=report(f"{TABLES}/study_{{study}}.csv", category="Studies", caption="../report/tables.rst",
+        table=report(f"{TABLES}/study_{{study}}.csv", category="CSV", subcategory="studies", caption="../report/tables.rst",
                      labels={"study": "{study}"}),
         vs_paper=f"{TABLES}/study_{{study}}_vs_paper.csv",
     params:
