@@ -298,9 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except TypeError as e:
             p.error(f"--path {what}: {e}")
         return 0
-    for stage, what, folder in layout.stage_folders():
+    for name, what, folder in layout.stage_folders():
         state = "exists" if Path(folder).exists() else "not built"
-        print(f"{stage:<13} {what:<22} {folder}  ({state})")
+        print(f"{name:<13} {what:<22} {folder}  ({state})")
     return 0
 
 

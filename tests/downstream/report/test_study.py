@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from downstream.report import study as study_mod
-from downstream.report.tables import AVERAGE, DET_COLUMNS, SEG_COLUMNS, write_tables
+from downstream.report.tables import AVERAGE, write_tables
 from seas.run.config import validate_config
 from seas.run.labels import method_label
 from seas.run.studies import load_studies, variant_config

@@ -147,7 +147,7 @@ def test_hooked_features_follow_the_tiny_model_config(tiny_sd):
                                            ([0, 1, 2, 3], [8, 8, 4, 4])])
 def test_rmp_on_other_unet_blocks(tiny_sd, blocks, widths):
     """rmp.unet_features (Tab. 25) on the tiny model: the hooked blocks' outputs, fused at the latent size."""
-    from seas.method.rmp import RefinedMaskPredictor, arch_from_configs, num_vae_levels, unet_features, vae_features
+    from seas.method.rmp import RefinedMaskPredictor, arch_from_configs, unet_features
 
     z, _, vfeats = _features(tiny_sd)
     g = torch.Generator().manual_seed(1)
