@@ -56,6 +56,8 @@ def _argv(w, c, cfg):
         ("downstream.report.tables", [*cfg, "--run-dir", str(w / "run"), "--out-dir", str(w / "tables")]),
         ("downstream.report.study", [*cfg, "--run-dir", str(w / "run"), "--study", "keys",
                               "--out", str(w / "tables" / "study_keys.csv")]),
+        ("downstream.report.front_page", [*cfg, "--run-dir", str(w / "run"), "--tables-dir", str(w / "tables"),
+                                          "--out", str(w / "report" / "front_page.html")]),
     ]
 
 
