@@ -329,7 +329,7 @@ class Glass(Detector):
             target_embed_dim=int(t["target_embed_dim"]), patchsize=int(t["patchsize"]),
             patchstride=int(t["patchstride"]), pre_projection=int(t["pre_projection"]),
             discriminator_layers=int(t["discriminator_layers"]), discriminator_hidden=int(t["discriminator_hidden"]),
-            step=int(t["step"]), svd=int(t["svd"]), gaussian_noise_std=float(t["gaussian_noise_std"]),
+            step=int(t["step"]), svd=int(bool(t["svd"])), gaussian_noise_std=float(t["gaussian_noise_std"]),
             radius_quantile=float(t["radius_quantile"]),
             focal_loss_quantile_threshold=float(t["focal_loss_quantile_threshold"]), mining=bool(t["mining"]))
         extractor = self.model.forward_modules["feature_aggregator"]
