@@ -1,5 +1,5 @@
 """The anomaly detectors (issue 23): each trains and scores on the demo data at a tiny budget through anomalib's
-models; draem_pairs trains on the pairs, never on the built-in synthesis; a detector row's scores come from our
+models; draem_pairs and glass_pairs train on the pairs, never on the built-in synthesis; a detector row's scores come from our
 metric code (a known anomaly map gives the known answer); the backbones load offline or fail naming the file."""
 from __future__ import annotations
 
