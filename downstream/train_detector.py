@@ -1,7 +1,7 @@
 """Train one anomaly detector per product (anomalib's models, downstream.detection) and score it on that product's
 held-out test split with our metric code: one scores.csv row per product + the ``mean`` row.
 
-    python -m downstream.train_detector --config C --model {patchcore,stfpm,draem,draem_pairs} \\
+    python -m downstream.train_detector --config C --model {patchcore,stfpm,draem,draem_pairs,glass,glass_pairs} \\
         --splits split/*.json --out detection/MODEL/METHOD [--pairs-root methods/M --method M]
 
 Training data per product: its normal training images (``downstream.normal_images`` of the split's
@@ -52,7 +52,8 @@ def target_label(cfg: Mapping, model: str) -> str | None:
     if not uses_pairs(model):
         return None
     miss = cfg["downstream"]["detector_train"][model]["missing_target"]
-    return "DRAEM target: normal-prompt twin" + ("; else nearest normal" if miss == "nearest_normal" else "")
+    who = {"glass_pairs": "GLASS normal image"}.get(model, "DRAEM target")
+    return f"{who}: normal-prompt twin" + ("; else nearest normal" if miss == "nearest_normal" else "")
 
 
 def _pairs_arrays(cfg: Mapping, model: str, pairs_root: str, product: str, normals: list) -> tuple[list, dict]:
@@ -160,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m downstream.train_detector", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(ap)
-    ap.add_argument("--model", required=True, choices=["patchcore", "stfpm", "draem", "draem_pairs"],
+    ap.add_argument("--model", required=True, choices=["patchcore", "stfpm", "draem", "draem_pairs", "glass",
+                                                             "glass_pairs"],
                     help="the detector (downstream.detectors)")
     ap.add_argument("--splits", required=True, nargs="+", help="split manifests (one per product)")
     ap.add_argument("--out", required=True, help="output folder (detection/<model>/<method>/<k>)")

@@ -27,7 +27,7 @@ DETECTOR_BACKBONES = {
                  "https://download.pytorch.org/models/resnet18-f37072fd.pth"),
 }
 #: detector -> the backbone it extracts features with (anomalib's defaults); DRAEM has none (trained from scratch)
-BACKBONE_OF = {"patchcore": "wide_resnet50_2", "stfpm": "resnet18"}
+BACKBONE_OF = {"patchcore": "wide_resnet50_2", "stfpm": "resnet18", "glass": "wide_resnet50_2"}
 
 
 def resolve_detector_backbone(cfg: Mapping[str, Any], name: str) -> Path | None:

@@ -7,12 +7,19 @@
                 ``PerlinAnomalyGenerator`` (Perlin noise as the anomaly source: the DTD textures are not downloaded)
 ``draem_pairs`` the same model and loss with the built-in synthesis off: :class:`DraemPairs` replaces the
                 augmenter with a method's generated pairs (image, mask, clean target: downstream.detection.data)
+``glass``       anomalib ``GlassModel`` (Wide-ResNet-50-2 layer2+layer3 features, frozen and loaded offline; feature
+                adaptor + discriminator trained on global (Gaussian noise + gradient ascent) and local anomalies, the
+                local ones from anomalib's ``PerlinAnomalyGenerator``, Perlin noise as the source: no DTD download)
+``glass_pairs`` the same model and loss with the image-level synthesis off: :class:`GlassPairs` replaces
+                ``GlassModel.augmentor`` with :class:`PairSource`, which hands GLASS a method's pairs (pair image and
+                mask as the local anomaly, its clean target as the normal image); the feature-level global
+                synthesis (gradient ascent on the target's features) is GLASS's own and stays
 
 Each detector is built by :func:`build_detector`; ``fit(normals, pairs)`` trains on one product (arrays in [0, 1],
 [3,H,W]); ``predict(x)`` takes float[B,3,H,W] in [0, 1] and returns ``(maps float[B,H,W], scores float[B])``.
 Maps of the feature-distance detectors (PatchCore, STFPM) are brought to [0, 1) by ``m / (m + t)``, t = the largest
 map value over the product's training normals (monotone: every curve metric is unchanged; ``pixel_iou_fixed`` at
-0.5 thresholds at the highest normal training score); DRAEM's maps are already probabilities.
+0.5 thresholds at the highest normal training score); DRAEM's and GLASS's maps are already probabilities.
 """
 from __future__ import annotations
 
@@ -31,11 +38,11 @@ from downstream.detection.backbones import BACKBONE_OF, backbone_label, load_bac
     resolve_detector_backbone
 
 __all__ = ["DETECTORS", "uses_pairs", "anomalib_version", "Detector", "PatchCore", "Stfpm", "Draem", "DraemPairs",
-           "offline_stfpm", "build_detector", "detector_seed", "count_parameters"]
+           "offline_stfpm", "Glass", "GlassPairs", "PairSource", "build_detector", "detector_seed", "count_parameters"]
 
 log = logging.getLogger(__name__)
 
-DETECTORS = ("patchcore", "stfpm", "draem", "draem_pairs")
+DETECTORS = ("patchcore", "stfpm", "draem", "draem_pairs", "glass", "glass_pairs")
 IMAGENET_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
 
@@ -298,7 +305,138 @@ class DraemPairs(Draem):
         return batch
 
 
-_CLASSES = {"patchcore": PatchCore, "stfpm": Stfpm, "draem": Draem, "draem_pairs": DraemPairs}
+# ----------------------------------------------------------------------------- GLASS
+class Glass(Detector):
+    """GLASS trained on the product's normals with anomalib's own synthesis. The backbone is built with
+    ``pre_trained=False`` (no download), filled from the local weights file (or left random) and frozen: GLASS's
+    ``pre_trained=True`` path (features under no_grad, backbone not optimised), switched on after construction.
+    Optimisers as anomalib's ``Glass.configure_optimizers``: AdamW(discriminator, 2 lr), Adam(projection, lr, wd
+    1e-5); the centre of the normal features is recomputed at every pass over the normals (``on_train_epoch_start``)."""
+
+    name = "glass"
+    distance_maps = False  # the discriminator's sigmoid output
+
+    def __init__(self, cfg: Mapping, device="cpu"):
+        super().__init__(cfg, device)
+        from anomalib.models.image.glass.torch_model import GlassModel
+
+        t = self.tcfg
+        size = int(cfg["downstream"]["image_size"])
+        weights = resolve_detector_backbone(cfg, BACKBONE_OF["glass"])
+        self.model = GlassModel(
+            input_shape=(size, size), anomaly_source_path=None, backbone=BACKBONE_OF["glass"], pre_trained=False,
+            layers=list(t["layers"]), pretrain_embed_dim=int(t["pretrain_embed_dim"]),
+            target_embed_dim=int(t["target_embed_dim"]), patchsize=int(t["patchsize"]),
+            patchstride=int(t["patchstride"]), pre_projection=int(t["pre_projection"]),
+            discriminator_layers=int(t["discriminator_layers"]), discriminator_hidden=int(t["discriminator_hidden"]),
+            step=int(t["step"]), svd=int(bool(t["svd"])), gaussian_noise_std=float(t["gaussian_noise_std"]),
+            radius_quantile=float(t["radius_quantile"]),
+            focal_loss_quantile_threshold=float(t["focal_loss_quantile_threshold"]), mining=bool(t["mining"]))
+        extractor = self.model.forward_modules["feature_aggregator"]
+        if weights is not None:
+            load_backbone_weights(extractor.feature_extractor, weights)
+        for p in extractor.parameters():
+            p.requires_grad = False
+        self.model.pre_trained = True  # frozen backbone: GLASS's pretrained-feature path
+        self.backbone_init = backbone_label(weights)
+        self._hook_synthesis()
+        self.model.to(self.device)
+        #: called with every training batch GLASS consumes (glass_pairs: image, mask, target; tests capture them)
+        self.batch_hook: Callable[[dict], None] | None = None
+
+    def _hook_synthesis(self) -> None:
+        """glass keeps anomalib's ``augmentor`` (PerlinAnomalyGenerator, probability 1, dual mask)."""
+
+    def draw(self, rng, normals, pairs) -> dict:
+        """One training batch: clean normals in [0, 1] (GLASS synthesises its anomalies inside ``forward``)."""
+        idx = rng.integers(0, len(normals), size=int(self.tcfg["batch_size"]))
+        return {"image": torch.from_numpy(np.stack([normals[i] for i in idx]))}
+
+    def stage(self, batch: dict) -> torch.Tensor:
+        """The images GLASS's ``forward`` takes as normal (it synthesises the anomalies of this batch itself)."""
+        if self.batch_hook is not None:
+            self.batch_hook(batch)
+        return batch["image"]
+
+    def _centre(self, normals) -> None:
+        from types import SimpleNamespace
+
+        loader = [SimpleNamespace(image=_imagenet(x)) for x in _batches(normals, int(self.tcfg["batch_size"]))]
+        self.model.calculate_center(loader, self.device)
+
+    def fit(self, normals, pairs=(), seed: int = 0) -> None:
+        t = self.tcfg
+        torch.manual_seed(seed % 2**32)
+        m, lr = self.model, float(t["lr"])
+        opts = [torch.optim.AdamW(m.discriminator.parameters(), lr=2 * lr)]
+        if m.pre_projection > 0:
+            opts.append(torch.optim.Adam(m.projection.parameters(), lr=lr, weight_decay=1e-5))
+        rng = np.random.default_rng(seed)
+        per_pass = max(1, -(-len(normals) // int(t["batch_size"])))
+        for it in range(int(t["iterations"])):
+            if it % per_pass == 0:
+                self._centre(normals)
+            img = self.stage(self.draw(rng, normals, pairs))
+            m.train()
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            *_, loss = m(_imagenet(img).to(self.device))
+            loss.backward()
+            for o in reversed(opts):  # anomalib steps the projection, then the discriminator
+                o.step()
+            self.history.append(float(loss.detach()))
+
+    def _raw(self, x):
+        return super()._raw(_imagenet(x))
+
+
+class PairSource(nn.Module):
+    """Stands in for ``GlassModel.augmentor`` (called as ``aug, mask = augmentor(img_raw)`` on the [0, 1] images):
+    returns the staged pair images and masks of the batch whose clean targets GLASS was given as ``img``. Anything
+    else (nothing staged, another batch) is an error, so the built-in synthesis can never be fallen back on."""
+
+    def __init__(self):
+        super().__init__()
+        self.staged: dict | None = None
+        self.hook: Callable[[dict], None] | None = None
+
+    def forward(self, img_raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.staged
+        if b is None or b["target"].shape != img_raw.shape or not torch.allclose(
+                b["target"].to(img_raw), img_raw, atol=1e-4):
+            raise RuntimeError("glass_pairs: GLASS asked for anomalies of a batch that was not staged")
+        self.staged = None
+        if self.hook is not None:
+            self.hook(b)
+        return b["image"].to(img_raw), b["mask"].to(img_raw)
+
+
+class GlassPairs(Glass):
+    """GLASS whose local (image-level) synthetic anomalies are a method's generated pairs: ``augmentor`` is a
+    :class:`PairSource`; each batch sample is a pair (GLASS's normal image = the pair's clean target, its anomaly =
+    the pair image with its mask) with probability ``anomaly_probability`` (GLASS's own: 1), else a training normal
+    with an empty mask (itself on both sides). ``pairs``: dicts ``{image, mask, target}`` (as for draem_pairs)."""
+
+    name = "glass_pairs"
+
+    def _hook_synthesis(self) -> None:
+        self.model.augmentor = PairSource()
+
+    def draw(self, rng, normals, pairs) -> dict:
+        if not len(pairs):
+            raise ConfigError("glass_pairs: no generated pairs to train on")
+        return DraemPairs.draw(self, rng, normals, pairs)
+
+    def stage(self, batch: dict) -> torch.Tensor:
+        """The pairs go to the PairSource (which calls the batch hook when GLASS takes them); GLASS's ``img``
+        is the clean targets."""
+        src = self.model.augmentor
+        src.hook, src.staged = self.batch_hook, batch
+        return batch["target"]
+
+
+_CLASSES = {"patchcore": PatchCore, "stfpm": Stfpm, "draem": Draem, "draem_pairs": DraemPairs, "glass": Glass,
+            "glass_pairs": GlassPairs}
 
 
 def build_detector(name: str, cfg: Mapping, device="cpu") -> Detector:

@@ -85,6 +85,8 @@ def _prior_minutes(cfg: Mapping[str, Any], **_) -> int:
 
 #: GPU seconds per training iteration of a detector (batch 8 at 256 px, with margin); PatchCore: per normal image
 DETECTOR_SECONDS_PER_ITER = {"patchcore": 0.5, "stfpm": 0.1, "draem": 0.3, "draem_pairs": 0.3}
+# GLASS: 20 gradient-ascent steps per batch (an estimate, not measured on a GPU; CPU: ~56 CPU-s per step at 256 px)
+DETECTOR_SECONDS_PER_ITER.update({"glass": 0.6, "glass_pairs": 0.6})
 
 
 def _train_detector_minutes(cfg: Mapping[str, Any], model: str = "draem", **_) -> int:

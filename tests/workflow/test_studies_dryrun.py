@@ -53,6 +53,8 @@ EXPECTED = {
     "tab12_detectors": _seas(1, P, P, 1, 3) | {"train_detector": 3},
     # generation with the normal-prompt twins (reference_images), LFD on it, DRAEM (none) and DRAEM + SeaS pairs
     "tab33_draem_pairs": _seas(1, P, P, 1, 1) | {"train_detector": 2},
+    # the same twin-generation + LFD, GLASS (none) and GLASS + SeaS pairs
+    "tabR11_glass_pairs": _seas(1, P, P, 1, 1) | {"train_detector": 2},
 }
 
 

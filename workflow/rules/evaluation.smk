@@ -102,7 +102,7 @@ rule train_detector:
         pairs=detector_pairs_args,
         outdir=lambda wc, output: str(Path(output.scores).parent),
     wildcard_constraints:
-        model="patchcore|stfpm|draem|draem_pairs",
+        model="patchcore|stfpm|draem|draem_pairs|glass|glass_pairs",
         method="|".join(re.escape(m) for m in _ALL_METHODS + [NO_METHOD]),
     log:
         job_file(RUN, "logs", "train_detector"),

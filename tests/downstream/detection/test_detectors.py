@@ -1,5 +1,5 @@
 """The anomaly detectors (issue 23): each trains and scores on the demo data at a tiny budget through anomalib's
-models; draem_pairs trains on the pairs, never on the built-in synthesis; a detector row's scores come from our
+models; draem_pairs and glass_pairs train on the pairs, never on the built-in synthesis; a detector row's scores come from our
 metric code (a known anomaly map gives the known answer); the backbones load offline or fail naming the file."""
 from __future__ import annotations
 
@@ -31,7 +31,11 @@ TINY = {"downstream.detector_backbones": {"wide_resnet50_2": "random", "resnet18
         "downstream.detector_train.stfpm.iterations": 2, "downstream.detector_train.stfpm.batch_size": 2,
         "downstream.detector_train.draem.iterations": 2, "downstream.detector_train.draem.batch_size": 2,
         "downstream.detector_train.draem_pairs.iterations": 2, "downstream.detector_train.draem_pairs.batch_size": 2,
-        "downstream.normal_images": 4}
+        "downstream.normal_images": 4,
+        # GLASS: 2 steps of batch 2, 2 gradient-ascent steps, small adaptor/discriminator (the backbone stays WRN-50)
+        **{f"downstream.detector_train.{g}.{k}": v for g in ("glass", "glass_pairs")
+           for k, v in {"iterations": 2, "batch_size": 2, "step": 2, "pretrain_embed_dim": 64,
+                        "target_embed_dim": 64, "discriminator_hidden": 32}.items()}}
 
 
 def _with_twins(pairs_root: Path, product: str, normal: str) -> None:
@@ -56,10 +60,11 @@ def setup(make_cfg, split_path, tmp_path):
 
 # ----------------------------------------------------------------------------- each detector, tiny budget
 @pytest.mark.parametrize("model,params", [("patchcore", 24.86e6), ("stfpm", 5.57e6), ("draem", 97.42e6),
-                                          ("draem_pairs", 97.42e6)])
+                                          ("draem_pairs", 97.42e6), ("glass", 24.86e6 + 6_273),
+                                          ("glass_pairs", 24.86e6 + 6_273)])
 def test_each_detector_trains_and_scores_on_the_demo(setup, tmp_path, model, params, capsys):
     cfg, sp, root = setup
-    pairs = root if model == "draem_pairs" else None
+    pairs = root if det_models.uses_pairs(model) else None
     t0 = time.process_time()
     info = train_detector(cfg, model, [sp], tmp_path / "out", pairs_root=pairs,
                           method="cutpaste" if pairs else "none")
@@ -74,6 +79,9 @@ def test_each_detector_trains_and_scores_on_the_demo(setup, tmp_path, model, par
     assert meta == info and meta["family"] == "detector" and meta["anomalib"] == det_models.anomalib_version()
     assert meta["parameters"] == pytest.approx(params, rel=0.01)
     assert meta["backbone_init"] == ("none (trained from scratch)" if "draem" in model else "random-init")
+    if model == "glass_pairs":
+        assert meta["products"][PRODUCT]["twin_targets"] == meta["products"][PRODUCT]["pairs"] > 0
+        assert meta["target"] == "GLASS normal image: normal-prompt twin"
     if model == "draem_pairs":
         assert meta["products"][PRODUCT]["twin_targets"] == meta["products"][PRODUCT]["pairs"] > 0
         assert meta["target"] == "DRAEM target: normal-prompt twin"
@@ -109,6 +117,63 @@ def test_draem_pairs_trains_on_the_pairs_and_never_on_the_builtin_synthesis(make
     with pytest.raises(ZeroDivisionError):
         plain.fit([normal], seed=0)
     assert calls
+
+
+# ----------------------------------------------------------------------------- the pairs reach GLASS's batches
+def test_glass_pairs_trains_on_the_pairs_and_never_on_the_builtin_synthesis(make_cfg, monkeypatch):
+    from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
+    from anomalib.models.image.glass.torch_model import GlassModel
+
+    calls = []
+    monkeypatch.setattr(PerlinAnomalyGenerator, "forward", lambda self, *a, **k: calls.append(1) or 1 / 0)
+    cfg = make_cfg({**TINY, "downstream.detector_train.glass_pairs.iterations": 3,
+                    "downstream.detector_train.glass_pairs.anomaly_probability": 1.0})
+    det = det_models.build_detector("glass_pairs", cfg)
+    assert isinstance(det.model, GlassModel) and isinstance(det.model.augmentor, det_models.PairSource)
+    assert not any(isinstance(m, PerlinAnomalyGenerator) for m in det.model.modules())
+    rng = np.random.default_rng(0)
+    size = 64
+    normal = rng.random((3, size, size)).astype(np.float32)
+    mask = np.zeros((1, size, size), np.float32)
+    mask[0, 8:24, 30:50] = 1  # a known 16x20 mask
+    pair = {"image": rng.random((3, size, size)).astype(np.float32), "mask": mask, "target": normal}
+    seen, fed = [], []
+    det.batch_hook = seen.append
+    orig = GlassModel.forward
+    monkeypatch.setattr(GlassModel, "forward", lambda self, img: fed.append(img.clone()) or orig(self, img))
+    det.fit([normal], [pair], seed=0)
+    assert len(seen) == 3 and not calls and all(np.isfinite(det.history))
+    b = seen[0]  # what GLASS's augmentor call returned inside its training forward
+    assert torch.equal(b["mask"][0], torch.from_numpy(mask)) and torch.equal(b["image"][0], torch.from_numpy(pair["image"]))
+    # GLASS's own img (its normal side) is the pair's clean target
+    assert torch.allclose(fed[0][0], det_models._imagenet(torch.from_numpy(normal)[None])[0])
+    # an unstaged batch never falls back on a synthesis
+    det.model.train()
+    with pytest.raises(RuntimeError, match="not staged"):
+        det.model(torch.zeros(1, 3, size, size))
+    # the plain GLASS calls anomalib's synthesis (what glass_pairs switches off)
+    plain = det_models.build_detector("glass", cfg)
+    assert isinstance(plain.model.augmentor, PerlinAnomalyGenerator)
+    with pytest.raises(ZeroDivisionError):
+        plain.fit([normal], seed=0)
+    assert calls
+
+
+def test_glass_backbone_loads_offline_frozen(make_cfg, tmp_path):
+    import torchvision
+
+    ref = torchvision.models.wide_resnet50_2()
+    path = tmp_path / "wide_resnet50_2-95faca4d.pth"
+    torch.save(ref.state_dict(), path)
+    cfg = make_cfg({**TINY, "downstream.detector_backbones.wide_resnet50_2": str(path)})
+    det = det_models.build_detector("glass", cfg)
+    fx = det.model.forward_modules["feature_aggregator"]
+    assert det.backbone_init == "pretrained:wide_resnet50_2-95faca4d.pth"
+    assert torch.equal(fx.feature_extractor.layer3[0].conv1.weight, ref.layer3[0].conv1.weight)
+    assert det.model.pre_trained and not any(p.requires_grad for p in fx.parameters())
+    cfg = make_cfg({"downstream.detectors": ["glass_pairs"]})
+    with pytest.raises(ConfigError, match="glass uses it.*wide_resnet50_2-95faca4d.pth"):
+        check_detector_backbones(cfg, source="cfg.yaml")
 
 
 def test_a_pair_without_a_twin_is_an_error_or_gets_the_nearest_normal(setup, tmp_path, make_cfg):

@@ -131,7 +131,8 @@ def test_missing_or_unset_backbone_names_the_file_and_its_origin(tmp_path, monke
 #: the U-Net up-block index 0); every other integer key is a count, a size or a step number: >= 1
 ZERO_OK = {"seed", "batch_normal", "num_workers", "warmup_iters", "gpus_per_job", "unet_features",
            "normal_images",  # normal_images 0: the segmenters train on the pairs alone
-           "warmup", "unet_crop_steps"}  # model.prior: no LR warm-up / no crop phase (seas.models.tiny_prior)
+           "warmup", "unet_crop_steps",
+           "pre_projection"}  # GLASS pre_projection 0: no feature adaptor (anomalib's option)  # model.prior: no LR warm-up / no crop phase (seas.models.tiny_prior)
 #: keys that are thresholds, probabilities, false-positive rates or Adam/SGD betas: at most 1
 UNIT = re.compile(r"threshold|fpr|beta|momentum|prob")
 
