@@ -110,7 +110,7 @@ def test_deployed_preset_dry_run(deployed, tmp_path):
     cfg["downstream"]["models"] = ["lfd"]
     (dest / "config" / "mine.yaml").write_text(yaml.safe_dump(cfg))
     counts = job_counts(_dry_run(dest, "--configfile", "config/mine.yaml").stdout)
-    assert counts["train_generator"] == 2 and counts["generate"] == 3 and counts["train_seg"] == 4
+    assert counts["train_generator"] == 2 and counts["generate"] == 3 and counts["train_seg"] == 5  # lfd x (seas, real, crop_paste, cutpaste, draem)
     assert counts["tables"] == counts["all"] == 1 and "study" not in counts
     # the preset replaced the deploying workflow's config/config.yaml (the demo's): none of its keys leaked in
     # (`--list` parses the workflow without planning-only mode: the resolved config is written)

@@ -213,7 +213,7 @@ def test_missing_backbone_file_stops_the_preset_at_parse_time(mvtec_tree, tmp_pa
     assert res.returncode != 0 and "resnet18: weights file resnet18-f37072fd.pth not found" in res.stdout + res.stderr
     cfg = write_config(tmp_path, "mvtec_ad.yaml", mvtec_tree, **{"downstream.pretrained_backbones.resnet50": str(r50),
                                                                   "downstream.pretrained_backbones.resnet18": "random"})
-    assert job_counts(dry_run(cfg, torch_home=empty).stdout)["train_seg"] == 12
+    assert job_counts(dry_run(cfg, torch_home=empty).stdout)["train_seg"] == 15  # 3 models x 5 methods (seas, real, crop_paste, cutpaste, draem)
 BROKEN_YAML = "run_name: x\ndataset:\n  name: demo\n  root: [unclosed\nmodel: {pretrained: a}\n"
 
 
