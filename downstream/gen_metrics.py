@@ -58,7 +58,7 @@ from PIL import Image
 
 from seas.run.config import add_config_arguments, config_from_args
 from seas.run.errors import CheckpointError, DataError
-from seas.data.integrity import check_pairs, check_split_files
+from seas.data.integrity import check_image, check_pairs, check_split_files
 from seas.data.pairs import IMAGES, MASKS, iter_pairs, list_types
 from seas.data.images import list_images
 from seas.run.runtime import atomic_write_text, cli, derive_seed, get_device, setup_logging
@@ -442,7 +442,14 @@ def product_metrics(cfg: Mapping, split, pairs_dir, method: str, device=None) ->
         raise DataError(f"{pairs_dir}: no <type>/images/ folders of {split.product}'s anomaly types "
                         f"({', '.join(split.anomaly_types)})")
     # before anything is computed: the pairs (complete, binary masks of their image's size) and the real images
-    check_pairs(p for p in iter_pairs(pairs_dir.parent, [pairs_dir.name]) if p.type in types)
+    # (a generation-only method's images-only import has no masks/: its images are checked alone)
+    masked = [t for t in types if (pairs_dir / t / MASKS).is_dir()]
+    if masked:
+        check_pairs(p for p in iter_pairs(pairs_dir.parent, [pairs_dir.name]) if p.type in masked)
+    for t in types:
+        if t not in masked:
+            for path in list_images(pairs_dir / t / IMAGES, missing_ok=True):
+                check_image(path)
     check_split_files(split)
     size = gm["image_size"]
     seed = derive_seed(cfg["seed"], "gen_metrics")

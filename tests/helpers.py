@@ -6,6 +6,7 @@ import this module whichever of them pytest is given. Fixtures live in tests/con
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -90,20 +91,25 @@ def snakemake_exe() -> str:
 
 
 def write_tree(root: Path, products: dict[str, list[str]], n_per_type: int = 3) -> Path:
-    """A tiny MVTec-layout tree (8x8 PNGs): 2 train/good, 1 test/good, ``n_per_type`` images+masks per type."""
-    img = Image.fromarray(np.full((8, 8, 3), 128, np.uint8))
+    """A tiny MVTec-layout tree (8x8 PNGs): 2 train/good, 1 test/good, ``n_per_type`` images+masks per type. Each
+    image is its own seeded noise (no two files alike: the leakage check, downstream.leakage, sees no copies)."""
     mask = Image.fromarray(np.pad(np.full((2, 2), 255, np.uint8), 3))
+
+    def img(rel: str) -> Image.Image:
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(rel.encode()).digest()[:8], "little"))
+        return Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+
     for product, types in products.items():
         p = root / product
         for sub, n in (("train/good", 2), ("test/good", 1)):
             (p / sub).mkdir(parents=True)
             for i in range(n):
-                img.save(p / sub / f"{i:03d}.png")
+                img(f"{product}/{sub}/{i}").save(p / sub / f"{i:03d}.png")
         for t in types:
             (p / "test" / t).mkdir(parents=True)
             (p / "ground_truth" / t).mkdir(parents=True)
             for i in range(n_per_type):
-                img.save(p / "test" / t / f"{i:03d}.png")
+                img(f"{product}/test/{t}/{i}").save(p / "test" / t / f"{i:03d}.png")
                 mask.save(p / "ground_truth" / t / f"{i:03d}_mask.png")
     return root
 

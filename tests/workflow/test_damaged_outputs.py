@@ -3,10 +3,12 @@
 
 A truncated generated PNG, a truncated segmentation checkpoint, a split manifest or a scores file cut short make
 the dry run plan the job that wrote it and its dependants, naming the file; a real run regenerates it. An external
-folder's grey mask is refused by the first job that reads it, naming the file, before any training step.
+folder's truncated image is refused by the first job that reads it (its import), naming the file, before any
+training step; its grey mask is binarised and counted.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -124,25 +126,33 @@ def test_a_real_run_regenerates_the_damaged_pair(run):
     assert _planned(_snakemake(tmp, "-n", *targets)) == {}
 
 
-def test_external_folder_with_a_grey_mask_is_refused_naming_the_file(tmp_path):
+def test_external_folder_damage_is_refused_naming_the_file_and_a_grey_mask_is_binarised(tmp_path):
+    """An external folder is checked by its import (seas.data.import_pairs), the first job that reads it: a
+    truncated image stops the run naming the file, before any training step, and the folder is never rewritten; a
+    non-binary (anti-aliased) mask is binarised at downstream.external_mask_threshold and counted (issue 21)."""
     ext = tmp_path / "ext"
     for d in ("images", "masks"):
         (ext / "bottle" / "crack" / d).mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for i in range(20):  # one bad mask among many: a batch draw finds it late or never (main did so)
+    for i in range(20):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(ext / "bottle" / "crack" / "images" / f"{i}.png")
         m = np.zeros((16, 16), np.uint8)
         m[4:8, 4:8] = 255
         if i == 7:
             m[10:12, 10:12] = 128  # anti-aliased: not binary
         Image.fromarray(m).save(ext / "bottle" / "crack" / "masks" / f"{i}.png")
-    grey = ext / "bottle" / "crack" / "masks" / "7.png"
-    before = grey.read_bytes()
+    bad = ext / "bottle" / "crack" / "images" / "13.png"
+    good_bytes = bad.read_bytes()
+    bad.write_bytes(good_bytes[: len(good_bytes) // 2])  # half-copied
     _, lay = _config(tmp_path, [f"external:{ext}"])
     model = lay.seg_model("lfd", f"external:{ext}")
     res = _snakemake(tmp_path, model, check=False)
     assert res.returncode != 0
-    log = next((Path(lay.run) / "logs" / "train_seg").rglob("*.log")).read_text()
-    assert f"mask {grey} is not binary" in log, log[-2000:]
+    logs = "".join(p.read_text() for p in (Path(lay.run) / "logs").rglob("*.log"))
+    assert str(bad) in logs + res.stdout + res.stderr
     assert not Path(model).exists() and not any(Path(lay.run).rglob("state.pt"))  # no step was taken
-    assert grey.read_bytes() == before  # an external folder is never regenerated or deleted
+    assert bad.read_bytes() == good_bytes[: len(good_bytes) // 2]  # an external folder is never regenerated
+    bad.write_bytes(good_bytes)  # the copy completed: the run goes through, the grey mask binarised and counted
+    _snakemake(tmp_path, model)
+    record = json.loads(next(Path(lay.run).rglob("import.json")).read_text())
+    assert record["nonbinary_masks"] == 1 and record["count"] == 20

@@ -213,3 +213,16 @@ def test_bad_scores_csv(tmp_path):
     with pytest.raises(DataError, match="scores.csv: empty CSV file"):
         check_csv(path, **kw)
     assert "scores.csv" in output_damage(path, kind="csv", **kw)
+
+
+def test_an_images_only_manifest_is_intact(tmp_path):
+    """A generation-only method's import lists images without masks: intact, while a truncated image still is not."""
+    from seas.data.integrity import check_pairs_manifest, output_damage
+
+    (tmp_path / "images").mkdir()
+    img = tmp_path / "images" / "000000.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(img)
+    write_manifest(tmp_path, [{"index": 0, "image": str(img), "mask": "", "seed": "", "reference": "", "type": "t"}])
+    assert check_pairs_manifest(tmp_path) == 1 and output_damage(tmp_path / "manifest.csv") is None
+    img.write_bytes(img.read_bytes()[:-10])
+    assert str(img) in output_damage(tmp_path / "manifest.csv")
