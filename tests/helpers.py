@@ -157,3 +157,25 @@ def job_counts(text: str) -> dict[str, int]:
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def snakemake_in(workdir: Path, *extra: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    """This checkout's workflow run in ``workdir`` on its ``cfg.yaml`` (one core, one thread, no GPU): a real tiny
+    run, or a dry run with ``-n``. ``check``: a failure fails the test, with the output's tail."""
+    cmd = [snakemake_exe(), "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(Path(workdir) / "cfg.yaml"), "--cores", "1", *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEAS_GPU_IDS": "", "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check:
+        assert res.returncode == 0, f"snakemake {' '.join(extra)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+def planned_jobs(res: subprocess.CompletedProcess) -> dict[str, int]:
+    """Jobs per rule a dry run plans ({} for "Nothing to be done"), without the total."""
+    text = res.stdout + res.stderr
+    if "Nothing to be done" in text:
+        return {}
+    counts = job_counts(text)
+    counts.pop("total", None)
+    return counts

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import REPO, job_counts, snakemake_exe, write_tree
+from helpers import REPO, planned_jobs, snakemake_in, write_tree
 from seas.run.config import run_dir, validate_config
 from seas.run.layout import Layout
 
@@ -62,22 +62,10 @@ def _config(tmp: Path, tree: Path, ext: Path, gen_only: Path) -> dict:
 
 
 def _snakemake(tmp: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [snakemake_exe(), "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory", str(tmp),
-           "--configfile", str(tmp / "cfg.yaml"), "--cores", "1", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEAS_GPU_IDS": ""}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if check:
-        assert res.returncode == 0, f"snakemake {' '.join(extra)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res
+    return snakemake_in(tmp, *extra, check=check)
 
 
-def _planned(res: subprocess.CompletedProcess) -> dict[str, int]:
-    text = res.stdout + res.stderr
-    if "Nothing to be done" in text:
-        return {}
-    counts = job_counts(text)
-    counts.pop("total", None)
-    return counts
+_planned = planned_jobs
 
 
 def _job_products(res: subprocess.CompletedProcess, rule: str) -> set[str]:

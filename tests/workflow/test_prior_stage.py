@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import REPO, job_counts, snakemake_exe
+from helpers import REPO, planned_jobs, snakemake_exe
 from seas.run.config import run_dir, validate_config
 from seas.run.layout import Layout
 
@@ -70,13 +70,7 @@ def _snakemake(tmp: Path, config: Path, *extra: str) -> subprocess.CompletedProc
     return res
 
 
-def _planned(res) -> dict[str, int]:
-    text = res.stdout + res.stderr
-    if "Nothing to be done" in text:
-        return {}
-    counts = job_counts(text)
-    counts.pop("total", None)
-    return counts
+_planned = planned_jobs
 
 
 def test_auto_keeps_the_committed_prior_for_the_demo(tmp_path):
